@@ -1,0 +1,3 @@
+from midalign.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The one interface every parallel-text reader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import permutations
+
+
+@dataclass
+class ParallelCorpus:
+    """Aligned sentences, grouped by *side*, and the ordered side pairs to score.
+
+    A side is one list of sentences in one language. In a multiway corpus (FLoRes, SIB-200,
+    UDHR, plain line-aligned files) there is one side per language and every ordered pair of
+    languages is scored. Tatoeba is not multiway: each language has its own English side
+    (``"eng_Latn@jav_Latn"``), and only the pairs that exist are scored, in both directions.
+    Sentence i of a source side translates sentence i of its target side.
+    """
+
+    texts: dict[str, list[str]]  # side -> sentences
+    lang: dict[str, str]  # side -> FLoRes-style language code, e.g. "deu_Latn"
+    pairs: list[tuple[str, str]]  # ordered (source side, target side)
+    source: str = ""  # where the text came from, for results.json
+    ids: dict[str, list[str]] = field(default_factory=dict)  # side -> segment ids, if known
+
+    @classmethod
+    def multiway(
+        cls, texts: dict[str, list[str]], source: str = "", ids: list[str] | None = None
+    ) -> ParallelCorpus:
+        """One side per language, all M·(M−1) ordered pairs."""
+        sides = list(texts)
+        return cls(
+            texts=texts,
+            lang={s: s for s in sides},
+            pairs=list(permutations(sides, 2)),
+            source=source,
+            ids={s: list(ids) for s in sides} if ids is not None else {},
+        )
+
+    @property
+    def languages(self) -> list[str]:
+        """Distinct languages, in first-seen order."""
+        return list(dict.fromkeys(self.lang.values()))
+
+    def truncate(self, max_sentences: int | None) -> ParallelCorpus:
+        """Keep the first ``max_sentences`` sentences of every side (order is kept)."""
+        if max_sentences is None:
+            return self
+        return ParallelCorpus(
+            texts={s: t[:max_sentences] for s, t in self.texts.items()},
+            lang=dict(self.lang),
+            pairs=list(self.pairs),
+            source=self.source,
+            ids={s: i[:max_sentences] for s, i in self.ids.items()},
+        )
