@@ -94,7 +94,7 @@ def _gguf_cache_path(gguf: Path) -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """Map ``default``, a GGUF file, a local folder or a hub id to what ``from_pretrained`` takes."""
+    """Map ``default``, a GGUF file, a local folder or a hub id to a ``from_pretrained`` source."""
     if name == DEFAULT_MODEL:
         return str(default_model_path())
     path = Path(name)
@@ -217,7 +217,9 @@ def parse_layers(spec: str | Sequence[int], n_layers: int, option: str = "--laye
         try:
             layers = [int(x) for x in spec.split(",") if x.strip()]
         except ValueError as e:
-            raise InputError(f"{option}: expected all, even, middle or integers like 2,4,9; got {spec!r}") from e
+            raise InputError(
+                f"{option}: expected all, even, middle or integers like 2,4,9; got {spec!r}"
+            ) from e
     else:
         layers = [int(x) for x in spec]
     if not layers:
@@ -225,7 +227,8 @@ def parse_layers(spec: str | Sequence[int], n_layers: int, option: str = "--laye
     bad = [x for x in layers if not 0 <= x <= n_layers]
     if bad:
         raise InputError(
-            f"{option}: layer {bad[0]} is out of range; this model has layers 0 (embeddings) to {n_layers}"
+            f"{option}: layer {bad[0]} is out of range; "
+            f"this model has layers 0 (embeddings) to {n_layers}"
         )
     return sorted(set(layers))
 
@@ -251,7 +254,9 @@ def pooling_mask(
         raise InputError(f"--pool must be one of {', '.join(POOL_MODES)}, not {pool!r}")
     mask = attention_mask.bool()
     if pool == "mean" and len(special_ids):
-        content = mask & ~torch.isin(input_ids, torch.as_tensor(list(special_ids), device=input_ids.device))
+        content = mask & ~torch.isin(
+            input_ids, torch.as_tensor(list(special_ids), device=input_ids.device)
+        )
         empty = ~content.any(dim=1, keepdim=True)
         mask = torch.where(empty, mask, content)
     return mask.to(torch.float32)

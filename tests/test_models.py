@@ -45,13 +45,19 @@ def test_early_exit_equals_full_forward_hidden_states(family, pool):
     for layers in ([0], [1], [2], [3], [0, 1, 2, 3], [1, 3]):
         with torch.no_grad():
             ours = pooled_states(model, ids, mask, layers, pool, SPECIAL)
-        torch.testing.assert_close(ours, _reference(model, ids, mask, layers, pool), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ours, _reference(model, ids, mask, layers, pool), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_early_exit_runs_no_later_layer_and_no_head(family):
     model = tiny_model(family, n_layers=3)
     ran = []
-    for name, module in [("layer3", decoder_layers(model)[2]), ("head", model.lm_head), ("norm", model.model.norm)]:
+    for name, module in [
+        ("layer3", decoder_layers(model)[2]),
+        ("head", model.lm_head),
+        ("norm", model.model.norm),
+    ]:
         module.register_forward_hook(lambda m, i, o, name=name: ran.append(name))
     ids, mask = _batch()
     pooled_states(model, ids, mask, [1, 2], "mean", SPECIAL)
@@ -95,7 +101,11 @@ def test_gradient_through_early_exit_equals_full_forward(family):
     hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
     w = pooling_mask(ids, mask, "mean", SPECIAL)
     ((hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True)).pow(2).sum().backward()
-    full = {n: p.grad for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    full = {
+        n: p.grad
+        for n, p in model.named_parameters()
+        if p.grad is not None and p.grad.abs().sum() > 0
+    }
     assert set(full) == {n for n, g in ours.items() if g.abs().sum() > 0}
     assert not any("layers.2" in n or "lm_head" in n for n in ours)
     for name, grad in full.items():
@@ -107,7 +117,9 @@ def test_parse_layers():
     assert parse_layers("even", 5) == [0, 2, 4, 5]
     assert parse_layers("middle", 18) == [9]
     assert parse_layers("9,2,4,2", 18) == [2, 4, 9]
-    with pytest.raises(InputError, match="--layers: layer 19 is out of range.*0 \\(embeddings\\) to 18"):
+    with pytest.raises(
+        InputError, match="--layers: layer 19 is out of range.*0 \\(embeddings\\) to 18"
+    ):
         parse_layers("2,19", 18)
     with pytest.raises(InputError, match="--layers: expected"):
         parse_layers("two", 18)
