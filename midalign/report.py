@@ -1,0 +1,79 @@
+"""Plots people would rather look at than read: accuracy by layer, language × layer heatmap,
+the pair matrix at one layer. Plain matplotlib (Agg), PNG files, no state between calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_accuracy_by_layer(
+    layers: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    low: Sequence[float],
+    high: Sequence[float],
+    path: Path,
+    title: str = "",
+) -> None:
+    """Mean retrieval accuracy over pairs per layer, ± one std (band) and min/max (dotted)."""
+    x, m, s = np.asarray(layers), np.asarray(mean), np.asarray(std)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.fill_between(x, m - s, m + s, alpha=0.25, label="± 1 std over pairs")
+    ax.plot(x, low, ":", color="gray", linewidth=1, label="min / max over pairs")
+    ax.plot(x, high, ":", color="gray", linewidth=1)
+    ax.plot(x, m, "o-", label="mean over pairs")
+    ax.set(
+        xlabel="layer (0 = embeddings)", ylabel="retrieval accuracy", ylim=(0, 1.02), title=title
+    )
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    _save(fig, path)
+
+
+def plot_language_heatmap(
+    langs: Sequence[str], layers: Sequence[int], acc: np.ndarray, path: Path, title: str = ""
+) -> None:
+    """Per-language accuracy (as source and target) at each layer: rows = languages."""
+    acc = np.asarray(acc, dtype=float)  # [n_langs, n_layers]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(layers), 1.2 + 0.28 * len(langs)))
+    image = ax.imshow(acc, aspect="auto", vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(layers)), [str(x) for x in layers])
+    ax.set_yticks(range(len(langs)), langs, fontsize=8)
+    ax.set(xlabel="layer", title=title)
+    fig.colorbar(image, ax=ax, label="retrieval accuracy")
+    _save(fig, path)
+
+
+def plot_pair_matrix(langs: Sequence[str], acc: np.ndarray, path: Path, title: str = "") -> None:
+    """Accuracy of retrieving the column language from the row language (diagonal blank)."""
+    acc = np.asarray(acc, dtype=float)  # [M, M], NaN where no pair was scored
+    size = 2.0 + 0.32 * len(langs)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(np.ma.masked_invalid(acc), vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(langs)), langs, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(langs)), langs, fontsize=7)
+    ax.set(xlabel="target", ylabel="source", title=title)
+    if len(langs) <= 12:
+        for i in range(len(langs)):
+            for j in range(len(langs)):
+                if np.isfinite(acc[i, j]):
+                    color = "white" if acc[i, j] < 0.5 else "black"
+                    ax.text(
+                        j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color
+                    )
+    fig.colorbar(image, ax=ax, label="retrieval accuracy")
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
