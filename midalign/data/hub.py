@@ -1,0 +1,101 @@
+"""FLORES+ (``openlanguagedata/flores_plus``) through ``datasets``, from the hub or a local copy.
+
+The hub repo has one config per language (``deu_Latn``; Mandarin is ``cmn_Hans`` there, not
+FLoRes-200's ``zho_Hans``) with splits ``dev`` and ``devtest``, stored as
+``<split>/<config>.parquet``; rows carry ``id``, ``iso_639_3``, ``iso_15924``, ``glottocode``,
+``text`` and metadata. Sentences are joined on ``id``. A local directory laid out like the repo
+(``<split>/<config>.parquet`` or ``.jsonl``, at any depth) is read through the same
+``datasets.load_dataset``, so a downloaded copy behaves exactly like the hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from midalign.data.corpus import ParallelCorpus
+from midalign.data.reading import align_by_id, by_language, read_text, select
+from midalign.errors import InputError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+FLORES_PLUS = "openlanguagedata/flores_plus"
+# FLoRes-200 code -> flores_plus config, where they differ.
+_HUB_CONFIG = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant"}
+
+
+def read_hf(name: str, langs: list[str], split: str) -> ParallelCorpus:
+    """``name``: a hub dataset id with the flores_plus schema (``flores_plus`` is short for
+    ``openlanguagedata/flores_plus``) or a local directory laid out like that repo."""
+    if not langs:
+        raise InputError(f"hf:{name}: give the languages to load (one config per language)")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        tables = _read_local(local, langs, split)
+    elif name.startswith((".", "/", "~")):
+        raise InputError(f"hf:{name}: directory not found")
+    else:
+        repo = FLORES_PLUS if name == "flores_plus" else name
+        tables = {lang: _load_hub(repo, lang, split) for lang in langs}
+    rows = {lang: _rows(where, table) for lang, (where, table) in tables.items()}
+    ids = align_by_id(rows, {lang: where for lang, (where, _) in tables.items()})
+    return ParallelCorpus.multiway(
+        {lang: [rows[lang][i] for i in ids] for lang in rows},
+        source=f"hf:{name} ({split})",
+        ids=ids,
+    )
+
+
+def _read_local(root: Path, langs: list[str], split: str) -> dict[str, tuple[str, Dataset]]:
+    files = {
+        p.stem: p
+        for pattern in (f"**/{split}/*.parquet", f"**/{split}/*.jsonl")
+        for p in sorted(root.glob(pattern))
+    }
+    if not files:
+        raise InputError(f"hf:{root}: no {split}/<language>.parquet or .jsonl files")
+    paths = select(langs, by_language(files), f"hf:{root} ({split})")
+    return {lang: (str(path), _load_file(path, split)) for lang, path in paths.items()}
+
+
+def _load_file(path: Path, split: str) -> Dataset:
+    from datasets import load_dataset
+
+    builder = "parquet" if path.suffix == ".parquet" else "json"
+    if builder == "json":
+        read_text(path)  # a clear file:line message for bad UTF-8 before datasets sees it
+    try:
+        return load_dataset(builder, data_files={split: [str(path)]}, split=split)
+    except Exception as e:  # malformed files surface as many exception types
+        raise InputError(f"{path}: cannot be read as {builder} ({type(e).__name__}: {e})") from e
+
+
+def _load_hub(repo: str, lang: str, split: str) -> tuple[str, Dataset]:
+    from datasets import load_dataset
+
+    config = _HUB_CONFIG.get(lang, lang)
+    where = f"hf:{repo} config {config} split {split}"
+    try:
+        return where, load_dataset(repo, config, split=split)
+    except Exception as e:  # offline, gated, unknown config or split: all fixable by the user
+        raise InputError(
+            f"{where}: cannot load ({type(e).__name__}: {e}). flores_plus is gated: accept its "
+            "terms on the hub and log in, or download it and pass hf:DIR"
+        ) from e
+
+
+def _rows(where: str, table: Dataset) -> dict[str, str]:
+    """{id: text} of one language; an empty sentence or a repeated id is an error."""
+    columns = table.column_names
+    if "id" not in columns or "text" not in columns:
+        raise InputError(f"{where}: needs columns 'id' and 'text' (has {', '.join(columns)})")
+    rows: dict[str, str] = {}
+    for n, (id_, text) in enumerate(zip(table["id"], table["text"], strict=True), 1):
+        key = str(id_)
+        if text is None or not text.strip():
+            raise InputError(f"{where}: row {n} (id {key}) has an empty text")
+        if key in rows:
+            raise InputError(f"{where}: row {n}: id {key} occurs twice")
+        rows[key] = text.strip()
+    return rows

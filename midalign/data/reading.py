@@ -1,0 +1,139 @@
+"""Reading the user's files so that every failure names the file and line to fix.
+
+Shared by all readers: strict UTF-8, line-aligned text, TSV with a header, and matching the
+languages a user asked for against the languages a data set has (each set names them its own
+way: ``deu_Latn``, ``cmn_Hans``, ``deu``, ``ara``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from midalign.errors import InputError
+from midalign.languages import to_flores
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def read_text(path: Path) -> str:
+    """The whole file as text; invalid UTF-8 is reported with its line (a BOM is dropped)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x}); convert the file to UTF-8"
+        ) from None
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines of a line-aligned file: split on ``\\n`` only (``str.splitlines`` also splits on
+    U+2028 and friends, which occur inside sentences and would shift the alignment)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def read_sentences(path: Path) -> list[str]:
+    """One sentence per line; an empty line is an error, since it would pair with a sentence."""
+    sentences = []
+    for lineno, line in enumerate(split_lines(read_text(path)), 1):
+        line = line.strip()
+        if not line:
+            raise InputError(f"{path}:{lineno}: empty line (every line must hold a sentence)")
+        sentences.append(line)
+    return sentences
+
+
+def read_tsv(path: Path, columns: Iterable[str]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a tab-separated file with a header that must name ``columns``, with line numbers.
+
+    No quoting: SIB-200 and FLoRes-derived TSVs hold raw text with quote characters in it.
+    """
+    lines = split_lines(read_text(path))
+    if not lines:
+        raise InputError(f"{path}: empty file (expected a header line)")
+    header = lines[0].split("\t")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise InputError(f"{path}:1: header lacks column(s) {', '.join(missing)} (has {header})")
+    rows = []
+    for lineno, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise InputError(
+                f"{path}:{lineno}: {len(fields)} tab-separated fields, header has {len(header)}"
+            )
+        rows.append((lineno, dict(zip(header, fields, strict=True))))
+    return rows
+
+
+def check_same_length(texts: Mapping[Path, list[str]]) -> None:
+    """Line-aligned files must agree on their number of lines, or the pairing is meaningless."""
+    (first, first_lines), *rest = texts.items()
+    for path, lines in rest:
+        if len(lines) != len(first_lines):
+            raise InputError(
+                f"{first} has {len(first_lines)} lines but {path} has {len(lines)}; "
+                "line-aligned files must have the same number of lines"
+            )
+
+
+def by_language(names: Mapping[str, T]) -> dict[str, T]:
+    """Key a data set's items by FLoRes code, given each item's own language name.
+
+    Names that are not language codes are skipped; when two names mean the same language, the
+    one spelled exactly as the FLoRes code wins.
+    """
+    found: dict[str, T] = {}
+    for name, item in names.items():
+        try:
+            code = to_flores(name)
+        except InputError:
+            continue
+        if code not in found or name == code:
+            found[code] = item
+    return found
+
+
+def select(langs: list[str], available: Mapping[str, T], where: str) -> dict[str, T]:
+    """The requested languages' items, in request order (all of them if none is requested)."""
+    if not langs:
+        if not available:
+            raise InputError(f"{where}: no data found")
+        return {code: available[code] for code in sorted(available)}
+    missing = [lang for lang in langs if lang not in available]
+    if missing:
+        listed = ", ".join(sorted(available)) or "none"
+        raise InputError(f"{where}: no {', '.join(missing)}; available: {listed}")
+    return {lang: available[lang] for lang in langs}
+
+
+def align_by_id(rows: Mapping[str, dict[str, str]], where: Mapping[str, object]) -> list[str]:
+    """Ids present in every language, in the first language's order.
+
+    ``rows`` maps language -> {id: text}; ``where`` maps language -> its file, for the log line
+    that says how many sentences a language lost (data sets keyed by id may legitimately
+    miss some sentences in some languages; the rest stays usable).
+    """
+    langs = list(rows)
+    common = set.intersection(*(set(r) for r in rows.values()))
+    for lang in langs:
+        dropped = len(rows[lang]) - len(common)
+        if dropped:
+            log.warning("%s: %d sentence(s) not in every language, left out", where[lang], dropped)
+    return [i for i in rows[langs[0]] if i in common]
