@@ -1,0 +1,126 @@
+"""Exact weighted merging of LoRA adapters (SPEC §4).
+
+For adapters i with factors A_i [r_i, in], B_i [out, r_i] and scale s_i (α_i / r_i, or
+α_i / √r_i with rsLoRA), the merged adapter must satisfy, for every module,
+
+    ΔW = Σ_i w_i · s_i · B_i A_i
+
+Concatenating the factors does that exactly: A = [A_1; A_2; …] (rank Σ r_i) and
+B = [w_1 s_1 B_1, w_2 s_2 B_2, …], saved with α = r so that PEFT's own scale is 1. PEFT's
+``add_weighted_adapter(combination_type="linear")`` instead mixes A's and B's separately, which
+creates cross terms B_1 A_2; it is not this. A module that only some adapters touch gets zero
+factors for the others, so every module has the same rank and the result is a plain PEFT adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from midalign.errors import InputError
+from midalign.io import atomic_output_dir, write_json
+
+_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>[AB])\.weight$")
+
+
+def read_adapter(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """An adapter's config and its factors: module -> {"A": [r, in], "B": [out, r]}."""
+    path = Path(path)
+    config_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
+    for file in (config_file, weights_file):
+        if not file.is_file():
+            raise InputError(f"--adapters: {file} not found (not a PEFT LoRA adapter folder)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"--adapters: {config_file}:{e.lineno}: invalid JSON ({e.msg})") from e
+    if config.get("peft_type") != "LORA":
+        raise InputError(f"--adapters: {path} is a {config.get('peft_type')} adapter, not LoRA")
+    for option in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern"):
+        if config.get(option):
+            raise InputError(f"--adapters: {path} uses {option}, which merging does not support")
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(weights_file).items():
+        match = _KEY.match(key)
+        if match is None:
+            raise InputError(f"--adapters: {weights_file} holds {key}, not a LoRA factor")
+        factors.setdefault(match["module"], {})[match["kind"]] = tensor
+    for module, pair in factors.items():
+        if set(pair) != {"A", "B"}:
+            raise InputError(f"--adapters: {weights_file}: {module} lacks lora_A or lora_B")
+    return config, factors
+
+
+def lora_scale(config: dict) -> float:
+    r, alpha = config["r"], config["lora_alpha"]
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
+def check_weights(weights: Sequence[float]) -> None:
+    if any(w < 0 for w in weights):
+        raise InputError(f"--weights must be non-negative, got {list(weights)}")
+    if abs(sum(weights) - 1.0) > 1e-6:
+        raise InputError(f"--weights must sum to 1, got {list(weights)} (sum {sum(weights):g})")
+
+
+def merge_adapters(
+    adapters: Sequence[Path], weights: Sequence[float], out: Path, overwrite: bool = False
+) -> dict:
+    """Write the exact weighted merge of ``adapters`` to ``out``; returns its adapter config."""
+    if len(adapters) != len(weights):
+        raise InputError(f"--weights: {len(weights)} weights for {len(adapters)} adapters")
+    check_weights(weights)
+    loaded = [read_adapter(Path(a)) for a in adapters]
+    bases = {c.get("base_model_name_or_path") for c, _ in loaded}
+    if len(bases) > 1:
+        raise InputError(
+            f"--adapters: adapters of different base models: {sorted(map(str, bases))}"
+        )
+    modules = sorted(set().union(*(f.keys() for _, f in loaded)))
+    merged: dict[str, torch.Tensor] = {}
+    for module in modules:
+        shapes = {
+            (f[module]["B"].shape[0], f[module]["A"].shape[1]) for _, f in loaded if module in f
+        }
+        if len(shapes) > 1:
+            raise InputError(f"--adapters: {module} has different shapes across adapters: {shapes}")
+        (out_dim, in_dim) = shapes.pop()
+        a_parts, b_parts = [], []
+        for (config, factors), w in zip(loaded, weights, strict=True):
+            r = config["r"]
+            if module in factors:
+                a = factors[module]["A"].float()  # [r, in]
+                b = factors[module]["B"].float() * (w * lora_scale(config))  # [out, r]
+            else:
+                a, b = torch.zeros(r, in_dim), torch.zeros(out_dim, r)
+            a_parts.append(a)
+            b_parts.append(b)
+        merged[f"{module}.lora_A.weight"] = torch.cat(a_parts, dim=0).contiguous()
+        merged[f"{module}.lora_B.weight"] = torch.cat(b_parts, dim=1).contiguous()
+    rank = sum(c["r"] for c, _ in loaded)
+    config = dict(loaded[0][0])
+    targets = set()
+    for c, _ in loaded:
+        t = c.get("target_modules") or []
+        targets |= {t} if isinstance(t, str) else set(t)
+    config.update(
+        r=rank,
+        lora_alpha=rank,  # PEFT scale α / r = 1: the weights and scales are folded into B
+        use_rslora=False,
+        lora_dropout=max(c.get("lora_dropout", 0.0) for c, _ in loaded),
+        target_modules=sorted(targets),
+    )
+    with atomic_output_dir(out, overwrite) as tmp:
+        save_file(merged, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        write_json(tmp / "adapter_config.json", config)
+        write_json(
+            tmp / "merge.json",
+            {"adapters": [str(a) for a in adapters], "weights": list(weights), "rank": rank},
+        )
+    return config

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from midalign.errors import InputError
+from midalign.merge import merge_adapters
+
+
+def _adapter(path, seed, r, alpha, targets, rslora=False):
+    """A LoRA adapter with random (non-zero) A and B, saved in PEFT format."""
+    model = get_peft_model(
+        tiny_model("llama", n_layers=2),
+        LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rslora),
+    )
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+    model.save_pretrained(path)
+    return path
+
+
+def _delta(adapter) -> dict[str, torch.Tensor]:
+    """ΔW of every linear weight, through PEFT's own merge (an independent route)."""
+    base = tiny_model("llama", n_layers=2).state_dict()
+    merged = PeftModel.from_pretrained(tiny_model("llama", n_layers=2), adapter).merge_and_unload()
+    return {k: v - base[k] for k, v in merged.state_dict().items()}
+
+
+def test_merged_update_equals_weighted_sum_of_updates(tmp_path):
+    task = _adapter(tmp_path / "task", 1, r=4, alpha=8, targets=["q_proj", "v_proj", "down_proj"])
+    align = _adapter(
+        tmp_path / "align", 2, r=2, alpha=16, targets=["q_proj", "o_proj"], rslora=True
+    )
+    config = merge_adapters([task, align], [0.9, 0.1], tmp_path / "merged")
+    assert config["r"] == 6 and config["lora_alpha"] == 6
+    assert config["target_modules"] == ["down_proj", "o_proj", "q_proj", "v_proj"]
+    d_task, d_align, d_merged = _delta(task), _delta(align), _delta(tmp_path / "merged")
+    touched = 0
+    for key, d in d_merged.items():
+        expected = 0.9 * d_task[key] + 0.1 * d_align[key]
+        torch.testing.assert_close(d, expected, atol=1e-6, rtol=0)
+        touched += bool(expected.abs().sum() > 0)
+    assert touched == 2 * 4  # 4 target kinds × 2 layers
+
+
+def test_merged_model_outputs_equal_base_with_both_weighted_updates(tmp_path):
+    task = _adapter(tmp_path / "task", 3, r=4, alpha=8, targets=["q_proj", "k_proj"])
+    align = _adapter(tmp_path / "align", 4, r=4, alpha=8, targets=["q_proj", "k_proj"])
+    merge_adapters([task, align], [0.7, 0.3], tmp_path / "merged")
+    reference = tiny_model("llama", n_layers=2)
+    d_task, d_align = _delta(task), _delta(align)
+    reference.load_state_dict(
+        {k: v + 0.7 * d_task[k] + 0.3 * d_align[k] for k, v in reference.state_dict().items()}
+    )
+    merged = PeftModel.from_pretrained(tiny_model("llama", n_layers=2), tmp_path / "merged").eval()
+    ids = torch.randint(3, 128, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ([0.9, 0.2], "must sum to 1"),
+        ([1.5, -0.5], "must be non-negative"),
+        ([1.0], "1 weights for 2 adapters"),
+    ],
+)
+def test_bad_weights(tmp_path, weights, message):
+    a = _adapter(tmp_path / "a", 1, 2, 4, ["q_proj"])
+    b = _adapter(tmp_path / "b", 2, 2, 4, ["q_proj"])
+    with pytest.raises(InputError, match=message):
+        merge_adapters([a, b], weights, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_adapters_of_different_base_models_are_refused(tmp_path):
+    a = _adapter(tmp_path / "a", 1, 2, 4, ["q_proj"])
+    b = _adapter(tmp_path / "b", 2, 2, 4, ["q_proj"])
+    config = json.loads((b / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "some/other-model"
+    (b / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="different base models"):
+        merge_adapters([a, b], [0.5, 0.5], tmp_path / "m")
+
+
+def test_missing_adapter_names_the_file(tmp_path):
+    with pytest.raises(InputError, match="adapter_config.json not found"):
+        merge_adapters([tmp_path / "nope", tmp_path / "nope2"], [0.5, 0.5], tmp_path / "m")
