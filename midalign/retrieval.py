@@ -1,0 +1,192 @@
+"""Cross-lingual retrieval with LASER's xsim margin, for every pair at once (SPEC §1.3–1.5).
+
+For L2-normalised sources x and targets y, as in LASER's ``source/xsim.py``:
+candidates of x = its k nearest targets by cosine; avg_x = mean cosine of those k,
+avg_y = mean cosine of y's k nearest sources;
+
+    score(x, y) = cos(x, y) / ((avg_x + avg_y) / 2)          (ratio margin)
+
+the prediction is the best-scoring candidate, and accuracy is the share of sources whose
+prediction is their own translation. ``cosine`` is the plain nearest neighbour. The margin
+penalises "hub" targets that are close to everything, which plain cosine retrieval loves.
+Everything is batched matrix work: one [sources, targets, N, N] similarity block at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from midalign.data.corpus import ParallelCorpus
+from midalign.errors import InputError
+
+MARGINS = ("ratio", "cosine")
+_BLOCK_BYTES = 512 * 2**20  # similarity block budget when scoring many language pairs
+
+
+def check_options(n_targets: int, k: int, margin: str) -> None:
+    """Fail early, before any model is loaded, on a margin or k that cannot work."""
+    if margin not in MARGINS:
+        raise InputError(f"--margin must be one of {', '.join(MARGINS)}, not {margin!r}")
+    if margin == "ratio" and not 1 <= k < n_targets:
+        raise InputError(
+            f"--k {k} must be between 1 and the number of sentences minus one ({n_targets - 1})"
+        )
+
+
+def _predict(sim: torch.Tensor, k: int, margin: str) -> torch.Tensor:
+    """Predicted target index for every source: sim [..., n, m] -> [..., n]."""
+    if margin == "cosine":
+        return sim.argmax(dim=-1)
+    top_sim, top_idx = sim.topk(k, dim=-1)  # [..., n, k], descending like faiss
+    avg_x = top_sim.mean(dim=-1)  # [..., n]
+    avg_y = sim.topk(k, dim=-2).values.mean(dim=-2)  # [..., m]
+    avg_y_cand = avg_y.unsqueeze(-2).expand(*top_idx.shape[:-1], -1).gather(-1, top_idx)
+    scores = top_sim / ((avg_x.unsqueeze(-1) + avg_y_cand) / 2)  # [..., n, k]
+    return top_idx.gather(-1, scores.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def xsim_predict(
+    x: torch.Tensor, y: torch.Tensor, k: int = 4, margin: str = "ratio"
+) -> torch.Tensor:
+    """Index of the retrieved target for every source: x [n, d], y [m, d] -> [n] long."""
+    check_options(y.shape[0], k, margin)
+    x, y = F.normalize(x.float(), dim=-1), F.normalize(y.float(), dim=-1)
+    return _predict(x @ y.T, k, margin)
+
+
+def retrieval_accuracy(
+    x: torch.Tensor, y: torch.Tensor, k: int = 4, margin: str = "ratio"
+) -> float:
+    """Share of sources x_i whose retrieved target is y_i."""
+    pred = xsim_predict(x, y, k, margin)
+    return (pred == torch.arange(len(pred))).float().mean().item()
+
+
+def all_pairs_accuracy(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
+    """Multiway retrieval: emb [L, M, N, d] -> accuracy [L, M, M] (source, target), NaN diagonal.
+
+    Per layer, blocks of source languages are scored against all targets as one
+    [M_src, M, N, N] similarity tensor, sized to stay within a fixed memory budget.
+    """
+    n_layers, m, n, _ = emb.shape
+    check_options(n, k, margin)
+    emb = F.normalize(emb.float(), dim=-1)
+    block = max(1, _BLOCK_BYTES // (m * n * n * 4))
+    gold = torch.arange(n)
+    acc = torch.empty(n_layers, m, m)
+    for layer in range(n_layers):
+        e = emb[layer]  # [M, N, d]
+        for start in range(0, m, block):
+            sim = torch.einsum("snd,tmd->stnm", e[start : start + block], e)  # [b, M, N, N]
+            acc[layer, start : start + block] = (_predict(sim, k, margin) == gold).float().mean(-1)
+    acc[:, torch.arange(m), torch.arange(m)] = float("nan")
+    return acc
+
+
+def pair_accuracy(
+    emb: dict[str, torch.Tensor],
+    pairs: Sequence[tuple[str, str]],
+    k: int = 4,
+    margin: str = "ratio",
+) -> torch.Tensor:
+    """Retrieval for explicit pairs of sides (e.g. Tatoeba's x↔English): -> [L, P].
+
+    emb maps a side to [L, n, d]; the two sides of a pair have the same n. Batched over layers.
+    """
+    columns = []
+    for src, tgt in pairs:
+        x, y = F.normalize(emb[src].float(), dim=-1), F.normalize(emb[tgt].float(), dim=-1)
+        check_options(y.shape[1], k, margin)
+        pred = _predict(x @ y.transpose(-1, -2), k, margin)  # [L, n]
+        columns.append((pred == torch.arange(x.shape[1])).float().mean(-1))
+    return torch.stack(columns, dim=1)
+
+
+# --------------------------------------------------------------------------- aggregates
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def summarize(
+    acc: torch.Tensor,
+    layers: Sequence[int],
+    corpus: ParallelCorpus,
+    groups: dict[str, list[str]] | None = None,
+) -> dict:
+    """JSON-ready aggregates of pair accuracies acc [L, P] (P = ``corpus.pairs``).
+
+    - ``per_layer[l]``: mean, std, min, max over pairs;
+    - ``aggregate``: the model's single number, the mean over even layers > 0 (2, 4, …, L);
+    - ``best_layer``: the layer with the highest mean;
+    - ``per_language[l]``: {"source"|"target"|"both": {lang: mean over the pairs it is in}};
+    - ``pair_matrix[l]``: [source][target] accuracies in ``languages`` order, null if unscored;
+    - ``groups[name][l]``: mean of the group's languages' "both" accuracies.
+    """
+    a = acc.numpy()
+    langs = corpus.languages
+    index = {lang: i for i, lang in enumerate(langs)}
+    src = np.array([corpus.lang[s] for s, _ in corpus.pairs])
+    tgt = np.array([corpus.lang[t] for _, t in corpus.pairs])
+    per_layer, per_language, pair_matrix = {}, {}, {}
+    for li, layer in enumerate(layers):
+        row = a[li]
+        per_layer[str(layer)] = {
+            "mean": float(row.mean()),
+            "std": float(row.std()),
+            "min": float(row.min()),
+            "max": float(row.max()),
+        }
+        per_language[str(layer)] = {
+            "source": {g: _mean(row[src == g]) for g in langs},
+            "target": {g: _mean(row[tgt == g]) for g in langs},
+            "both": {g: _mean(row[(src == g) | (tgt == g)]) for g in langs},
+        }
+        matrix: list[list[float | None]] = [[None] * len(langs) for _ in langs]
+        for v, s, t in zip(row, src, tgt, strict=True):
+            matrix[index[s]][index[t]] = float(v)
+        pair_matrix[str(layer)] = matrix
+    even = [layer for layer in layers if layer > 0 and layer % 2 == 0]
+    summary = {
+        "languages": langs,
+        "pairs": len(corpus.pairs),
+        "per_layer": per_layer,
+        "aggregate": _mean([per_layer[str(layer)]["mean"] for layer in even]),
+        "aggregate_layers": even,
+        "best_layer": max(layers, key=lambda layer: per_layer[str(layer)]["mean"]),
+        "per_language": per_language,
+        "pair_matrix": pair_matrix,
+    }
+    if groups:
+        unknown = sorted({g for members in groups.values() for g in members} - set(langs))
+        if unknown:
+            raise InputError(f"--group: {', '.join(unknown)} not among the probed languages")
+        summary["groups"] = {
+            name: {
+                str(layer): _mean([per_language[str(layer)]["both"][g] for g in members])
+                for layer in layers
+            }
+            for name, members in groups.items()
+        }
+    return summary
+
+
+def correlate(per_lang_retrieval: dict[str, float | None], scores: dict[str, float]) -> dict:
+    """Pearson r and Spearman ρ between per-language retrieval and downstream scores
+    (the paper's Figure 2), over the languages both have."""
+    from scipy.stats import pearsonr, spearmanr
+
+    common = [g for g in per_lang_retrieval if g in scores and per_lang_retrieval[g] is not None]
+    result: dict = {"n": len(common), "languages": common, "pearson": None, "spearman": None}
+    if len(common) >= 3:
+        x = [per_lang_retrieval[g] for g in common]
+        y = [scores[g] for g in common]
+        if np.std(x) > 0 and np.std(y) > 0:
+            result["pearson"] = float(pearsonr(x, y).statistic)
+            result["spearman"] = float(spearmanr(x, y).statistic)
+    return result

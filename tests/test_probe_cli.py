@@ -1,0 +1,160 @@
+"""`midalign probe` end to end on a tiny saved model and small line-aligned files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from midalign.cli import main
+
+SENTENCES = {
+    "eng_Latn": [
+        "all human beings are born free",
+        "everyone is equal",
+        "the law",
+        "people of the world",
+        "a right",
+        "dignity and rights",
+    ],
+    "deu_Latn": [
+        "der mensch ist frei",
+        "ein recht",
+        "die person",
+        "das und die",
+        "der law",
+        "eine eine",
+    ],
+    "fra_Latn": ["le droit", "la loi est la loi", "les gens", "et et", "une personne", "le la les"],
+}
+
+
+def _files(tmp_path: Path, sentences: dict[str, list[str]] = SENTENCES) -> str:
+    paths = []
+    for lang, lines in sentences.items():
+        path = tmp_path / f"text.{lang}"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        paths.append(str(path))
+    return "parallel:" + ",".join(paths)
+
+
+def _probe(model_dir: Path, data: str, out: Path, *extra: str) -> int:
+    """The exit code of `midalign probe ...` (argparse's own errors exit via SystemExit)."""
+    try:
+        return main(
+            [
+                "probe",
+                "--model",
+                str(model_dir),
+                "--data",
+                data,
+                "--langs",
+                "en,de,fr",
+                "--k",
+                "2",
+                "--out",
+                str(out),
+                "--no-progress",
+                *extra,
+            ]
+        )
+    except SystemExit as e:
+        return e.code
+
+
+def test_probe_writes_results_csvs_plots_and_embeddings(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _probe(tiny_model_dir, _files(tmp_path), out, "--save-embeddings") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["layers"] == [0, 1, 2, 3, 4]
+    assert results["config"]["langs"] == ["eng_Latn", "deu_Latn", "fra_Latn"]
+    per_layer = results["per_layer"]
+    assert set(per_layer) == {"0", "1", "2", "3", "4"}
+    for layer in ("0", "2", "4"):
+        rows = list(csv.DictReader(open(out / f"pairs_layer{layer}.csv")))
+        assert len(rows) == 6  # 3 · 2 ordered pairs
+        accs = [float(r["accuracy"]) for r in rows]
+        # every accuracy is a share of 6 sentences, and the layer mean is their mean
+        assert all(abs(a * 6 - round(a * 6)) < 1e-4 for a in accs)  # 6 decimals in the CSV
+        assert per_layer[layer]["mean"] == pytest.approx(sum(accs) / 6, abs=1e-5)
+    # the model's number: mean over even layers 2 and 4 (0 = embeddings excluded)
+    assert results["aggregate"] == pytest.approx(
+        (per_layer["2"]["mean"] + per_layer["4"]["mean"]) / 2
+    )
+    for png in ("accuracy_by_layer.png", "language_by_layer.png", "pair_matrix_layer2.png"):
+        assert (out / png).stat().st_size > 1000
+    index = json.loads((out / "embeddings" / "index.json").read_text())
+    side = index["sides"]["deu_Latn"]
+    tensors = load_file(out / "embeddings" / side["file"])
+    assert sorted(tensors) == [f"layer_{i}" for i in range(5)]
+    assert tuple(tensors["layer_3"].shape) == (6, 32)
+    assert "mean over even layers" in capsys.readouterr().out
+
+
+def test_existing_out_is_refused_without_overwrite(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert _probe(tiny_model_dir, _files(tmp_path), out) == 2
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").exists()
+    assert _probe(tiny_model_dir, _files(tmp_path), out, "--overwrite", "--layers", "2") == 0
+    assert not (out / "keep.txt").exists() and (out / "pairs_layer2.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--k", "6"], "--k 6 must be between 1 and the number of sentences minus one (5)"),
+        (
+            ["--layers", "2,9"],
+            "--layers: layer 9 is out of range; this model has layers 0 (embeddings) to 4",
+        ),
+        (["--langs", "en,xx"], "unknown language code 'xx'"),
+        (["--batch-tokens", "0"], "argument --batch-tokens: must be positive, not 0 (see --help)"),
+    ],
+)
+def test_bad_options_give_one_line_and_no_output(tiny_model_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert _probe(tiny_model_dir, _files(tmp_path), out, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert not list(tmp_path.glob(".run.tmp-*"))
+
+
+def test_ragged_files_name_both_files(tiny_model_dir, tmp_path, capsys):
+    ragged = dict(SENTENCES, fra_Latn=SENTENCES["fra_Latn"][:5])
+    assert _probe(tiny_model_dir, _files(tmp_path, ragged), tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "text.fra_Latn" in err and "text.eng_Latn" in err
+
+
+def test_model_folder_without_config_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _probe(tmp_path / "empty", _files(tmp_path), tmp_path / "run") == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
+def test_adapter_for_another_base_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
+    from conftest import tiny_model
+    from peft import LoraConfig, get_peft_model
+
+    other = get_peft_model(
+        tiny_model("llama", n_layers=2), LoraConfig(r=2, target_modules=["q_proj"])
+    )
+    # a hidden size the tiny Gemma 3 does not have
+    other.base_model.model.model.layers[
+        0
+    ].self_attn.q_proj.lora_A.default.weight.data = other.base_model.model.model.layers[
+        0
+    ].self_attn.q_proj.lora_A.default.weight.data[:, :16]
+    other.save_pretrained(tmp_path / "adapter")
+    code = _probe(
+        tiny_model_dir, _files(tmp_path), tmp_path / "run", "--adapter", str(tmp_path / "adapter")
+    )
+    assert code == 2
+    assert "does not fit this model" in capsys.readouterr().err

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from midalign.data.corpus import ParallelCorpus
+from midalign.errors import InputError
+from midalign.retrieval import (
+    all_pairs_accuracy,
+    correlate,
+    pair_accuracy,
+    retrieval_accuracy,
+    summarize,
+    xsim_predict,
+)
+
+# x1=(1,0) x2=(0.96,0.28) x3=(0,1);  y1=(1,0) y2=(0.8,0.6) y3=(0.28,0.96)
+X = torch.tensor([[1.0, 0.0], [0.96, 0.28], [0.0, 1.0]])
+Y = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.28, 0.96]])
+
+
+def test_xsim_on_a_hand_worked_3x3_example():
+    # cosines       y1     y2      y3
+    #   x1        1.00   0.800   0.2800
+    #   x2        0.96   0.936   0.5376
+    #   x3        0.00   0.600   0.9600
+    # k = 2: avg_x = (0.9, 0.948, 0.78); avg_y = column top-2 means = (0.98, 0.868, 0.7488)
+    # x2's candidates: y1 → 0.96 / ((0.948 + 0.98)/2) = 0.99585,  y2 → 0.936 / ((0.948 + 0.868)/2)
+    # = 1.03084: the margin prefers y2 (its translation); plain cosine takes the hub y1.
+    # x1: y1 1/0.94 = 1.0638 > y2 0.8/0.884 = 0.9050;  x3: y3 0.96/0.7644 = 1.2559 > y2 0.6/0.824
+    assert xsim_predict(X, Y, k=2).tolist() == [0, 1, 2]
+    assert xsim_predict(X, Y, k=2, margin="cosine").tolist() == [0, 0, 2]
+    assert retrieval_accuracy(X, Y, k=2) == 1.0
+    assert retrieval_accuracy(X, Y, k=2, margin="cosine") == pytest.approx(2 / 3)
+    # scale does not matter: vectors are L2-normalised first
+    assert xsim_predict(3 * X, 0.5 * Y, k=2).tolist() == [0, 1, 2]
+
+
+def _laser_style(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Slow reference in the structure of LASER's xsim.py: kNN both ways, then a double loop
+    over sources × candidates scoring cos / mean of the two kNN averages."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    sim = x @ y.T
+    ind_xy = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    avg_xy = np.take_along_axis(sim, ind_xy, axis=1).mean(axis=1)
+    avg_yx = np.sort(sim.T, axis=1)[:, ::-1][:, :k].mean(axis=1)
+    scores = np.zeros(ind_xy.shape)
+    for i in range(ind_xy.shape[0]):
+        for j in range(ind_xy.shape[1]):
+            t = ind_xy[i, j]
+            scores[i, j] = x[i].dot(y[t]) / ((avg_xy[i] + avg_yx[t]) / 2)
+    return ind_xy[np.arange(len(x)), scores.argmax(axis=1)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("k", [1, 4, 7])
+def test_margin_matches_a_slow_reference_loop(seed, k):
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    x = shared + 0.9 * torch.randn(40, 16, generator=g, dtype=torch.float64)
+    y = shared + 0.9 * torch.randn(40, 16, generator=g, dtype=torch.float64)
+    ours = xsim_predict(x, y, k=k)
+    reference = _laser_style(x.numpy(), y.numpy(), k)
+    assert ours.tolist() == reference.tolist()
+    assert 0.1 < (ours == torch.arange(40)).float().mean() < 1.0  # neither trivial nor hopeless
+
+
+def test_all_pairs_accuracy_equals_pairwise_loop():
+    g = torch.Generator().manual_seed(5)
+    shared = torch.randn(1, 1, 30, 12, generator=g)
+    emb = shared + torch.randn(3, 4, 30, 12, generator=g)  # [L=3, M=4, N=30, d]
+    acc = all_pairs_accuracy(emb, k=4)
+    assert acc.shape == (3, 4, 4)
+    for layer in range(3):
+        for s in range(4):
+            assert torch.isnan(acc[layer, s, s])
+            for t in range(4):
+                if s != t:
+                    expected = retrieval_accuracy(emb[layer, s], emb[layer, t], k=4)
+                    assert acc[layer, s, t].item() == pytest.approx(expected)
+    cosine = all_pairs_accuracy(emb, k=4, margin="cosine")
+    assert cosine[1, 0, 2].item() == pytest.approx(
+        retrieval_accuracy(emb[1, 0], emb[1, 2], margin="cosine")
+    )
+
+
+def test_pair_accuracy_for_explicit_pairs():
+    g = torch.Generator().manual_seed(6)
+    emb = {"a": torch.randn(2, 10, 8, generator=g), "b": torch.randn(2, 10, 8, generator=g)}
+    emb["b"] += 2 * emb["a"]
+    acc = pair_accuracy(emb, [("a", "b"), ("b", "a")], k=3)
+    assert acc.shape == (2, 2)
+    assert acc[1, 1].item() == pytest.approx(retrieval_accuracy(emb["b"][1], emb["a"][1], k=3))
+
+
+@pytest.mark.parametrize("k", [0, 3, 5])
+def test_k_must_be_below_the_number_of_sentences(k):
+    with pytest.raises(InputError, match=f"--k {k} must be"):
+        xsim_predict(X, Y, k=k)
+
+
+def test_summarize_on_known_accuracies():
+    corpus = ParallelCorpus.multiway(
+        {"eng_Latn": ["a"] * 5, "deu_Latn": ["b"] * 5, "fra_Latn": ["c"] * 5}
+    )
+    # pairs in order: en→de, en→fr, de→en, de→fr, fr→en, fr→de
+    acc = torch.tensor(
+        [
+            [0.2, 0.2, 0.2, 0.2, 0.2, 0.2],  # layer 0
+            [0.4, 0.6, 0.4, 0.6, 0.8, 0.8],  # layer 2
+            [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],  # layer 4
+        ]
+    )
+    s = summarize(acc, [0, 2, 4], corpus, groups={"latin": ["deu_Latn", "fra_Latn"]})
+    assert s["per_layer"]["2"]["mean"] == pytest.approx(3.6 / 6)
+    assert s["per_layer"]["4"]["min"] == 0.0 and s["per_layer"]["4"]["max"] == 1.0
+    # the model's number: mean over layers 2 and 4 only → (0.6 + 0.5) / 2
+    assert s["aggregate"] == pytest.approx(0.55) and s["aggregate_layers"] == [2, 4]
+    assert s["best_layer"] == 2
+    lang2 = s["per_language"]["2"]
+    assert lang2["source"]["eng_Latn"] == pytest.approx(0.5)  # en→de 0.4, en→fr 0.6
+    assert lang2["target"]["eng_Latn"] == pytest.approx(0.6)  # de→en 0.4, fr→en 0.8
+    assert lang2["both"]["fra_Latn"] == pytest.approx((0.6 + 0.6 + 0.8 + 0.8) / 4)
+    assert s["pair_matrix"]["4"] == [
+        [None, 1.0, pytest.approx(0.8)],
+        [pytest.approx(0.6), None, pytest.approx(0.4)],
+        [pytest.approx(0.2), 0.0, None],
+    ]
+    # group = mean of its languages' "both": de (0.4+0.6+0.4+0.8)/4 = 0.55, fr 0.7 → 0.625
+    assert s["groups"]["latin"]["2"] == pytest.approx(0.625)
+
+
+def test_correlate_matches_hand_computed_pearson_and_spearman():
+    retrieval = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.9, "e": None}
+    scores = {"a": 1.0, "b": 3.0, "c": 2.0, "d": 4.0, "z": 7.0}
+    c = correlate(retrieval, scores)
+    assert c["languages"] == ["a", "b", "c", "d"]
+    # x − x̄ = (−0.275, −0.175, −0.075, 0.525); y − ȳ = (−1.5, 0.5, −0.5, 1.5)
+    # Σxy = 0.4125 − 0.0875 + 0.0375 + 0.7875 = 1.15; Σy² = 5;
+    # Σx² = 0.075625 + 0.030625 + 0.005625 + 0.275625 = 0.3875
+    assert c["pearson"] == pytest.approx(1.15 / np.sqrt(0.3875 * 5))
+    # ranks x (1,2,3,4), y (1,3,2,4): ρ = 1 − 6·(0+1+1+0) / (4·15) = 0.8
+    assert c["spearman"] == pytest.approx(0.8)
