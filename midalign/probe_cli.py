@@ -265,8 +265,10 @@ def _plot(
         langs, layers, heat, out / "language_by_layer.png", title="accuracy per language"
     )
     middle = min(layers, key=lambda layer: abs(layer - n_layers // 2))
-    matrix = np.array(summary["pair_matrix"][str(middle)], dtype=float)
-    plot_pair_matrix(langs, matrix, out / f"pair_matrix_layer{middle}.png", title=f"layer {middle}")
+    for layer in dict.fromkeys([middle, summary["best_layer"]]):
+        matrix = np.array(summary["pair_matrix"][str(layer)], dtype=float)
+        title = f"layer {layer}" + (" (best)" if layer == summary["best_layer"] else " (middle)")
+        plot_pair_matrix(langs, matrix, out / f"pair_matrix_layer{layer}.png", title=title)
 
 
 def _save_embeddings(
