@@ -66,8 +66,9 @@ def retrieval_accuracy(
     return (pred == torch.arange(len(pred))).float().mean().item()
 
 
-def all_pairs_accuracy(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
-    """Multiway retrieval: emb [L, M, N, d] -> accuracy [L, M, M] (source, target), NaN diagonal.
+def all_pairs_predictions(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
+    """Multiway retrieval: emb [L, M, N, d] -> predicted target index [L, M, M, N] for every
+    layer, source language, target language and source sentence.
 
     Per layer, blocks of source languages are scored against all targets as one
     [M_src, M, N, N] similarity tensor, sized to stay within a fixed memory budget.
@@ -76,13 +77,20 @@ def all_pairs_accuracy(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> 
     check_options(n, k, margin)
     emb = F.normalize(emb.float(), dim=-1)
     block = max(1, _BLOCK_BYTES // (m * n * n * 4))
-    gold = torch.arange(n)
-    acc = torch.empty(n_layers, m, m)
+    pred = torch.empty(n_layers, m, m, n, dtype=torch.long)
     for layer in range(n_layers):
         e = emb[layer]  # [M, N, d]
         for start in range(0, m, block):
             sim = torch.einsum("snd,tmd->stnm", e[start : start + block], e)  # [b, M, N, N]
-            acc[layer, start : start + block] = (_predict(sim, k, margin) == gold).float().mean(-1)
+            pred[layer, start : start + block] = _predict(sim, k, margin)
+    return pred
+
+
+def all_pairs_accuracy(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
+    """Multiway retrieval accuracy: emb [L, M, N, d] -> [L, M, M] (source, target), NaN diagonal."""
+    pred = all_pairs_predictions(emb, k, margin)
+    m, n = pred.shape[1], pred.shape[-1]
+    acc = (pred == torch.arange(n)).float().mean(-1)
     acc[:, torch.arange(m), torch.arange(m)] = float("nan")
     return acc
 
