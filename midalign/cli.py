@@ -15,6 +15,7 @@ from midalign.errors import InputError
 # command name -> module implementing it
 COMMANDS = {
     "probe": "midalign.probe_cli",
+    "merge": "midalign.merge_cli",
 }
 
 

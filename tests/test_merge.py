@@ -93,3 +93,32 @@ def test_adapters_of_different_base_models_are_refused(tmp_path):
 def test_missing_adapter_names_the_file(tmp_path):
     with pytest.raises(InputError, match="adapter_config.json not found"):
         merge_adapters([tmp_path / "nope", tmp_path / "nope2"], [0.5, 0.5], tmp_path / "m")
+
+
+def test_merge_command(tmp_path, capsys):
+    from midalign.cli import main
+
+    a = _adapter(tmp_path / "a", 1, 2, 4, ["q_proj"])
+    b = _adapter(tmp_path / "b", 2, 2, 4, ["v_proj"])
+    out = tmp_path / "m"
+    assert (
+        main(
+            [
+                "merge",
+                "--adapters",
+                f"task={a}",
+                f"align={b}",
+                "--weights",
+                "0.9,0.1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "merged 0.9·task + 0.1·align" in capsys.readouterr().out
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
+    assert (
+        main(["merge", "--adapters", str(a), str(b), "--weights", "0.9,x", "--out", str(out)]) == 2
+    )
+    assert "--weights: expected numbers" in capsys.readouterr().err
