@@ -77,3 +77,49 @@ def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_grouped_bars(
+    categories: Sequence[str],
+    series: dict[str, tuple[Sequence[float], Sequence[float | None]]],
+    path: Path,
+    ylabel: str,
+    title: str = "",
+) -> None:
+    """One group of bars per category, one bar per series (mean, 95 % CI as error bars)."""
+    n = max(len(series), 1)
+    width = 0.8 / n
+    x = np.arange(len(categories))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.35 * len(categories) * n), 4))
+    for i, (name, (means, cis)) in enumerate(series.items()):
+        err = [0.0 if c is None else c for c in cis]
+        ax.bar(x + (i - (n - 1) / 2) * width, means, width, yerr=err, capsize=2, label=name)
+    ax.set_xticks(x, categories, rotation=60, ha="right", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_correlation(
+    x: Sequence[float],
+    y: Sequence[float],
+    labels: Sequence[str],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> None:
+    """Scatter of per-language retrieval against downstream scores, with a least-squares line
+    (the paper's Figure 2)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.scatter(x, y)
+    for xi, yi, label in zip(x, y, labels, strict=True):
+        ax.annotate(label, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if len(x) >= 2 and np.std(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        xs = np.linspace(min(x), max(x), 2)
+        ax.plot(xs, slope * xs + intercept, "--", color="gray", linewidth=1)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)

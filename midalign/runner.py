@@ -1,0 +1,727 @@
+"""`midalign run`: one YAML recipe → prepared data, trained and merged adapters, transfer scores,
+retrieval before and after, and a report (SPEC §5). The recipe wires the parts; the parts
+(:mod:`midalign.train`, :mod:`midalign.eval_cli`, :mod:`midalign.probe`, :mod:`midalign.merge`)
+know nothing of recipes.
+
+Every unit of work is a *step* (prepare data, train a system with one seed, merge, evaluate,
+probe). A step lives in ``<out>/steps/<name>-<hash>/``, where the hash covers everything its
+result depends on (its own settings and the hashes of the steps it consumes), and is finished
+when its ``done.json`` exists, written last and atomically. Re-running a recipe reuses finished
+steps, redoes the ones whose settings changed, and resumes a training step that was killed
+from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from midalign.errors import InputError
+from midalign.io import write_json, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+RECIPE_KEYS = ("name", "model", "seeds", "task", "probe", "train", "systems", "eval")
+TASK_KEYS = ("name", "train", "dev", "test", "groups")
+DATA_KEYS = ("source", "langs", "split", "limit")
+PROBE_KEYS = ("data", "langs", "split", "max_sentences", "layers", "pool", "k", "report_layer")
+SYSTEM_KEYS = ("name", "train", "merge", "zero_shot", "evaluate", "probe")
+EVAL_KEYS = ("batch_size", "max_new_tokens")
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+@dataclass
+class DataSpec:
+    """A task split to read: ``source`` as ``midalign eval --data`` takes it."""
+
+    source: str
+    langs: list[str]
+    split: str
+    limit: int | None = None
+
+
+@dataclass
+class System:
+    """One row of the results table.
+
+    ``train``: config sections (model, lora, data, align, optim) laid over the recipe's shared
+    ``train`` sections; ``merge``: {task: system, align: system, weight: w} merges two trained
+    systems' adapters as w·task + (1−w)·align; neither: the base model itself (``zero_shot``
+    picks the task's zero-shot prompt). ``evaluate: false`` trains an adapter only for merging.
+    """
+
+    name: str
+    train: dict[str, Any] | None = None
+    merge: dict[str, Any] | None = None
+    zero_shot: bool = False
+    evaluate: bool = True
+    probe: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "train" if self.train is not None else "merge" if self.merge else "base"
+
+
+@dataclass
+class Recipe:
+    name: str
+    model: str
+    seeds: list[int]
+    task: str
+    train_data: DataSpec
+    dev_data: DataSpec | None
+    test_data: DataSpec
+    groups: dict[str, list[str]]
+    probe: dict[str, Any] | None
+    train: dict[str, Any]
+    systems: list[System]
+    eval: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+
+def _mapping(value: Any, where: str, keys: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: expected a mapping with keys {', '.join(keys)}")
+    unknown = [k for k in value if k not in keys]
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
+    return value
+
+
+def _langs(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [x.strip() for x in value.split(",") if x.strip()]
+    if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+        return list(value)
+    raise InputError(f"{where}: expected a list of language codes, got {value!r}")
+
+
+def _data_spec(value: Any, where: str, default_split: str) -> DataSpec:
+    d = _mapping(value, where, DATA_KEYS)
+    if not isinstance(d.get("source"), str):
+        raise InputError(f"{where}.source: a data source (path or hub id) is required")
+    limit = d.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise InputError(f"{where}.limit: expected a positive integer, got {limit!r}")
+    return DataSpec(
+        source=d["source"],
+        langs=_langs(d.get("langs"), f"{where}.langs"),
+        split=str(d.get("split", default_split)),
+        limit=limit,
+    )
+
+
+def parse_recipe(values: Any, where: str) -> Recipe:
+    """A recipe from its YAML mapping; every mistake is an InputError naming the key."""
+    r = _mapping(values, where, RECIPE_KEYS)
+    task = _mapping(r.get("task"), f"{where}: task", TASK_KEYS)
+    if not isinstance(task.get("name"), str):
+        raise InputError(f"{where}: task.name is required (slots, mt, ner or topic)")
+    seeds = r.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise InputError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
+    groups = task.get("groups") or {}
+    if not isinstance(groups, dict):
+        raise InputError(f"{where}: task.groups must map a group name to languages")
+    systems = []
+    raw_systems = r.get("systems")
+    if not isinstance(raw_systems, list) or not raw_systems:
+        raise InputError(f"{where}: systems must be a non-empty list")
+    for i, raw in enumerate(raw_systems):
+        s = _mapping(raw, f"{where}: systems[{i}]", SYSTEM_KEYS)
+        if not isinstance(s.get("name"), str) or not s["name"]:
+            raise InputError(f"{where}: systems[{i}].name is required")
+        if s.get("train") is not None and s.get("merge") is not None:
+            raise InputError(f"{where}: system {s['name']} has both train and merge")
+        systems.append(
+            System(
+                name=s["name"],
+                train=s.get("train") if s.get("train") is not None else None,
+                merge=s.get("merge"),
+                zero_shot=bool(s.get("zero_shot", False)),
+                evaluate=bool(s.get("evaluate", True)),
+                probe=bool(s.get("probe", True)),
+            )
+        )
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise InputError(f"{where}: system names must be unique, got {names}")
+    trained = {s.name for s in systems if s.kind == "train"}
+    for s in systems:
+        if s.merge is None:
+            continue
+        m = _mapping(s.merge, f"{where}: system {s.name}: merge", ("task", "align", "weight"))
+        for key in ("task", "align"):
+            if m.get(key) not in trained:
+                raise InputError(
+                    f"{where}: system {s.name}: merge.{key} must name a trained system "
+                    f"({', '.join(sorted(trained)) or 'none'}), not {m.get(key)!r}"
+                )
+        w = m.get("weight", 0.9)
+        if not isinstance(w, int | float) or not 0 <= w <= 1:
+            raise InputError(f"{where}: system {s.name}: merge.weight must be in [0, 1], not {w!r}")
+    probe = r.get("probe")
+    if probe is not None:
+        probe = dict(_mapping(probe, f"{where}: probe", PROBE_KEYS))
+        if not isinstance(probe.get("data"), str):
+            raise InputError(f"{where}: probe.data is required (e.g. udhr)")
+        probe["langs"] = _langs(probe.get("langs"), f"{where}: probe.langs")
+    train = r.get("train") or {}
+    if not isinstance(train, dict):
+        raise InputError(f"{where}: train must be a mapping of config sections")
+    return Recipe(
+        name=str(r.get("name") or Path(where).stem),
+        model=str(r.get("model", "default")),
+        seeds=seeds,
+        task=task["name"],
+        train_data=_data_spec(task.get("train"), f"{where}: task.train", "train"),
+        dev_data=_data_spec(task["dev"], f"{where}: task.dev", "dev") if task.get("dev") else None,
+        test_data=_data_spec(task.get("test"), f"{where}: task.test", "test"),
+        groups={str(k): _langs(v, f"{where}: task.groups.{k}") for k, v in groups.items()},
+        probe=probe,
+        train=train,
+        systems=systems,
+        eval=dict(_mapping(r.get("eval") or {}, f"{where}: eval", EVAL_KEYS)),
+        path=where,
+    )
+
+
+def load_recipe(path: Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"recipe {path} not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    return parse_recipe(values, str(path))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``, recursively for mappings (neither is modified)."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def spec_hash(spec: Any) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Steps:
+    """Finished-or-not bookkeeping of a run directory's steps."""
+
+    def __init__(self, out: Path, dry_run: bool = False) -> None:
+        self.root = Path(out) / "steps"
+        self.dry_run = dry_run
+        self.ran: list[str] = []
+        self.reused: list[str] = []
+
+    def folder(self, name: str, spec: dict[str, Any]) -> Path:
+        return self.root / f"{name}-{spec_hash(spec)}"
+
+    def run(self, name: str, spec: dict[str, Any], fn: Callable[[Path], dict]) -> dict:
+        """``fn(folder)``'s result, or the stored one if this exact step finished before; either
+        way with ``"step"``, the folder's name, which later steps' specs use as its identity."""
+        folder = self.folder(name, spec)
+        done = folder / "done.json"
+        if done.is_file():
+            self.reused.append(folder.name)
+            return {**json.loads(done.read_text(encoding="utf-8"))["result"], "step": folder.name}
+        if self.dry_run:
+            self.ran.append(folder.name)
+            return {"step": folder.name}
+        log.info("step %s", folder.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "spec.json", spec)
+        result = fn(folder)
+        write_json(done, {"step": name, "spec": spec, "result": result})
+        self.ran.append(folder.name)
+        return {**result, "step": folder.name}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def mean_ci(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and the half-width of its 95 % confidence interval (Student t over seeds);
+    ``ci95`` is None for a single value."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "ci95": None, "n": n, "values": list(values)}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return {
+        "mean": mean,
+        "ci95": float(t.ppf(0.975, n - 1) * sd / math.sqrt(n)),
+        "n": n,
+        "values": list(values),
+    }
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    progress: bool = True
+    dry_run: bool = False
+
+
+class Runner:
+    """Executes a recipe step by step (see the module docstring)."""
+
+    def __init__(self, recipe: Recipe, options: RunOptions) -> None:
+        from midalign.tasks import get_task
+
+        self.recipe = recipe
+        self.opt = options
+        self.out = Path(options.out)
+        self.steps = Steps(self.out, options.dry_run)
+        self.task = get_task(recipe.task)
+        self.test_keys = self.task.languages(",".join(recipe.test_data.langs))
+        self.groups = {
+            name: self.task.languages(",".join(codes)) for name, codes in recipe.groups.items()
+        }
+        for name, keys in self.groups.items():
+            missing = [k for k in keys if k not in self.test_keys]
+            if missing:
+                raise InputError(
+                    f"{recipe.path}: task.groups.{name}: {', '.join(missing)} "
+                    "not in task.test.langs"
+                )
+
+    # ----------------------------------------------------------------- data
+
+    def prepare(self, spec: DataSpec, name: str) -> dict:
+        """The split as instruction jsonl (the training contract of `midalign data prepare`)."""
+        from midalign.data_cli import instruction_record
+        from midalign.tasks.base import limit_per_key
+
+        def work(folder: Path) -> dict:
+            keys = self.task.languages(",".join(spec.langs))
+            examples = limit_per_key(self.task.read(spec.source, keys, spec.split), spec.limit)
+            lines = [
+                json.dumps(instruction_record(self.task, ex), ensure_ascii=False) for ex in examples
+            ]
+            path = folder / f"{name}.jsonl"
+            write_text_atomic(path, "\n".join(lines) + "\n")
+            return {"path": str(path.resolve()), "examples": len(examples)}
+
+        return self.steps.run(f"data-{name}", {"task": self.task.name, **vars(spec)}, work)
+
+    # ----------------------------------------------------------------- train and merge
+
+    def train_config(self, system: System, seed: int, data: dict[str, dict]) -> dict:
+        """The system's full TrainConfig as nested sections (recipe defaults < system < runner)."""
+        from midalign.config import from_dict, validate
+
+        sections = deep_merge(self.recipe.train, system.train or {})
+        # An alignment-only adapter has no task: its best checkpoint is chosen by the dev
+        # alignment loss, and it reads no task data.
+        task_free = sections.get("align", {}).get("schedule") == "align"
+        runner = {
+            "model": {"name": self.recipe.model},
+            "data": {
+                "task_data": None if task_free else data["train"].get("path"),
+                "dev_data": data["dev"].get("path") if "dev" in data and not task_free else None,
+            },
+            "optim": {"seed": seed},
+        }
+        sections = deep_merge(sections, runner)
+        config = from_dict(sections, f"{self.recipe.path}: system {system.name}")
+        if not self.opt.dry_run:
+            validate(config)
+        return config.to_dict()
+
+    def train(self, system: System, seed: int, data: dict[str, dict]) -> dict:
+        from midalign.config import from_dict
+        from midalign.train import last_checkpoint, train
+
+        sections = self.train_config(system, seed, data)
+        # The data files' paths change with their hashes; their hashes are what matter.
+        spec = {"config": sections, "data": {k: v.get("step") for k, v in data.items()}}
+
+        def work(folder: Path) -> dict:
+            config = from_dict(sections, f"{folder}/config.yaml")
+            write_text_atomic(folder / "config.yaml", config.to_yaml())
+            checkpoint = last_checkpoint(folder)
+            if checkpoint is not None:
+                log.info("resuming %s from %s", folder.name, checkpoint.name)
+            result = train(config, folder, checkpoint, progress=self.opt.progress)
+            if result.interrupted:
+                raise KeyboardInterrupt
+            return {
+                "adapter": str(folder.resolve()),
+                "global_step": result.global_step,
+                "best_metric": result.best_metric,
+                "align_layers": result.align_layers,
+            }
+
+        return self.steps.run(f"train-{system.name}-seed{seed}", spec, work)
+
+    def merge(self, system: System, seed: int, adapters: dict[str, dict]) -> dict:
+        from midalign.merge import merge_adapters
+
+        m = system.merge or {}
+        weight = float(m.get("weight", 0.9))
+        task, align = adapters[m["task"]], adapters[m["align"]]
+        spec = {"task": task["step"], "align": align["step"], "weight": weight}
+
+        def work(folder: Path) -> dict:
+            target = folder / "adapter"
+            merge_adapters(
+                [Path(task["adapter"]), Path(align["adapter"])],
+                [weight, 1 - weight],
+                target,
+                overwrite=True,
+            )
+            return {"adapter": str(target.resolve())}
+
+        return self.steps.run(f"merge-{system.name}-seed{seed}", spec, work)
+
+    # ----------------------------------------------------------------- evaluate and probe
+
+    def evaluate(self, system: System, seed: int | None, adapter: dict | None) -> dict:
+        from midalign.eval_cli import evaluate, probe_scores
+        from midalign.models import load_model
+        from midalign.tasks.base import limit_per_key
+
+        spec_t = self.recipe.test_data
+        spec = {
+            "model": self.recipe.model,
+            "adapter": adapter["step"] if adapter else None,
+            "task": self.task.name,
+            "test": vars(spec_t),
+            "zero_shot": system.zero_shot,
+            "eval": self.recipe.eval,
+            "groups": self.groups,
+        }
+
+        def work(folder: Path) -> dict:
+            examples = limit_per_key(
+                self.task.read(spec_t.source, self.test_keys, spec_t.split), spec_t.limit
+            )
+            model, tokenizer = load_model(self.recipe.model, adapter and adapter["adapter"])
+            results = evaluate(
+                model,
+                tokenizer,
+                self.task,
+                examples,
+                zero_shot=system.zero_shot,
+                batch_size=int(self.recipe.eval.get("batch_size", 16)),
+                max_new_tokens=self.recipe.eval.get("max_new_tokens"),
+                groups=self.groups,
+                progress=self.opt.progress,
+            )
+            predictions = results.pop("predictions")
+            write_json(folder / "results.json", results)
+            write_text_atomic(
+                folder / "predictions.jsonl",
+                "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions),
+            )
+            metric = results["metric"]
+            return {
+                "metric": metric,
+                "per_language": {k: v[metric] for k, v in results["per_language"].items()},
+                "groups": {k: v[metric] for k, v in results["groups"].items()},
+                "average": results["average"],
+                "unparseable": results["unparseable"],
+                "probe_scores": probe_scores(results),
+            }
+
+        suffix = f"-seed{seed}" if seed is not None else ""
+        return self.steps.run(f"eval-{system.name}{suffix}", spec, work)
+
+    def probe(self, name: str, adapter: dict | None) -> dict:
+        """Retrieval per layer and language on the recipe's parallel text (model + adapter)."""
+        from midalign.data import load_parallel
+        from midalign.languages import parse_langs
+        from midalign.models import load_model, num_layers, parse_layers
+        from midalign.probe import default_batch_tokens, embed_corpus, score_corpus
+        from midalign.retrieval import summarize
+
+        p = self.recipe.probe or {}
+        spec = {"model": self.recipe.model, "adapter": adapter["step"] if adapter else None, **p}
+
+        def work(folder: Path) -> dict:
+            corpus = load_parallel(
+                p["data"],
+                parse_langs(",".join(p["langs"])),
+                p.get("split", "dev"),
+                p.get("max_sentences"),
+            )
+            model, tokenizer = load_model(self.recipe.model, adapter and adapter["adapter"])
+            n_layers = num_layers(model)
+            layers = parse_layers(str(p.get("layers", "all")), n_layers, "probe.layers")
+            emb = embed_corpus(
+                model,
+                tokenizer,
+                corpus,
+                layers,
+                p.get("pool", "mean"),
+                default_batch_tokens(model),
+                self.opt.progress,
+            )
+            acc = score_corpus(emb, corpus, int(p.get("k", 4)))
+            summary = summarize(acc, layers, corpus)
+            write_json(folder / "results.json", summary)
+            report = p.get("report_layer", "middle")
+            layer = parse_layers(str(report), n_layers, "probe.report_layer")[0]
+            if layer not in layers:
+                raise InputError(f"probe.report_layer {layer} is not among probe.layers")
+            return {
+                "layer": layer,
+                "per_layer": {k: v["mean"] for k, v in summary["per_layer"].items()},
+                "aggregate": summary["aggregate"],
+                "per_language": summary["per_language"][str(layer)]["both"],
+            }
+
+        return self.steps.run(f"probe-{name}", spec, work)
+
+    # ----------------------------------------------------------------- the whole recipe
+
+    def run(self) -> dict:
+        r = self.recipe
+        data = {"train": self.prepare(r.train_data, "train")}
+        if r.dev_data is not None:
+            data["dev"] = self.prepare(r.dev_data, "dev")
+        scores: dict[str, dict[str, dict]] = {}  # system -> seed -> eval result
+        retrieval: dict[str, dict[str, dict]] = {}  # system -> seed -> probe result
+        base_probe = self.probe("base", None) if r.probe else None
+        for system in r.systems:
+            if system.kind != "base":
+                continue
+            if system.evaluate:
+                scores[system.name] = {"-": self.evaluate(system, None, None)}
+        for seed in r.seeds:
+            adapters: dict[str, dict] = {}
+            for system in r.systems:
+                if system.kind == "train":
+                    adapters[system.name] = self.train(system, seed, data)
+            for system in r.systems:
+                if system.kind == "merge":
+                    adapters[system.name] = self.merge(system, seed, adapters)
+            for system in r.systems:
+                if system.kind == "base":
+                    continue
+                if system.evaluate:
+                    scores.setdefault(system.name, {})[str(seed)] = self.evaluate(
+                        system, seed, adapters[system.name]
+                    )
+                if r.probe and system.probe:
+                    retrieval.setdefault(system.name, {})[str(seed)] = self.probe(
+                        f"{system.name}-seed{seed}", adapters[system.name]
+                    )
+        return {"scores": scores, "retrieval": retrieval, "base_retrieval": base_probe}
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -> dict:
+    """Mean ± 95 % CI over seeds of every evaluated system, per group and language; retrieval
+    before/after per language; the correlation of base retrieval with transfer scores."""
+    from midalign.retrieval import correlate
+
+    table: dict[str, dict[str, dict]] = {}
+    metric = None
+    for name, by_seed in outcome["scores"].items():
+        runs = list(by_seed.values())
+        metric = runs[0]["metric"]
+        columns: dict[str, dict] = {}
+        for group in groups:
+            columns[group] = mean_ci([r["groups"][group] for r in runs])
+        columns["average"] = mean_ci([r["average"] for r in runs])
+        for key in runs[0]["per_language"]:
+            columns[key] = mean_ci([r["per_language"][key] for r in runs])
+        table[name] = columns
+    summary: dict[str, Any] = {"metric": metric, "table": table, "seeds": recipe.seeds}
+    base = outcome.get("base_retrieval")
+    if base:
+        after = {
+            name: {
+                lang: mean_ci([run["per_language"][lang] for run in by_seed.values()])
+                for lang in base["per_language"]
+            }
+            for name, by_seed in outcome["retrieval"].items()
+        }
+        summary["retrieval"] = {
+            "layer": base["layer"],
+            "base": base["per_language"],
+            "base_aggregate": base["aggregate"],
+            "systems": after,
+            "systems_aggregate": {
+                name: mean_ci([run["aggregate"] for run in by_seed.values()])
+                for name, by_seed in outcome["retrieval"].items()
+            },
+        }
+        reference = next(
+            (s.name for s in recipe.systems if s.kind == "train" and s.name in outcome["scores"]),
+            None,
+        )
+        if reference is not None:
+            runs = list(outcome["scores"][reference].values())
+            files = runs[0]["probe_scores"]
+            first = next(iter(files))  # topic/slots/ner: one file; mt: into English first
+            per_lang = {
+                lang: sum(r["probe_scores"][first][lang] for r in runs) / len(runs)
+                for lang in files[first]
+            }
+            summary["correlation"] = {
+                "system": reference,
+                "scores": first,
+                "layer": base["layer"],
+                **correlate(base["per_language"], per_lang),
+                "points": {
+                    lang: [base["per_language"][lang], per_lang[lang]]
+                    for lang in per_lang
+                    if base["per_language"].get(lang) is not None
+                },
+            }
+    return summary
+
+
+def _cell(stat: dict | None, scale: float) -> str:
+    if stat is None:
+        return "–"
+    text = f"{stat['mean'] * scale:.1f}"
+    return text + (f" ± {stat['ci95'] * scale:.1f}" if stat["ci95"] is not None else "")
+
+
+def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]]) -> str:
+    """Table 2 of the paper, at this recipe's scale, plus retrieval and correlation."""
+    metric = summary["metric"] or "score"
+    scale = 1.0 if metric in ("bleu", "chrf") else 100.0
+    table = summary["table"]
+    lines = [
+        f"# {recipe.name}",
+        "",
+        f"Model `{recipe.model}`, task `{recipe.task}` ({metric}"
+        + (", ×100" if scale == 100 else "")
+        + f"), seeds {', '.join(map(str, recipe.seeds))}: mean ± 95 % CI over seeds "
+        "(Student t; no interval with one seed).",
+        "",
+    ]
+    if table:
+        keys = [k for k in next(iter(table.values())) if k not in groups and k != "average"]
+        columns = [*groups, "average", *keys]
+        lines += [
+            "| system | " + " | ".join(columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name, cols in table.items():
+            lines.append(
+                f"| {name} | " + " | ".join(_cell(cols.get(c), scale) for c in columns) + " |"
+            )
+        lines += [
+            "",
+            "Groups: " + "; ".join(f"{g} = {', '.join(m)}" for g, m in groups.items()),
+            "",
+        ]
+    retrieval = summary.get("retrieval")
+    if retrieval:
+        langs = list(retrieval["base"])
+        lines += [
+            f"## Retrieval at layer {retrieval['layer']} (xsim accuracy ×100, before → after)",
+            "",
+            "| system | mean over even layers | " + " | ".join(langs) + " |",
+            "|---|---|" + "---|" * len(langs),
+            "| base | "
+            + f"{retrieval['base_aggregate'] * 100:.1f} | "
+            + " | ".join(f"{retrieval['base'][g] * 100:.1f}" for g in langs)
+            + " |",
+        ]
+        for name, per in retrieval["systems"].items():
+            agg = retrieval["systems_aggregate"][name]
+            lines.append(
+                f"| {name} | {_cell(agg, 100)} | "
+                + " | ".join(_cell(per[g], 100) for g in langs)
+                + " |"
+            )
+        lines.append("")
+    corr = summary.get("correlation")
+    if corr:
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        lines += [
+            "## Retrieval vs transfer (paper, Figure 2)",
+            "",
+            f"Base-model retrieval at layer {corr['layer']} against `{corr['system']}` scores "
+            f"over {corr['n']} languages: Pearson r = {fmt(corr['pearson'])}, "
+            f"Spearman ρ = {fmt(corr['spearman'])}.",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(recipe: Recipe, outcome: dict, groups: dict[str, list[str]], out: Path) -> dict:
+    """``out/report/``: report.md, results.json and the plots, replaced as a whole."""
+    from midalign.io import atomic_output_dir
+    from midalign.report import plot_correlation, plot_grouped_bars
+
+    summary = summarize_run(recipe, outcome, groups)
+    with atomic_output_dir(Path(out) / "report", overwrite=True) as tmp:
+        write_json(tmp / "results.json", {"recipe": recipe.name, **summary, "raw": outcome})
+        write_text_atomic(tmp / "report.md", report_markdown(recipe, summary, groups))
+        table = summary["table"]
+        if table:
+            columns = [c for c in next(iter(table.values()))]
+            plot_grouped_bars(
+                columns,
+                {
+                    name: ([cols[c]["mean"] for c in columns], [cols[c]["ci95"] for c in columns])
+                    for name, cols in table.items()
+                },
+                tmp / "scores.png",
+                ylabel=summary["metric"] or "score",
+                title=f"{recipe.name}: {recipe.task}",
+            )
+        retrieval = summary.get("retrieval")
+        if retrieval:
+            langs = list(retrieval["base"])
+            series = {"base": ([retrieval["base"][g] for g in langs], [None] * len(langs))}
+            for name, per in retrieval["systems"].items():
+                series[name] = ([per[g]["mean"] for g in langs], [per[g]["ci95"] for g in langs])
+            plot_grouped_bars(
+                langs,
+                series,
+                tmp / "retrieval.png",
+                ylabel="xsim retrieval accuracy",
+                title=f"retrieval at layer {retrieval['layer']}, before and after",
+            )
+        corr = summary.get("correlation")
+        if corr and corr["points"]:
+            labels = list(corr["points"])
+            plot_correlation(
+                [corr["points"][g][0] for g in labels],
+                [corr["points"][g][1] for g in labels],
+                labels,
+                tmp / "correlation.png",
+                xlabel=f"base retrieval at layer {corr['layer']}",
+                ylabel=f"{corr['system']} {summary['metric']}",
+                title="retrieval vs transfer",
+            )
+    return summary

@@ -1,0 +1,234 @@
+"""`midalign run`: a recipe on a tiny model end to end, step reuse, statistics, bad recipes."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from midalign.cli import main
+from midalign.errors import InputError
+from midalign.runner import (
+    Runner,
+    RunOptions,
+    deep_merge,
+    load_recipe,
+    mean_ci,
+    parse_recipe,
+    write_report,
+)
+
+LABELS = ["science/technology", "travel", "politics", "sports", "health", "entertainment", "geography"]
+WORDS = {
+    "eng_Latn": "the a is of and to in human rights all everyone free equal dignity born".split(),
+    "deu_Latn": "der die das und ist ein eine person people right law born free all".split(),
+    "fra_Latn": "le la les et est une un dignity equal free human rights people law".split(),
+}
+
+
+def _write_sib200(root: Path, n: int = 10) -> Path:
+    """A SIB-200-shaped folder: <code>/{train,dev,test}.tsv, the same index_ids in every
+    language, sentences of vocabulary words so the tiny tokenizer sees real tokens."""
+    splits = {"train": range(0, n), "dev": range(n, n + 4), "test": range(n + 4, n + 10)}
+    for lang, words in WORDS.items():
+        (root / lang).mkdir(parents=True)
+        for split, ids in splits.items():
+            rows = ["index_id\tcategory\ttext"]
+            for i in ids:
+                text = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 4))
+                rows.append(f"{i}\t{LABELS[i % len(LABELS)]}\t{text}")
+            (root / lang / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root
+
+
+def _recipe(model: Path, data: Path) -> dict:
+    sib = f"sib200:{data}"
+    return {
+        "name": "tiny",
+        "model": str(model),
+        "seeds": [1, 2],
+        "task": {
+            "name": "topic",
+            "train": {"source": sib, "langs": ["eng"], "split": "train", "limit": 8},
+            "dev": {"source": sib, "langs": ["eng"], "split": "dev"},
+            "test": {"source": sib, "langs": ["eng", "deu", "fra"], "split": "test", "limit": 4},
+            "groups": {"supervised": ["eng"], "transfer": ["deu", "fra"]},
+        },
+        "probe": {"data": sib, "langs": ["eng", "deu", "fra"], "split": "train", "layers": "all"},
+        "train": {
+            "data": {"align_data": sib, "align_langs": ["deu", "fra"], "align_split": "train"},
+            "align": {"batch_pairs": 2, "layers": "2"},
+            "optim": {
+                "max_steps": 2,
+                "batch_size": 2,
+                "gradient_accumulation_steps": 2,
+                "eval_steps": 1,
+                "save_steps": 1,
+                "logging_steps": 1,
+            },
+        },
+        "eval": {"batch_size": 4, "max_new_tokens": 3},
+        "systems": [
+            {"name": "base", "zero_shot": True},
+            {"name": "sft", "train": {"align": {"schedule": "task"}}},
+            {"name": "align-mid", "train": {"align": {"schedule": "alternate"}}},
+            {
+                "name": "align-only",
+                "train": {"align": {"schedule": "align"}, "optim": {"max_steps": 1}},
+                "evaluate": False,
+                "probe": False,
+            },
+            {"name": "merged", "merge": {"task": "sft", "align": "align-only", "weight": 0.9}},
+        ],
+    }
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    data = _write_sib200(tmp_path / "sib200")
+    recipe = _recipe(tiny_model_dir, data)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_mean_ci_by_hand() -> None:
+    # values 1, 2, 3: mean 2, sample sd 1; Student t with 2 degrees of freedom has the closed
+    # form quantile t_p = (2p − 1)·√(2 / (4p(1 − p))), so t(0.975) = 0.95·√(2 / 0.0975) ≈ 4.3027
+    stat = mean_ci([1.0, 2.0, 3.0])
+    assert stat["mean"] == 2.0
+    t = 0.95 * math.sqrt(2 / 0.0975)
+    assert stat["ci95"] == pytest.approx(t / math.sqrt(3), rel=1e-12)
+    assert mean_ci([0.5])["ci95"] is None
+
+
+def test_deep_merge_keeps_both_sides() -> None:
+    base = {"optim": {"lr": 1, "steps": 2}, "align": {"layers": "9"}}
+    over = {"optim": {"steps": 5}, "model": {"name": "x"}}
+    assert deep_merge(base, over) == {
+        "optim": {"lr": 1, "steps": 5},
+        "align": {"layers": "9"},
+        "model": {"name": "x"},
+    }
+    assert base["optim"]["steps"] == 2  # not modified
+
+
+def test_recipe_runs_end_to_end_and_reuses_steps(recipe_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(recipe_file), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "report" / "results.json").read_text())
+    table = results["table"]
+    assert list(table) == ["base", "sft", "align-mid", "merged"]  # align-only: evaluate false
+    assert table["base"]["average"]["n"] == 1  # the base model is deterministic: one run
+    for name in ("sft", "align-mid", "merged"):
+        cell = table[name]["transfer"]
+        assert cell["n"] == 2 and len(cell["values"]) == 2
+        # the group is the mean of its languages, seed by seed
+        raw = results["raw"]["scores"][name]
+        for seed, value in zip(("1", "2"), cell["values"], strict=True):
+            per = raw[seed]["per_language"]
+            assert value == pytest.approx((per["deu_Latn"] + per["fra_Latn"]) / 2)
+    assert set(results["retrieval"]["systems"]) == {"sft", "align-mid", "merged"}
+    assert results["retrieval"]["layer"] == 2  # middle of the tiny model's 4 layers
+    for name in ("report.md", "scores.png", "retrieval.png", "correlation.png"):
+        assert (out / "report" / name).is_file(), name
+    report = (out / "report" / "report.md").read_text()
+    assert "| merged |" in report and "supervised" in report
+
+    # The merged adapter is the exact weighted sum of its two parents' (merge is tested
+    # elsewhere); here: it was built from this run's adapters.
+    merges = sorted((out / "steps").glob("merge-merged-seed1-*"))
+    spec = json.loads((merges[0] / "spec.json").read_text())
+    assert spec["weight"] == 0.9 and spec["task"].startswith("train-sft-seed1-")
+
+    # A second run reuses every step.
+    runner = Runner(load_recipe(recipe_file), RunOptions(out=out, progress=False))
+    runner.run()
+    assert runner.steps.ran == [] and len(runner.steps.reused) > 10
+
+    # Lose one finished evaluation: only it runs again.
+    (evaluation,) = (out / "steps").glob("eval-align-mid-seed2-*")
+    shutil.rmtree(evaluation)
+    runner = Runner(load_recipe(recipe_file), RunOptions(out=out, progress=False))
+    runner.run()
+    assert [name.rsplit("-", 1)[0] for name in runner.steps.ran] == ["eval-align-mid-seed2"]
+
+
+def test_changed_system_reruns_only_what_depends_on_it(recipe_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    values = yaml.safe_load(recipe_file.read_text())
+    values["seeds"] = [1]
+    recipe = parse_recipe(values, str(recipe_file))
+    Runner(recipe, RunOptions(out=out, progress=False)).run()
+    values["systems"][3]["train"]["optim"]["max_steps"] = 2  # the align-only adapter changes
+    runner = Runner(parse_recipe(values, str(recipe_file)), RunOptions(out=out, dry_run=True))
+    runner.run()
+    assert sorted(name.rsplit("-", 1)[0] for name in runner.steps.ran) == [
+        "eval-merged-seed1",
+        "merge-merged-seed1",
+        "probe-merged-seed1",
+        "train-align-only-seed1",
+    ]
+
+
+def test_report_written_for_a_dry_outcome(tmp_path: Path, recipe_file: Path) -> None:
+    recipe = load_recipe(recipe_file)
+    outcome = {
+        "scores": {
+            "sft": {
+                "1": {
+                    "metric": "accuracy",
+                    "per_language": {"eng_Latn": 1.0, "deu_Latn": 0.5},
+                    "groups": {"supervised": 1.0, "transfer": 0.5},
+                    "average": 0.75,
+                    "probe_scores": {"probe_scores.json": {"eng_Latn": 1.0, "deu_Latn": 0.5}},
+                },
+                "2": {
+                    "metric": "accuracy",
+                    "per_language": {"eng_Latn": 0.5, "deu_Latn": 0.25},
+                    "groups": {"supervised": 0.5, "transfer": 0.25},
+                    "average": 0.375,
+                    "probe_scores": {"probe_scores.json": {"eng_Latn": 0.5, "deu_Latn": 0.25}},
+                },
+            }
+        },
+        "retrieval": {},
+        "base_retrieval": None,
+    }
+    groups = {"supervised": ["eng_Latn"], "transfer": ["deu_Latn"]}
+    summary = write_report(recipe, outcome, groups, tmp_path / "out")
+    # two seeds 1.0 and 0.5: mean 0.75, sd √0.125; with 1 degree of freedom Student t is
+    # Cauchy, t(0.975) = tan(0.475π) ≈ 12.706
+    expected = math.tan(0.475 * math.pi) * math.sqrt(0.125) / math.sqrt(2)
+    assert summary["table"]["sft"]["supervised"]["ci95"] == pytest.approx(expected)
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert f"| sft | 75.0 ± {expected * 100:.1f} | 37.5 ± " in report
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.update(colour="red"), "unknown key 'colour'"),
+        (lambda r: r["systems"][4]["merge"].update(task="nope"), "merge.task must name"),
+        (lambda r: r["systems"].append({"name": "sft"}), "system names must be unique"),
+        (lambda r: r.update(seeds=[]), "seeds must be a non-empty list"),
+        (lambda r: r["task"].pop("test"), "task.test"),
+        (lambda r: r["systems"][4]["merge"].update(weight=1.5), "merge.weight must be in"),
+    ],
+)
+def test_bad_recipes(tmp_path: Path, change, message: str) -> None:
+    recipe = _recipe(tmp_path / "model", tmp_path / "data")
+    change(recipe)
+    with pytest.raises(InputError, match=message):
+        parse_recipe(recipe, "r.yaml")
+
+
+def test_bad_recipe_cli_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ntask: [\n", encoding="utf-8")
+    assert main(["run", str(path)]) == 2
+    assert f"{path}:" in capsys.readouterr().err
