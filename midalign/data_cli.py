@@ -1,0 +1,93 @@
+"""`midalign data prepare`: a task's data as instruction jsonl, the format training reads.
+
+One object per line::
+
+    {"system": str | null, "prompt": str, "response": str, "lang": "deu_Latn", "id": str,
+     "task": "slots"}
+
+``system``/``prompt`` are exactly what ``midalign eval`` gives the model and ``response`` is
+the task's target, so a model is trained on the questions it is tested with. Token ids are made
+later, by ``midalign.prompting.encode_example``, never here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+from midalign.cli import positive_int
+from midalign.errors import InputError
+from midalign.io import write_text_atomic
+from midalign.tasks import TASKS, Example, Task, get_task
+from midalign.tasks.base import limit_per_key
+
+log = logging.getLogger(__name__)
+
+
+def instruction_record(task: Task, example: Example, zero_shot: bool = False) -> dict:
+    """The training contract's one object for ``example``."""
+    system, prompt = task.instruction(example, zero_shot)
+    return {
+        "system": system,
+        "prompt": prompt,
+        "response": task.target(example),
+        "lang": example.lang,
+        "id": example.id,
+        "task": task.name,
+    }
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="prepare task data for training (instruction jsonl)")
+    commands = p.add_subparsers(dest="data_command", required=True, metavar="<data command>")
+    sources = "\n".join(f"  {name:<6} {cls.source_help}" for name, cls in TASKS.items())
+    q = commands.add_parser(
+        "prepare",
+        help="write a task's examples as instruction jsonl",
+        description="Read a task's data set and write one instruction per line: "
+        '{"system", "prompt", "response", "lang", "id", "task"} with the prompts and targets '
+        "`midalign eval` uses.\n\n--source forms per task:\n" + sources,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("--task", required=True, choices=list(TASKS), help="the task")
+    q.add_argument("--source", required=True, help="the task's data: a path or hub id (see above)")
+    q.add_argument(
+        "--langs",
+        required=True,
+        help="languages (ISO 639-1/639-3/FLoRes codes, presets); for mt, directions such as "
+        "de-en,en-de (a bare code means both directions with English)",
+    )
+    q.add_argument("--split", default="train", help="data split (default: %(default)s)")
+    q.add_argument("--limit", type=positive_int, help="keep the first N examples per language")
+    q.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="use the zero-shot prompt (slot filling) instead of the paper's training prompt",
+    )
+    q.add_argument("--out", type=Path, required=True, help="the .jsonl file to write")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if out.exists() and not args.overwrite:
+        raise InputError(f"--out: {out} already exists (pass --overwrite to replace it)")
+    if out.is_dir():
+        raise InputError(f"--out: {out} is a directory (give a .jsonl file)")
+    task = get_task(args.task)
+    keys = task.languages(args.langs)
+    examples = limit_per_key(task.read(args.source, keys, args.split), args.limit)
+    lines = [
+        json.dumps(instruction_record(task, ex, args.zero_shot), ensure_ascii=False)
+        for ex in examples
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    counts = Counter(ex.key for ex in examples)
+    for key in keys:
+        print(f"{key:<20} {counts[key]:7d}")
+    print(f"{len(examples)} instructions in {out}")
+    return 0

@@ -1,0 +1,107 @@
+"""Batched greedy generation: the prompts of a whole test set, answered in few forward passes.
+
+Prompts are sorted by length (so a batch wastes little on padding), left-padded (so every row's
+next token sits in the last column, which is what the KV cache extends), and decoded greedily
+by ``model.generate`` with the cache on. Each row stops at EOS or at its task's stop rule (a
+newline; the closing bracket of a JSON answer) and the batch stops when every row has.
+Results come back in input order. Greedy decoding is deterministic, and the batched answers
+equal one-prompt-at-a-time answers (tests/test_generate.py checks that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria
+
+from midalign.tasks.json_ner import json_complete
+
+STOP_RULES: dict[str, Callable[[str], bool] | None] = {
+    "newline": lambda text: "\n" in text.lstrip("\n"),
+    "json": json_complete,
+    "eos": None,
+}
+
+
+class TextStop(StoppingCriteria):
+    """Stops each row once its generated text satisfies ``done`` (decoded every step: cheap
+    next to a forward of the model)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, done: Callable):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.done = done
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs
+    ) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len :]  # [B, generated so far]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return torch.tensor([self.done(t) for t in texts], device=input_ids.device)
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS of the tokenizer and of the model's generation config (chat models end turns with
+    their own token, e.g. <end_of_turn>, <|eot_id|>)."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    ids += extra if isinstance(extra, list) else [] if extra is None else [extra]
+    return list(dict.fromkeys(ids))
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = 64,
+    stop: str = "eos",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy answers (decoded, special tokens dropped) to token-id ``prompts``, in order.
+
+    ``stop`` is a rule of :data:`STOP_RULES`; the text after the stop point is returned too
+    (the task's parser reads only what it needs), so nothing the model said is hidden.
+    """
+    if stop not in STOP_RULES:
+        raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}, not {stop!r}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = _eos_ids(model, tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    answers: list[str] = [""] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress)
+    for first in range(0, len(order), batch_size):
+        rows = order[first : first + batch_size]
+        width = max(len(prompts[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)  # [B, T], left-padded
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[r, width - len(prompts[i]) :] = 1
+        done = STOP_RULES[stop]
+        criteria = [TextStop(tokenizer, width, done)] if done is not None else []
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=config,
+            stopping_criteria=criteria,
+        )  # [B, T + new]
+        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        for i, text in zip(rows, texts, strict=True):
+            answers[i] = text
+        bar.update(len(rows))
+    bar.close()
+    return answers

@@ -1,0 +1,27 @@
+"""The transfer tasks of the paper (slot filling, translation, JSON NER) and topic
+classification, by the name ``--task`` takes."""
+
+from __future__ import annotations
+
+from midalign.errors import InputError
+from midalign.tasks.base import Example, Parsed, Task
+from midalign.tasks.json_ner import JsonNER
+from midalign.tasks.slot_filling import SlotFilling
+from midalign.tasks.topic import Topic
+from midalign.tasks.translation import Translation
+
+__all__ = ["Example", "Parsed", "Task", "TASKS", "get_task"]
+
+TASKS: dict[str, type[Task]] = {
+    "slots": SlotFilling,
+    "mt": Translation,
+    "ner": JsonNER,
+    "topic": Topic,
+}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name`` (slots, mt, ner, topic)."""
+    if name not in TASKS:
+        raise InputError(f"--task: unknown task {name!r} (one of {', '.join(TASKS)})")
+    return TASKS[name]()

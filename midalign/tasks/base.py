@@ -1,0 +1,141 @@
+"""What every transfer task is made of: examples read from a data set, the instruction a model is
+given (the paper's Appendix D.2 prompts), the target it is trained to answer, a parser of what it
+answers, and a scorer.
+
+A task knows nothing of models: :mod:`midalign.generate` turns instructions into outputs and
+:func:`midalign.eval_cli.evaluate` wires the two together. Keeping the parts apart lets training
+data (``midalign data prepare``) and evaluation share one prompt and one target format.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midalign.errors import InputError
+from midalign.languages import parse_langs
+
+
+@dataclass(frozen=True)
+class Example:
+    """One item of a task's data.
+
+    ``lang`` is the FLoRes code of the language the item is in (for translation, the side that is
+    not English); ``key`` is what scores are grouped by: the language, or for translation the
+    direction ``src-tgt``. ``text`` is the input the prompt is built from; ``reference`` is the
+    task's gold answer in its own structure (slots, a sentence, entities, a label).
+    """
+
+    id: str
+    lang: str
+    key: str
+    text: str
+    reference: Any
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A model output as the task reads it: ``value`` in the reference's structure, ``ok`` False
+    when the output could not be read (empty, not the expected format); such outputs score as
+    an empty answer and are counted."""
+
+    value: Any
+    ok: bool
+
+
+class Task(ABC):
+    """A transfer task: readers, prompt, target, parser, scorer."""
+
+    name: str
+    metric: str  # the headline score, a key of score()'s result
+    stop: str  # when generation stops early: "newline", "json" (closing bracket) or "eos"
+    max_new_tokens: int  # enough for every reference answer of the paper's data sets
+    source_help: str  # the --data / --source forms this task reads
+
+    def languages(self, spec: str) -> list[str]:
+        """The ``--langs`` value as the keys examples are grouped by (FLoRes codes here)."""
+        return parse_langs(spec)
+
+    def read(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
+        """Examples of ``langs`` (any code form, or keys as :meth:`languages` gives them; none
+        means all a local data set has) from ``source``; a language without examples is an
+        error, since it would silently vanish from the averages."""
+        keys = self.languages(",".join(langs)) if langs else []
+        examples = self.load(source, keys, split)
+        check_found(examples, keys, source)
+        return examples
+
+    @abstractmethod
+    def load(self, source: str, keys: Sequence[str], split: str) -> list[Example]:
+        """The examples of ``keys`` in ``source`` (the data set's own reader)."""
+
+    @abstractmethod
+    def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
+        """``(system, prompt)`` for the model; ``zero_shot`` picks the longer prompt where the
+        paper has one (slot filling), for a model that was never taught the format."""
+
+    @abstractmethod
+    def target(self, example: Example) -> str:
+        """The answer the model is trained to give."""
+
+    @abstractmethod
+    def parse(self, output: str, example: Example) -> Parsed:
+        """Read a model's output; never raises on garbage."""
+
+    @abstractmethod
+    def score(self, examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, Any]:
+        """Scores of parsed predictions against the examples' references (one language)."""
+
+
+def split_source(source: str, kinds: Sequence[str]) -> tuple[str | None, str]:
+    """``kind:rest`` → (kind, rest) when kind is one of ``kinds``; otherwise (None, source)."""
+    kind, sep, rest = source.partition(":")
+    if sep and kind in kinds:
+        return kind, rest
+    return None, source
+
+
+def is_hub_id(source: str) -> bool:
+    """A hub dataset id (``owner/name``) that is not a path on this machine."""
+    return (
+        not Path(source).expanduser().exists()
+        and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is not None
+    )
+
+
+def limit_per_key(examples: list[Example], limit: int | None) -> list[Example]:
+    """The first ``limit`` examples of every key, order kept (a sample of each language)."""
+    if limit is None:
+        return examples
+    seen: dict[str, int] = {}
+    kept = []
+    for ex in examples:
+        seen[ex.key] = seen.get(ex.key, 0) + 1
+        if seen[ex.key] <= limit:
+            kept.append(ex)
+    return kept
+
+
+def check_found(examples: list[Example], keys: Sequence[str], where: str) -> None:
+    """Every requested key must have examples."""
+    found = {ex.key for ex in examples}
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise InputError(f"{where}: no examples for {', '.join(missing)}")
+
+
+def load_hf_table(where: str, *args: Any, **kwargs: Any) -> Any:
+    """``datasets.load_dataset(*args, **kwargs)`` with failures as one-line InputErrors (offline,
+    unknown config or split, unreadable file: all fixable by the user)."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(*args, **kwargs)
+    except Exception as e:  # datasets raises many types for the same user mistakes
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise InputError(f"{where}: cannot load ({type(e).__name__}: {first})") from e

@@ -1,0 +1,298 @@
+"""Named entities as JSON (Universal NER, the aya ``templated_uner_llm`` format).
+
+Prompt (paper, Appendix D.2): one user turn with the instruction, the Iguazu example and the
+sentence. Target: ``{"Results": [{"TypeName": "LOC", "Text": "Iguazu Falls", "Start": 81,
+"End": 93}, ...]}`` with character offsets into the sentence (End exclusive). Score: micro-F1
+over (type, text) tuples, counted as multisets per sentence; an answer that is not valid JSON of
+this shape counts as no entities and is reported. Only PER, ORG and LOC are asked for (the
+prompt's categories): UNER's OTH spans are left out of the references.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from midalign.data.reading import by_language, read_text, select, split_lines
+from midalign.errors import InputError
+from midalign.languages import to_flores
+from midalign.tasks.base import (
+    Example,
+    Parsed,
+    Task,
+    is_hub_id,
+    load_hf_table,
+    split_source,
+)
+
+TYPES = ("PER", "ORG", "LOC")
+Entity = tuple[str, str, int, int]  # (type, text, start, end)
+
+
+def format_entities(entities: Sequence[Entity]) -> str:
+    """The JSON target (one line, non-ASCII kept)."""
+    results = [{"TypeName": t, "Text": x, "Start": a, "End": b} for t, x, a, b in entities]
+    return json.dumps({"Results": results}, ensure_ascii=False)
+
+
+EXAMPLE_SENTENCE = "Where in the world is Iguazu?"
+EXAMPLE_RESULT = format_entities([("LOC", "Iguazu", 22, 28)])
+PROMPT = (
+    "Please identify all the named entities mentioned in the input sentence provided below. Use "
+    "only the categories: PER - person, ORG - organization, and LOC - location. Remember, "
+    "nationalities are neither locations nor organizations, and organizations can represent "
+    "other groups of people. Pay attention to the provided example. You should only output the "
+    "results in JSON format, following a similar structure to the example result provided. "
+    f"Example sentence and results: {EXAMPLE_SENTENCE} {EXAMPLE_RESULT} Considering the input "
+    "sentence below, what is the output result? "
+)
+
+
+def json_complete(text: str) -> bool:
+    """True once ``text`` holds a whole bracketed JSON value (the answer is finished): the
+    first ``{`` or ``[`` has been closed, brackets inside strings not counted."""
+    depth, in_string, escaped, opened = 0, False, False, False
+    for c in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "{[":
+            depth += 1
+            opened = True
+        elif c in "}]":
+            depth -= 1
+            if opened and depth <= 0:
+                return True
+    return False
+
+
+def parse_entities(output: str) -> Parsed:
+    """Entities from an answer: the first JSON object in it (``"Results": [...]`` without the
+    outer braces, as the paper prints it, is accepted too). Anything else: no entities, not ok."""
+    text = output.strip()
+    start = text.find("{")
+    if text.startswith('"Results"'):
+        text, start = "{" + text + "}", 0
+    if start < 0:
+        return Parsed([], False)
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError:
+        return Parsed([], False)
+    results = obj.get("Results") if isinstance(obj, dict) else None
+    if not isinstance(results, list):
+        return Parsed([], False)
+    entities: list[Entity] = []
+    ok = True
+    for item in results:
+        if not isinstance(item, dict):
+            ok = False
+            continue
+        type_, span = item.get("TypeName"), item.get("Text")
+        if not isinstance(type_, str) or not isinstance(span, str):
+            ok = False
+            continue
+        a, b = item.get("Start"), item.get("End")
+        entities.append(
+            (type_, span, a if isinstance(a, int) else -1, b if isinstance(b, int) else -1)
+        )
+    return Parsed(entities, ok)
+
+
+def entity_f1(gold: Sequence[Sequence[Entity]], pred: Sequence[Sequence[Entity]]) -> dict:
+    """Micro precision/recall/F1 over (type, text) tuples, multisets per sentence."""
+    tp = n_gold = n_pred = 0
+    for g, p in zip(gold, pred, strict=True):
+        g_count = Counter((t, x) for t, x, *_ in g)
+        p_count = Counter((t, x) for t, x, *_ in p)
+        tp += sum((g_count & p_count).values())
+        n_gold += sum(g_count.values())
+        n_pred += sum(p_count.values())
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall, "gold": n_gold, "predicted": n_pred}
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _entities_from_iob2(
+    path: Path, text: str, rows: list[tuple[int, str, str]]
+) -> tuple[str, list[Entity]]:
+    """Spans from IOB2 tags, conlleval style: ``I-X`` after ``O`` or after another type opens
+    a new entity (conlleval's reading; strict IOB2 would call it an error)."""
+    offsets, at = [], 0
+    for lineno, token, _ in rows:
+        start = text.find(token, at)
+        if start < 0:
+            raise InputError(f"{path}:{lineno}: token {token!r} not found in '# text' {text!r}")
+        offsets.append((start, start + len(token)))
+        at = start + len(token)
+    spans: list[list[Any]] = []
+    prev = "O"
+    for (_, _, tag), (a, b) in zip(rows, offsets, strict=True):
+        if tag == "O":
+            prev = tag
+            continue
+        type_ = tag[2:]
+        if tag[0] == "I" and prev != "O" and prev[2:] == type_:
+            spans[-1][2] = b
+        else:
+            spans.append([type_, a, b])
+        prev = tag
+    return text, [(t, text[a:b], a, b) for t, a, b in spans if t in TYPES]
+
+
+def read_iob2(path: Path, lang: str) -> list[Example]:
+    """UNER v1 IOB2: ``# text = ...`` header, then ``idx token tag ...`` lines (tab-separated,
+    tag in the third column: O, B-X, I-X). Without ``# text`` the tokens are joined by spaces."""
+    examples: list[Example] = []
+    header: dict[str, str] = {}
+    rows: list[tuple[int, str, str]] = []
+
+    def flush() -> None:
+        if rows:
+            text = header.get("text") or " ".join(token for _, token, _ in rows)
+            text, entities = _entities_from_iob2(path, text, rows)
+            examples.append(
+                Example(
+                    id=header.get("sent_id", f"{path.name}:{rows[0][0]}"),
+                    lang=lang,
+                    key=lang,
+                    text=text,
+                    reference=entities,
+                )
+            )
+        header.clear()
+        rows.clear()
+
+    for lineno, line in enumerate(split_lines(read_text(path)), 1):
+        if not line.strip():
+            flush()
+        elif line.startswith("#"):
+            if rows:
+                flush()
+            key, sep, value = line[1:].partition("=")
+            if sep:
+                header[key.strip()] = value.strip()
+        else:
+            fields = line.split("\t")
+            if len(fields) < 3 or not fields[1]:
+                raise InputError(
+                    f"{path}:{lineno}: expected tab-separated index, token, IOB2 tag; got {line!r}"
+                )
+            tag = fields[2]
+            if tag != "O" and not re.fullmatch(r"[BI]-[A-Z]+", tag):
+                raise InputError(f"{path}:{lineno}: tag {tag!r} is not O, B-TYPE or I-TYPE")
+            rows.append((lineno, fields[1], tag))
+    flush()
+    return examples
+
+
+def read_uner(root: Path, langs: Sequence[str], split: str) -> list[Example]:
+    """UNER v1: ``DIR/<lang>_<treebank>-ud-<split>.iob2`` (or ``<lang>-ud-<split>.iob2``)."""
+    split = {"valid": "dev", "validation": "dev"}.get(split, split)
+    files: dict[str, Path] = {}
+    for path in sorted(root.glob(f"*-ud-{split}.iob2")):
+        files.setdefault(path.name.split("-")[0].split("_")[0], path)
+    if not files:
+        raise InputError(f"uner:{root}: no *-ud-{split}.iob2 files")
+    chosen = select(list(langs), by_language(files), f"uner:{root} ({split})")
+    return [ex for lang, path in chosen.items() for ex in read_iob2(path, lang)]
+
+
+def read_aya(source: str, langs: Sequence[str], split: str) -> list[Example]:
+    """aya_collection ``templated_uner_llm`` (hub ``CohereForAI/aya_collection`` or a local
+    parquet/jsonl of its schema): rows with ``inputs`` (the instruction ending in the sentence),
+    ``targets`` (the JSON answer) and ``language`` (ISO 639-3); the sentence is the text after
+    the instruction's last "?" line break or question, the entities come from the target."""
+    local = Path(source).expanduser()
+    hub_split = {"dev": "validation", "valid": "validation"}.get(split, split)
+    if local.exists():
+        files = sorted(local.rglob(f"*{hub_split}*.parquet")) if local.is_dir() else [local]
+        if not files:
+            raise InputError(f"aya:{local}: no {hub_split}*.parquet files")
+        builder = "json" if files[0].suffix in (".jsonl", ".json") else "parquet"
+        table = load_hf_table(
+            str(local), builder, data_files=[str(f) for f in files], split="train"
+        )
+    else:
+        table = load_hf_table(
+            f"hf:{source} templated_uner_llm", source, "templated_uner_llm", split=hub_split
+        )
+    examples = []
+    for n, row in enumerate(table, 1):
+        where = f"{source} row {n}"
+        try:
+            lang = to_flores(str(row.get("language", "")))
+        except InputError:
+            continue
+        if langs and lang not in langs:
+            continue
+        inputs, targets = row.get("inputs"), row.get("targets")
+        if not isinstance(inputs, str) or not isinstance(targets, str):
+            raise InputError(f"{where}: needs string columns 'inputs' and 'targets'")
+        parsed = parse_entities(targets)
+        if not parsed.ok:
+            raise InputError(f"{where}: 'targets' is not the Results JSON: {targets[:120]!r}")
+        sentence = _aya_sentence(inputs)
+        entities = [e for e in parsed.value if e[0] in TYPES]
+        examples.append(Example(str(row.get("id", n)), lang, lang, sentence, entities))
+    return examples
+
+
+def _aya_sentence(inputs: str) -> str:
+    marker = "what is the output result?"
+    at = inputs.rfind(marker)
+    return (inputs[at + len(marker) :] if at >= 0 else inputs.splitlines()[-1]).strip()
+
+
+class JsonNER(Task):
+    name = "ner"
+    metric = "f1"
+    stop = "json"
+    max_new_tokens = 200
+    source_help = (
+        "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2) | aya:FILE/DIR (templated_uner_llm "
+        "parquet) | aya:CohereForAI/aya_collection or hub id"
+    )
+
+    def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
+        kind, rest = split_source(source, ("uner", "aya"))
+        path = Path(rest).expanduser()
+        if kind is None and path.is_dir() and any(path.glob("*.iob2")):
+            kind = "uner"
+        elif kind is None and (path.exists() or is_hub_id(rest)):
+            kind = "aya"
+        if kind == "uner":
+            if not path.is_dir():
+                raise InputError(f"uner:{path}: directory not found")
+            examples = read_uner(path, langs, split)
+        elif kind == "aya":
+            examples = read_aya(rest, langs, split)
+        else:
+            raise InputError(f"--data {source!r}: not a NER data set ({self.source_help})")
+        return examples
+
+    def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
+        return None, PROMPT + example.text
+
+    def target(self, example: Example) -> str:
+        return format_entities(example.reference)
+
+    def parse(self, output: str, example: Example) -> Parsed:
+        return parse_entities(output)
+
+    def score(self, examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, Any]:
+        return entity_f1([ex.reference for ex in examples], predictions)

@@ -1,0 +1,512 @@
+"""Slot filling (MASSIVE; xSID as the offline stand-in): extract "type: value" pairs from a
+voice-assistant command.
+
+Target: ``type: value; type: value`` in order of appearance, ``None`` when the command has no
+slot (paper, Appendix D.2). Score: span micro-F1 the way MASSIVE's own scorer computes it
+(``alexa/massive``, ``training_utils.eval_preds``): every utterance token gets a slot type or
+``Other``, runs of one type become one BIO span (``convert_to_bio``), and seqeval's micro-F1 is
+taken over all utterances. Japanese and Chinese are split into characters, other languages on
+whitespace. A generated answer is mapped back onto the utterance: each predicted value tags the
+first run of still untagged tokens that spells it (ignoring case and punctuation at the edges of
+tokens). A value that appears
+nowhere in the utterance has no token to tag, so, as in any BIO scorer, it costs nothing but
+recall; such values are counted and reported as ``unmatched_values``.
+
+Readers: MASSIVE jsonl (one file per locale, ``annot_utt`` with ``[type : value]``), the hub's
+``AmazonScience/massive`` (or a local parquet/jsonl of its schema), and xSID CoNLL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from midalign.data.reading import by_language, read_text, select, split_lines
+from midalign.errors import InputError
+from midalign.languages import to_flores
+from midalign.tasks.base import (
+    Example,
+    Parsed,
+    Task,
+    is_hub_id,
+    load_hf_table,
+    split_source,
+)
+
+# Appendix D.2, shortened from He and Garner (2023); its typos are kept on purpose.
+SYSTEM = (
+    "Given a command from the user, a voice assistant will extract entities essential for carry "
+    "out the command. Your task is to extract the entities as words from the command if they "
+    "fall under a predefined list of entity types."
+)
+
+# Appendix D.2, the zero-shot prompt (He and Garner 2023), typos and all. {types} is the slot
+# inventory of the data set: MASSIVE's as the paper printed it, or the types found in xSID.
+ZERO_SHOT_SYSTEM = (
+    "Given a command from the user, a voice assistant like Siri or Olly will extract entities "
+    "from the command that are essential for carry out the the command. For example, for a "
+    "command about playing a specific song, the name of the song mentioned by the user would be "
+    "an entity, falling under the type of \u201csong name\u201d.\n"
+    "Your task is to extract the entities as words from the command if they fall under any of "
+    "the types given below according to the following description:\n"
+    "{types}\n"
+    "Please give answers like:\n"
+    "1. person: john; contact_field: phone number\n"
+    "2. transport_app: uber; time_of_day: tonight; time: ten pm\n"
+    "3. None\n"
+    "4. music_genre: jazz\n"
+    "etc., each taking a single line. The entity type must be one of the types given above, and "
+    "the entity must be copied verbatim from the command. There could be zero, one, or multiple "
+    "entities in a command."
+)
+
+MASSIVE_TYPES = (
+    "transport_descriptor house_place music_album sport_type playlist_name movie_name song_name "
+    "place_name radio_name cooking_type weather_descriptor person email_folder business_type "
+    "audiobook_author transport_type general_frequency meal_type game_name device_type "
+    "transport_name time_zone joke_type drink_type email_address food_type date relation "
+    "currency_name ingredient player_setting movie_type definition_word game_type list_name "
+    "artist_name personal_info audiobook_name timeofday transport_agency media_type podcast_name "
+    "coffee_type business_name news_topic app_name podcast_descriptor color_type music_genre "
+    "event_name time change_amount alarm_type order_type music_descriptor"
+).split()
+
+# The 51 MASSIVE locales (hub configs and file names).
+MASSIVE_LOCALES = (
+    "af-ZA am-ET ar-SA az-AZ bn-BD ca-ES cy-GB da-DK de-DE el-GR en-US es-ES fa-IR fi-FI fr-FR "
+    "he-IL hi-IN hu-HU hy-AM id-ID is-IS it-IT ja-JP jv-ID ka-GE km-KH kn-IN ko-KR lv-LV ml-IN "
+    "mn-MN ms-MY my-MM nb-NO nl-NL pl-PL pt-PT ro-RO ru-RU sl-SL sq-AL sv-SE sw-KE ta-IN te-IN "
+    "th-TH tl-PH tr-TR ur-PK vi-VN zh-CN zh-TW"
+).split()
+
+CHAR_LANGS = ("jpn", "zho")  # scored by characters, as MASSIVE does for ja and zh
+OUTSIDE = "Other"
+MASSIVE_SPLITS = {
+    "dev": "dev",
+    "validation": "dev",
+    "valid": "dev",
+    "train": "train",
+    "test": "test",
+}
+HUB_SPLITS = {"dev": "validation", "valid": "validation"}
+XSID_SPLITS = {"dev": "valid", "validation": "valid"}
+
+Slot = tuple[str, str]  # (type, value)
+
+
+# --------------------------------------------------------------------------- target and parser
+
+
+def format_slots(slots: Sequence[Slot]) -> str:
+    """``type: value; type: value``, or ``None`` when there is no slot."""
+    return "; ".join(f"{t}: {v}" for t, v in slots) if slots else "None"
+
+
+_LIST_MARKER = re.compile(r"^(?:\d+[.)]|[-*\u2022])\s+")
+
+
+def parse_slots(output: str) -> Parsed:
+    """Slots from the first non-empty line of an answer.
+
+    Tolerates spacing, a trailing ``;``, a list marker (``1. ``, as in the zero-shot prompt's
+    examples) and ``None.``; parts without ``type: value`` make the answer not ``ok`` but the
+    readable parts are kept.
+    """
+    line = next((x.strip() for x in output.splitlines() if x.strip()), "")
+    line = _LIST_MARKER.sub("", line)
+    if not line:
+        return Parsed([], False)
+    if line.rstrip(".").strip().lower() == "none":
+        return Parsed([], True)
+    slots: list[Slot] = []
+    ok = True
+    for part in line.split(";"):
+        if not part.strip():
+            continue
+        type_, sep, value = part.partition(":")
+        if not sep or not type_.strip() or not value.strip():
+            ok = False
+            continue
+        slots.append((type_.strip(), value.strip()))
+    return Parsed(slots, ok and bool(slots))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def scoring_tokens(text: str, lang: str) -> list[tuple[int, int]]:
+    """Character spans of the tokens MASSIVE scores on: characters for ja/zh, else words."""
+    if lang[:3] in CHAR_LANGS:
+        return [(i, i + 1) for i, c in enumerate(text) if not c.isspace()]
+    return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def convert_to_bio(tags: Sequence[str]) -> list[str]:
+    """Per-token slot types → BIO, as MASSIVE's ``convert_to_bio``: a run of one type is one
+    span (so two adjacent spans of the same type merge, exactly as in MASSIVE's scorer)."""
+    bio, prev = [], None
+    for tag in tags:
+        if tag == OUTSIDE:
+            bio.append("O")
+        elif tag != prev:
+            bio.append(f"B-{tag}")
+        else:
+            bio.append(f"I-{tag}")
+        prev = tag
+    return bio
+
+
+def gold_tags(example: Example) -> list[str]:
+    """The type of every scoring token from the reference spans (``Other`` outside them)."""
+    tokens = scoring_tokens(example.text, example.lang)
+    tags = [OUTSIDE] * len(tokens)
+    for type_, start, end in example.meta["spans"]:
+        for i, (a, b) in enumerate(tokens):
+            if a < end and b > start:
+                tags[i] = type_
+    return tags
+
+
+def _match_key(token: str) -> str:
+    """A token as values are matched against it: case and surrounding punctuation ignored
+    (``Pullover?`` is one whitespace token of an utterance whose slot value is ``Pullover``)."""
+    start, end = 0, len(token)
+    while start < end and unicodedata.category(token[start]).startswith("P"):
+        start += 1
+    while end > start and unicodedata.category(token[end - 1]).startswith("P"):
+        end -= 1
+    return token[start:end].casefold() or token
+
+
+def predicted_tags(example: Example, slots: Sequence[Slot]) -> tuple[list[str], int]:
+    """Map predicted values onto the utterance's tokens; returns the tags and how many values
+    matched no run of untagged tokens."""
+    spans = scoring_tokens(example.text, example.lang)
+    tokens = [_match_key(example.text[a:b]) for a, b in spans]
+    tags = [OUTSIDE] * len(tokens)
+    unmatched = 0
+    for type_, value in slots:
+        needle = [_match_key(value[a:b]) for a, b in scoring_tokens(value, example.lang)]
+        at = _find_free_run(tokens, tags, needle)
+        if at is None:
+            unmatched += 1
+        else:
+            tags[at : at + len(needle)] = [type_] * len(needle)
+    return tags, unmatched
+
+
+def _find_free_run(tokens: list[str], tags: list[str], needle: list[str]) -> int | None:
+    if not needle:
+        return None
+    for i in range(len(tokens) - len(needle) + 1):
+        if tokens[i : i + len(needle)] == needle and all(
+            t == OUTSIDE for t in tags[i : i + len(needle)]
+        ):
+            return i
+    return None
+
+
+def span_f1(examples: Sequence[Example], predictions: Sequence[Sequence[Slot]]) -> dict[str, Any]:
+    """MASSIVE's slot micro-F1 (seqeval, default mode) with precision and recall."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    gold, pred, unmatched = [], [], 0
+    for ex, slots in zip(examples, predictions, strict=True):
+        tags, missed = predicted_tags(ex, slots)
+        gold.append(convert_to_bio(gold_tags(ex)))
+        pred.append(convert_to_bio(tags))
+        unmatched += missed
+    return {
+        "f1": float(f1_score(gold, pred, zero_division=0)),
+        "precision": float(precision_score(gold, pred, zero_division=0)),
+        "recall": float(recall_score(gold, pred, zero_division=0)),
+        "unmatched_values": unmatched,
+    }
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def parse_annotation(annot: str, where: str) -> tuple[str, list[tuple[str, int, int]]]:
+    """MASSIVE's ``annot_utt`` (``wake me up at [time : five am]``) → the plain utterance and
+    its slot spans (type, start, end) in characters."""
+    text, spans, i = [], [], 0
+    length = 0
+    while i < len(annot):
+        open_ = annot.find("[", i)
+        if open_ < 0:
+            rest = annot[i:]
+            if "]" in rest:
+                raise InputError(f"{where}: ']' without '[' in annot_utt {annot!r}")
+            text.append(rest)
+            break
+        before = annot[i:open_]
+        if "]" in before:
+            raise InputError(f"{where}: ']' without '[' in annot_utt {annot!r}")
+        text.append(before)
+        length += len(before)
+        close = annot.find("]", open_)
+        nested = annot.find("[", open_ + 1)
+        if close < 0 or 0 <= nested < close:
+            raise InputError(f"{where}: '[' without ']' in annot_utt {annot!r}")
+        type_, sep, value = annot[open_ + 1 : close].partition(":")
+        type_, value = type_.strip(), value.strip()
+        if not sep or not type_ or not value:
+            raise InputError(
+                f"{where}: slot {annot[open_ : close + 1]!r} is not '[type : value]' in {annot!r}"
+            )
+        spans.append((type_, length, length + len(value)))
+        text.append(value)
+        length += len(value)
+        i = close + 1
+    return "".join(text), spans
+
+
+def _locale_lang(locale: str) -> str:
+    """MASSIVE locale → FLoRes code (zh-TW is Traditional Chinese)."""
+    lang, _, region = locale.partition("-")
+    if lang == "zh" and region == "TW":
+        return "zho_Hant"
+    return to_flores(lang)
+
+
+def _massive_example(row: dict[str, Any], where: str, lang: str, n: int) -> Example:
+    annot = row.get("annot_utt")
+    if not isinstance(annot, str):
+        raise InputError(f"{where}: no annot_utt")
+    text, spans = parse_annotation(annot, where)
+    if not text.strip():
+        raise InputError(f"{where}: empty utterance")
+    slots = [(t, text[a:b]) for t, a, b in spans]
+    return Example(
+        id=str(row.get("id", n)),
+        lang=lang,
+        key=lang,
+        text=text,
+        reference=slots,
+        meta={"spans": spans, "types": MASSIVE_TYPES},
+    )
+
+
+def read_massive_jsonl(paths: Sequence[Path], langs: Sequence[str], split: str) -> list[Example]:
+    """MASSIVE 1.0 jsonl (``data/<locale>.jsonl``; rows with ``locale``, ``partition``,
+    ``annot_utt``): the rows of ``split`` in ``langs``."""
+    part = MASSIVE_SPLITS.get(split, split)
+    examples = []
+    for path in paths:
+        for lineno, line in enumerate(split_lines(read_text(path)), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or "locale" not in row:
+                raise InputError(f"{where}: expected an object with 'locale' and 'annot_utt'")
+            if row.get("partition", part) != part:
+                continue
+            try:
+                lang = _locale_lang(row["locale"])
+            except InputError:
+                continue
+            if langs and lang not in langs:
+                continue
+            examples.append(_massive_example(row, where, lang, lineno))
+    return examples
+
+
+def read_massive_table(source: str, langs: Sequence[str], split: str) -> list[Example]:
+    """The hub's ``AmazonScience/massive`` (one config per locale) or a local parquet/jsonl
+    file or folder of the same schema (rows with ``locale``, ``annot_utt``, optionally
+    ``partition``)."""
+    if not langs:
+        raise InputError(f"{source}: give --langs (the hub has one config per locale)")
+    local = Path(source).expanduser()
+    tables = []
+    if local.exists():
+        files = sorted(local.rglob("*.parquet")) if local.is_dir() else [local]
+        if not files:
+            raise InputError(f"{local}: no .parquet files")
+        builder = "parquet" if files[0].suffix == ".parquet" else "json"
+        table = load_hf_table(
+            str(local), builder, data_files=[str(f) for f in files], split="train"
+        )
+        tables.append((str(local), table, True))
+    else:
+        locales = {_locale_lang(loc): loc for loc in MASSIVE_LOCALES}
+        missing = [lang for lang in langs if lang not in locales]
+        if missing:
+            raise InputError(f"{source}: no MASSIVE locale for {', '.join(missing)}")
+        for lang in langs:
+            where = f"hf:{source} config {locales[lang]} split {split}"
+            table = load_hf_table(where, source, locales[lang], split=HUB_SPLITS.get(split, split))
+            tables.append((where, table, False))
+    part = MASSIVE_SPLITS.get(split, split)
+    examples = []
+    for where, table, filter_split in tables:
+        for n, row in enumerate(table, 1):
+            if filter_split and row.get("partition", part) != part:
+                continue
+            lang = _locale_lang(str(row.get("locale", "")))
+            if lang in langs:
+                examples.append(_massive_example(row, f"{where} row {n}", lang, n))
+    return examples
+
+
+def _token_offsets(text: str, tokens: Sequence[str]) -> list[tuple[int, int]] | None:
+    """Where each token sits in ``text``, searched left to right; None if one is missing."""
+    spans, at = [], 0
+    for token in tokens:
+        start = text.find(token, at)
+        if start < 0:
+            return None
+        spans.append((start, start + len(token)))
+        at = start + len(token)
+    return spans
+
+
+def read_conll_slots(path: Path, lang: str) -> list[Example]:
+    """xSID CoNLL: ``# text = ...`` and ``# intent = ...`` headers, then ``idx token intent
+    slot`` per line (tab-separated), slots in BIO. An ``I-`` tag after ``O`` or after another
+    type opens a new span, as conlleval reads it."""
+    examples: list[Example] = []
+    header: dict[str, str] = {}
+    rows: list[tuple[int, str, str]] = []
+
+    def flush() -> None:
+        if rows:
+            examples.append(_conll_example(path, lang, header, rows, len(examples) + 1))
+        header.clear()
+        rows.clear()
+
+    for lineno, line in enumerate(split_lines(read_text(path)), 1):
+        if not line.strip():
+            flush()
+        elif line.startswith("#"):
+            if rows:
+                flush()
+            key, sep, value = line[1:].partition("=")
+            if sep:
+                header[key.strip()] = value.strip()
+        else:
+            fields = line.split("\t")
+            if len(fields) != 4 or not fields[1] or not fields[3]:
+                raise InputError(
+                    f"{path}:{lineno}: expected 4 tab-separated fields (index, token, intent, "
+                    f"BIO slot), got {len(fields)}: {line!r}"
+                )
+            tag = fields[3]
+            if tag != "O" and not re.fullmatch(r"[BI]-\S+", tag):
+                raise InputError(f"{path}:{lineno}: slot tag {tag!r} is not O, B-type or I-type")
+            rows.append((lineno, fields[1], tag))
+    flush()
+    return examples
+
+
+def _conll_example(
+    path: Path, lang: str, header: dict[str, str], rows: list[tuple[int, str, str]], n: int
+) -> Example:
+    tokens = [token for _, token, _ in rows]
+    text = header.get("text") or " ".join(tokens)
+    offsets = _token_offsets(text, tokens)
+    if offsets is None:  # tokens that are not spelled as in the text: score on the tokens
+        text = " ".join(tokens)
+        offsets = _token_offsets(text, tokens)
+        assert offsets is not None
+    spans: list[tuple[str, int, int]] = []
+    prev = "O"
+    for (_, _, tag), (start, end) in zip(rows, offsets, strict=True):
+        if tag == "O":
+            prev = tag
+            continue
+        bio, type_ = tag[0], tag[2:]
+        if bio == "I" and prev != "O" and prev[2:] == type_:
+            spans[-1] = (type_, spans[-1][1], end)
+        else:
+            spans.append((type_, start, end))
+        prev = tag
+    slots = [(t, text[a:b]) for t, a, b in spans]
+    return Example(
+        id=header.get("id", str(n)),
+        lang=lang,
+        key=lang,
+        text=text,
+        reference=slots,
+        meta={"spans": spans, "line": rows[0][0]},
+    )
+
+
+def read_xsid(root: Path, langs: Sequence[str], split: str) -> list[Example]:
+    """xSID 0.5: ``DIR/<lang>.<split>.conll`` (splits ``valid``, ``test``); the zero-shot
+    prompt lists the slot types found in the files read."""
+    split = XSID_SPLITS.get(split, split)
+    files = {p.name[: -len(f".{split}.conll")]: p for p in sorted(root.glob(f"*.{split}.conll"))}
+    if not files:
+        raise InputError(f"xsid:{root}: no <lang>.{split}.conll files")
+    chosen = select(list(langs), by_language(files), f"xsid:{root} ({split})")
+    examples = [ex for lang, path in chosen.items() for ex in read_conll_slots(path, lang)]
+    types = tuple(sorted({t for ex in examples for t, _ in ex.reference}))
+    return [
+        Example(ex.id, ex.lang, ex.key, ex.text, ex.reference, {**ex.meta, "types": types})
+        for ex in examples
+    ]
+
+
+class SlotFilling(Task):
+    name = "slots"
+    metric = "f1"
+    stop = "newline"
+    max_new_tokens = 64
+    source_help = (
+        "xsid:DIR (xSID <lang>.<split>.conll) | massive:DIR or massive:FILE.jsonl (MASSIVE 1.0 "
+        "jsonl) | hf:AmazonScience/massive, a hub id, or hf:FILE/DIR (parquet of the hub schema)"
+    )
+
+    def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
+        kind, rest = split_source(source, ("xsid", "massive", "hf"))
+        path = Path(rest).expanduser()
+        if kind is None and path.is_dir():
+            kind = "xsid" if any(path.glob("*.conll")) else "massive"
+        elif kind is None and path.suffix == ".jsonl":
+            kind = "massive"
+        elif kind is None and (path.suffix == ".parquet" or is_hub_id(rest)):
+            kind = "hf"
+        if kind == "xsid":
+            if not path.is_dir():
+                raise InputError(f"xsid:{path}: directory not found")
+            examples = read_xsid(path, langs, split)
+        elif kind == "massive":
+            if path.is_dir():
+                files = sorted(path.glob("*.jsonl"))
+            elif path.is_file():
+                files = [path]
+            else:
+                raise InputError(f"massive:{path}: not found")
+            if not files:
+                raise InputError(f"massive:{path}: no .jsonl files")
+            examples = read_massive_jsonl(files, langs, split)
+        elif kind == "hf":
+            examples = read_massive_table(rest, langs, split)
+        else:
+            raise InputError(f"--data {source!r}: not a slot-filling data set ({self.source_help})")
+        return examples
+
+    def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
+        if zero_shot:
+            types = example.meta.get("types") or MASSIVE_TYPES
+            return ZERO_SHOT_SYSTEM.format(types=" ".join(types)), example.text
+        return SYSTEM, example.text
+
+    def target(self, example: Example) -> str:
+        return format_slots(example.reference)
+
+    def parse(self, output: str, example: Example) -> Parsed:
+        return parse_slots(output)
+
+    def score(self, examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, Any]:
+        return span_f1(examples, predictions)

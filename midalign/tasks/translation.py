@@ -1,0 +1,244 @@
+"""Machine translation (ALMA human-written data, WMT23 general test sets).
+
+Prompt (paper, Appendix D.2): system "Translate the following sentences from <Src> to <Tgt>.",
+user = the source segment, answer = the reference. Scores: sacrebleu corpus BLEU with the
+tokenizer WMT uses for the target language (``ja-mecab`` for Japanese, ``zh`` for Chinese,
+``13a`` otherwise) and chrF, each with its sacrebleu signature; COMET-22 on request
+(:func:`comet_scores`, a local checkpoint, never downloaded).
+
+Languages are directions: ``--langs de-en,en-ja`` (any code form per side); a bare code ``de``
+means both ``de-en`` and ``en-de``. Scores are keyed ``deu_Latn-eng_Latn``. Every segment of
+these data sets is one line, so a translation is one line: generation stops at a newline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from midalign.data.reading import read_sentences, read_text
+from midalign.errors import InputError
+from midalign.languages import iso639_1, language_name, to_flores
+from midalign.tasks.base import Example, Parsed, Task, split_source
+
+PIVOT = "eng_Latn"
+SYSTEM = "Translate the following sentences from {src} to {tgt}."
+
+
+def direction_key(src: str, tgt: str) -> str:
+    return f"{src}-{tgt}"
+
+
+def parse_directions(spec: str) -> list[str]:
+    """``de-en,en-ja,cs`` → ``deu_Latn-eng_Latn, eng_Latn-jpn_Jpan, ces_Latn-eng_Latn,
+    eng_Latn-ces_Latn``."""
+    keys: list[str] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "-" in item and not _is_single_code(item):
+            src, _, tgt = item.partition("-")
+            pairs = [(to_flores(src), to_flores(tgt))]
+        else:
+            lang = to_flores(item)
+            pairs = [(lang, PIVOT), (PIVOT, lang)]
+        for src, tgt in pairs:
+            if src == tgt:
+                raise InputError(f"--langs: {item!r} translates {src} into itself")
+            keys.append(direction_key(src, tgt))
+    if not keys:
+        raise InputError(f"--langs: no translation directions in {spec!r} (e.g. de-en,en-de)")
+    return list(dict.fromkeys(keys))
+
+
+def _is_single_code(item: str) -> bool:
+    """``zho-Hans`` is one code written with a hyphen, ``de-en`` is a direction."""
+    try:
+        to_flores(item)
+    except InputError:
+        return False
+    return len(item.partition("-")[2]) == 4
+
+
+def bleu_tokenizer(lang: str) -> str:
+    """The sacrebleu tokenizer for a target language, as WMT scores it."""
+    return {"jpn": "ja-mecab", "zho": "zh"}.get(lang[:3], "13a")
+
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[str], tgt: str) -> dict:
+    """Corpus BLEU and chrF (sacrebleu) with their signatures."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu = BLEU(tokenize=bleu_tokenizer(tgt))
+    chrf = CHRF()
+    refs = [list(references)]
+    return {
+        "bleu": bleu.corpus_score(list(hypotheses), refs).score,
+        "chrf": chrf.corpus_score(list(hypotheses), refs).score,
+        "signatures": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+    }
+
+
+def comet_scores(
+    examples: Sequence[Example], hypotheses: Sequence[str], model_path: Path, batch_size: int = 8
+) -> list[float]:
+    """Segment COMET-22 scores from a local checkpoint (``.../checkpoints/model.ckpt`` or its
+    folder). Needs the optional extra ``midalign[comet]``; nothing is downloaded here, so the
+    encoder's tokenizer (xlm-roberta-large) must already be in the HF cache."""
+    try:
+        from comet import load_from_checkpoint
+    except ImportError:
+        raise InputError(
+            "--comet-model needs the optional extra: pip install 'midalign[comet]' "
+            "(unbabel-comet); BLEU and chrF need nothing extra"
+        ) from None
+    ckpt = Path(model_path)
+    if ckpt.is_dir():
+        ckpt = ckpt / "checkpoints" / "model.ckpt"
+    if not ckpt.is_file():
+        raise InputError(
+            f"--comet-model: {ckpt} not found (give the folder of a downloaded "
+            "Unbabel/wmt22-comet-da, holding checkpoints/model.ckpt)"
+        )
+    model = load_from_checkpoint(str(ckpt))
+    data = [
+        {"src": ex.text, "mt": hyp, "ref": ex.reference}
+        for ex, hyp in zip(examples, hypotheses, strict=True)
+    ]
+    return list(model.predict(data, batch_size=batch_size, gpus=0, progress_bar=False).scores)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _example(n: int, src: str, tgt: str, source: str, reference: str, where: str) -> Example:
+    return Example(
+        id=f"{where}:{n}",
+        lang=tgt if src == PIVOT else src,
+        key=direction_key(src, tgt),
+        text=source,
+        reference=reference,
+        meta={"src": src, "tgt": tgt},
+    )
+
+
+def _two_letter(code: str) -> str:
+    short = iso639_1(code)
+    if short is None:
+        raise InputError(f"{code}: no two-letter code, which ALMA and WMT23 file names use")
+    return short
+
+
+def read_alma(root: Path, keys: Sequence[str], split: str) -> list[Example]:
+    """ALMA human-written data: ``DIR/<xx>en/train.<xx>-en.{xx,en}`` (line-aligned, split
+    ``train``) and ``DIR/<xx>en/valid.<xx>-en.json`` (a JSON list of ``{"translation": {xx,
+    en}}``, split ``valid``/``dev``). Either direction is read from the same files."""
+    examples = []
+    for key in keys:
+        src, tgt = key.split("-", 1)
+        if PIVOT not in (src, tgt):
+            raise InputError(f"alma:{root}: ALMA pairs every language with English, not {key}")
+        other = tgt if src == PIVOT else src
+        xx = _two_letter(other)
+        folder = root / f"{xx}en"
+        if split == "train":
+            files = {c: folder / f"train.{xx}-en.{c}" for c in (xx, "en")}
+            texts = {c: read_sentences(p) for c, p in files.items()}
+            if len(texts[xx]) != len(texts["en"]):
+                raise InputError(
+                    f"{files[xx]} has {len(texts[xx])} lines but {files['en']} has "
+                    f"{len(texts['en'])}; line-aligned files must have the same number of lines"
+                )
+            pairs = list(zip(texts[xx], texts["en"], strict=True))
+            where = str(files[xx])
+        elif split in ("valid", "dev", "validation"):
+            path = folder / f"valid.{xx}-en.json"
+            pairs = _read_alma_json(path, xx)
+            where = str(path)
+        else:
+            raise InputError(f"alma:{root}: split {split!r} (ALMA has train and valid)")
+        for n, (x, en) in enumerate(pairs, 1):
+            source, reference = (en, x) if src == PIVOT else (x, en)
+            examples.append(_example(n, src, tgt, source, reference, where))
+    return examples
+
+
+def _read_alma_json(path: Path, xx: str) -> list[tuple[str, str]]:
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON list of {{'translation': {{...}}}}")
+    pairs = []
+    for n, row in enumerate(data, 1):
+        pair = row.get("translation") if isinstance(row, dict) else None
+        if not isinstance(pair, dict) or not pair.get(xx) or not pair.get("en"):
+            raise InputError(f"{path}: item {n} lacks translation.{xx} or translation.en")
+        pairs.append((pair[xx].strip(), pair["en"].strip()))
+    return pairs
+
+
+def read_wmt23(root: Path, keys: Sequence[str]) -> list[Example]:
+    """WMT23 general test: ``DIR/generaltest2023.<s>-<t>.src.<s>`` and ``.ref.refA.<t>``."""
+    examples = []
+    for key in keys:
+        src, tgt = key.split("-", 1)
+        s, t = _two_letter(src), _two_letter(tgt)
+        src_file = root / f"generaltest2023.{s}-{t}.src.{s}"
+        ref_file = root / f"generaltest2023.{s}-{t}.ref.refA.{t}"
+        if not src_file.is_file():
+            raise InputError(f"wmt23:{root}: no {src_file.name} (direction {key})")
+        sources, refs = read_sentences(src_file), read_sentences(ref_file)
+        if len(sources) != len(refs):
+            raise InputError(
+                f"{src_file} has {len(sources)} lines but {ref_file} has {len(refs)}; "
+                "line-aligned files must have the same number of lines"
+            )
+        for n, (x, y) in enumerate(zip(sources, refs, strict=True), 1):
+            examples.append(_example(n, src, tgt, x, y, str(src_file)))
+    return examples
+
+
+class Translation(Task):
+    name = "mt"
+    metric = "bleu"
+    stop = "newline"
+    max_new_tokens = 256
+    source_help = (
+        "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json) | "
+        "wmt23:DIR (generaltest2023.<s>-<t>.{src.<s>,ref.refA.<t>})"
+    )
+
+    def languages(self, spec: str) -> list[str]:
+        return parse_directions(spec)
+
+    def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
+        kind, rest = split_source(source, ("alma", "wmt23"))
+        root = Path(rest).expanduser()
+        if kind is None and root.is_dir():
+            kind = "wmt23" if any(root.glob("generaltest2023.*")) else "alma"
+        if kind is None or not root.is_dir():
+            raise InputError(f"--data {source!r}: not a translation data set ({self.source_help})")
+        if not langs:
+            raise InputError("--langs: give translation directions, e.g. de-en,en-de")
+        examples = read_alma(root, langs, split) if kind == "alma" else read_wmt23(root, langs)
+        return examples
+
+    def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
+        src, tgt = language_name(example.meta["src"]), language_name(example.meta["tgt"])
+        return SYSTEM.format(src=src, tgt=tgt), example.text
+
+    def target(self, example: Example) -> str:
+        return example.reference
+
+    def parse(self, output: str, example: Example) -> Parsed:
+        line = next((x.strip() for x in output.splitlines() if x.strip()), "")
+        return Parsed(line, bool(line))
+
+    def score(self, examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, Any]:
+        tgt = examples[0].meta["tgt"]
+        return corpus_scores(predictions, [ex.reference for ex in examples], tgt)

@@ -1,0 +1,284 @@
+"""Batched greedy generation (left padding, KV cache, stop rules), `evaluate`, and the `eval` and
+`data prepare` commands end to end on tiny random models."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model, tiny_tokenizer
+
+from midalign import generate as gen
+from midalign.cli import main
+from midalign.eval_cli import evaluate
+from midalign.probe_cli import read_scores
+from midalign.prompting import encode_prompt
+from midalign.tasks import get_task
+from midalign.tasks.slot_filling import SYSTEM
+
+FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
+PROMPTS = [
+    "the law is equal",
+    "a",
+    "everyone is born free and equal in dignity and rights",
+    "der mensch ist frei",
+    "le droit et la loi",
+]
+
+
+def _prompts(tok) -> list[list[int]]:
+    return [encode_prompt(tok, text, system="people") for text in PROMPTS]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_batched_equals_one_at_a_time(family: str) -> None:
+    model, tok = tiny_model(family, n_layers=2), tiny_tokenizer()
+    prompts = _prompts(tok)
+    batched = gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=4, progress=False)
+    single = gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=1, progress=False)
+    assert batched == single
+    assert any(batched)  # the random model does say something
+    again = gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=3, progress=False)
+    assert again == batched  # deterministic, any batching
+
+
+def test_stop_rule_cuts_each_row_at_its_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok = tiny_model("llama", n_layers=2), tiny_tokenizer()
+    prompts = _prompts(tok)
+    full = gen.generate(model, tok, prompts, max_new_tokens=12, progress=False)
+    words = [w for text in full for w in text.split()]
+    word = max(set(words), key=words.count)  # a word some answers contain and others may not
+    monkeypatch.setitem(gen.STOP_RULES, "word", lambda text: word in text.split())
+    stopped = gen.generate(model, tok, prompts, max_new_tokens=12, stop="word", progress=False)
+    assert stopped != full  # some row was cut short
+    for long, short in zip(full, stopped, strict=True):
+        tokens = long.split()
+        expected = tokens[: tokens.index(word) + 1] if word in tokens else tokens
+        assert short.split() == expected
+
+
+def test_stop_rules() -> None:
+    newline = gen.STOP_RULES["newline"]
+    assert not newline("time: five am") and newline("time: five am\nUser")
+    assert not newline("\n\ntime")  # leading blank lines are not the end of an answer
+    assert gen.STOP_RULES["json"]('{"Results": []} more')
+    with pytest.raises(ValueError, match="stop must be one of"):
+        gen.generate(tiny_model("llama"), tiny_tokenizer(), [[1]], stop="never")
+
+
+def test_evaluate_counts_garbage_and_scores_per_language() -> None:
+    task = get_task("topic")
+    examples = task.read(f"sib200:{FIXTURES / 'sib200'}", ["de", "ja"], "test")
+    model, tok = tiny_model("gemma3", n_layers=2), tiny_tokenizer()
+    results = evaluate(
+        model,
+        tok,
+        task,
+        examples,
+        max_new_tokens=4,
+        progress=False,
+        groups={"all": ["deu_Latn", "jpn_Jpan"]},
+    )
+    per = results["per_language"]
+    assert list(per) == ["deu_Latn", "jpn_Jpan"]
+    assert per["deu_Latn"]["n"] == 3 and per["jpn_Jpan"]["n"] == 2
+    # a random model never names a topic: all answers unparseable, scored as wrong, no crash
+    assert results["unparseable"] == sum(not p["ok"] for p in results["predictions"])
+    for key, scores in per.items():
+        preds = [p for p in results["predictions"] if p["key"] == key]
+        assert all(p["ok"] == (p["parsed"] is not None) for p in preds)
+        assert scores["accuracy"] == sum(p["parsed"] == p["reference"] for p in preds) / len(preds)
+        assert scores["unparseable"] == sum(not p["ok"] for p in preds)
+    assert results["groups"]["all"]["accuracy"] == pytest.approx(
+        (per["deu_Latn"]["accuracy"] + per["jpn_Jpan"]["accuracy"]) / 2
+    )
+    assert results["predictions"][0]["prompt"].endswith("User: Nimm den Nachtzug.\nAssistant: ")
+
+
+def _adapter(model_dir: Path, path: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(1)
+    peft = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:  # B = 0 at init; make the adapter change the model
+            torch.nn.init.normal_(param, std=0.5)
+    peft.save_pretrained(path)
+    return path
+
+
+def test_eval_command_writes_everything(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        "topic",
+        "--data",
+        f"sib200:{FIXTURES / 'sib200'}",
+        "--langs",
+        "de,ja",
+        "--max-new-tokens",
+        "3",
+        "--group",
+        "asian=ja",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["langs"] == ["deu_Latn", "jpn_Jpan"]
+    assert results["groups"]["asian"]["languages"] == ["jpn_Jpan"]
+    lines = (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5 and {"prompt", "reference", "output", "parsed"} <= set(
+        json.loads(lines[0])
+    )
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["language"] for r in rows] == ["deu_Latn", "jpn_Jpan"]
+    assert (out / "scores.png").stat().st_size > 0
+    probe = read_scores(out / "probe_scores.json")
+    assert probe == {k: v["accuracy"] for k, v in results["per_language"].items()}
+    assert main(args) == 2  # --out exists, no --overwrite
+
+    adapter = _adapter(tiny_model_dir, tmp_path / "adapter")
+    with_adapter = tmp_path / "eval-adapter"
+    assert main([*args[:-1], str(with_adapter), "--adapter", str(adapter)]) == 0
+    before = [json.loads(x)["output"] for x in lines]
+    after = [json.loads(x)["output"] for x in (with_adapter / "predictions.jsonl").open()]
+    assert before != after  # the adapter is applied
+
+
+def test_eval_mt_writes_probe_scores_by_direction(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mt"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_model_dir),
+                "--task",
+                "mt",
+                "--data",
+                f"alma:{FIXTURES / 'alma'}",
+                "--langs",
+                "de",
+                "--split",
+                "valid",
+                "--max-new-tokens",
+                "3",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["per_language"]) == {"deu_Latn-eng_Latn", "eng_Latn-deu_Latn"}
+    assert any("tok:13a" in s for s in results["signatures"])
+    assert list(read_scores(out / "probe_scores_xx-eng_Latn.json")) == ["deu_Latn"]
+    assert list(read_scores(out / "probe_scores_eng_Latn-xx.json")) == ["deu_Latn"]
+
+
+def test_eval_bad_input_exits_2(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    base = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        f"sib200:{FIXTURES / 'sib200'}",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    assert main([*base, "--task", "topic", "--langs", "fr"]) == 2
+    assert "no fra_Latn" in capsys.readouterr().err
+    assert main([*base, "--task", "topic", "--langs", "qq"]) == 2
+    assert main([*base, "--task", "slots", "--langs", "de"]) == 2
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--task", "poetry", "--langs", "de"])
+    assert e.value.code == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_data_prepare_writes_the_training_contract(tmp_path: Path) -> None:
+    out = tmp_path / "slots.jsonl"
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--task",
+                "slots",
+                "--source",
+                f"massive:{FIXTURES / 'massive'}",
+                "--langs",
+                "en,de",
+                "--split",
+                "test",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert rows[-1] == {
+        "system": SYSTEM,
+        "prompt": "wake me up at five am this week",
+        "response": "time: five am; date: this week",
+        "lang": "eng_Latn",
+        "id": "1",
+        "task": "slots",
+    }
+    assert [r["lang"] for r in rows] == ["deu_Latn", "deu_Latn", "eng_Latn"]
+    ner = tmp_path / "ner.jsonl"
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--task",
+                "ner",
+                "--source",
+                f"uner:{FIXTURES / 'uner'}",
+                "--langs",
+                "da",
+                "--split",
+                "test",
+                "--limit",
+                "1",
+                "--out",
+                str(ner),
+            ]
+        )
+        == 0
+    )
+    (row,) = [json.loads(x) for x in ner.read_text(encoding="utf-8").splitlines()]
+    assert row["system"] is None and row["task"] == "ner"
+    assert json.loads(row["response"])["Results"][1]["Text"] == "Rusland"
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--task",
+                "ner",
+                "--source",
+                f"uner:{FIXTURES / 'uner'}",
+                "--langs",
+                "da",
+                "--split",
+                "test",
+                "--out",
+                str(ner),
+            ]
+        )
+        == 2
+    )
