@@ -1,0 +1,373 @@
+"""The configuration of a `midalign train` run: one dataclass per concern, YAML in and out.
+
+Every field carries its help text in ``metadata["help"]``, as PEFT's configs do; the CLI builds
+one ``--section.field`` option per field from it (and ``--field`` where the name is unique, or a
+short alias such as ``--model``), so ``midalign train --help`` documents every knob a recipe
+can set. Precedence: dataclass defaults < ``--config`` YAML < command-line options. The resolved
+config is written to the run directory as ``config.yaml`` and is what ``--resume`` compares.
+Defaults are the paper's (Liu & Niehues 2025, SPEC §2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from midalign.errors import InputError
+
+SCHEDULES = ("alternate", "joint", "task", "align")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _help(
+        "base model: default (Gemma 3 270M, offline), an HF folder, a .gguf file or a hub id",
+        default="default",
+    )
+    dtype: str = _help("weights dtype: float32 (CPU), bfloat16 or float16", default="float32")
+
+
+@dataclass
+class LoraSettings:
+    r: int = _help("LoRA rank", default=8)
+    alpha: int = _help("LoRA scaling numerator (update scaled by alpha / r)", default=16)
+    dropout: float = _help("dropout on the LoRA input", default=0.1)
+    target_modules: list[str] = _help(
+        "projections that get a LoRA adapter (comma-separated on the command line)",
+        default_factory=lambda: list(LORA_TARGETS),
+    )
+
+
+@dataclass
+class DataConfig:
+    task_data: str | None = _help(
+        "training examples, jsonl: {system?, prompt, response, lang?, id?} or {messages: [...]}",
+        default=None,
+    )
+    dev_data: str | None = _help(
+        "dev examples (same format); evaluated every eval_steps for the dev task loss",
+        default=None,
+    )
+    max_length: int = _help(
+        "longest task example in tokens; longer ones are cut at the end (and counted)",
+        default=512,
+    )
+    align_data: str | None = _help(
+        "parallel text for the alignment loss: tatoeba:DIR, sib200:DIR, flores:DIR, udhr, "
+        "parallel:FILE,FILE,..., hf-tatoeba (hub Helsinki-NLP/tatoeba) or hf-tatoeba:DIR",
+        default=None,
+    )
+    align_langs: list[str] = _help(
+        "non-English languages paired with English for alignment (comma-separated codes)",
+        default_factory=list,
+    )
+    align_split: str = _help("split of flores/sib200 alignment data", default="dev")
+    align_max_pairs: int | None = _help(
+        "use at most this many pairs per language (first ones, after filtering)", default=None
+    )
+    align_dev_pairs: int = _help(
+        "pairs per language held out (fixed sample) for the dev alignment loss", default=32
+    )
+    align_max_length: int = _help("longest alignment sentence in tokens", default=128)
+
+
+@dataclass
+class AlignConfig:
+    schedule: str = _help(
+        "alternate (task and alignment micro-batches in turn, the paper), joint "
+        "(task + weight·align every micro-batch), task (plain SFT), align (alignment only)",
+        default="alternate",
+    )
+    layers: str = _help(
+        "alignment layer(s): middle (L // 2), auto (the base model's peak-retrieval layer on "
+        "the alignment pairs), or integers such as 9 or 9,18 (losses averaged)",
+        default="middle",
+    )
+    temperature: float = _help("InfoNCE temperature τ (paper: 0.1 Llama, 1.5 Qwen)", default=0.1)
+    pool: str = _help(
+        "mean: content tokens only (BOS/EOS excluded); mean-all: every token, as the paper's code",
+        default="mean",
+    )
+    symmetric: bool = _help("add the English→x direction to the loss", default=False)
+    weight: float = _help("λ of the joint schedule: loss = task + λ·align", default=1.0)
+    batch_pairs: int = _help("parallel pairs per alignment micro-batch (B; 2B rows)", default=16)
+    gather: bool = _help("gather negatives across ranks (multi-GPU), with gradient", default=False)
+    auto_pairs: int = _help("pairs per language the auto layer choice probes", default=100)
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = _help("peak learning rate (AdamW)", default=5e-4)
+    lr_scheduler: str = _help("transformers lr_scheduler_type", default="inverse_sqrt")
+    warmup_ratio: float = _help("share of the optimizer steps spent warming up", default=0.03)
+    weight_decay: float = _help("AdamW weight decay", default=0.0)
+    max_grad_norm: float = _help("gradient clipping norm (0 = off)", default=1.0)
+    epochs: float = _help("passes over the task data (at most)", default=5.0)
+    max_steps: int = _help(
+        "optimizer steps; overrides epochs when > 0 (required by the align schedule)", default=-1
+    )
+    batch_size: int = _help("task examples per micro-batch", default=8)
+    gradient_accumulation_steps: int = _help(
+        "micro-batches of either kind per optimizer step (alternate: half task, half alignment)",
+        default=4,
+    )
+    eval_steps: int = _help("evaluate (dev task and alignment losses) every N steps", default=200)
+    save_steps: int = _help("checkpoint every N steps (a multiple of eval_steps)", default=200)
+    logging_steps: int = _help("log training losses every N steps", default=10)
+    early_stopping_patience: int = _help(
+        "stop after N evaluations without improvement (0 = never stop early)", default=5
+    )
+    metric_for_best_model: str = _help(
+        "dev metric that picks the best checkpoint: task_loss, align_loss, or auto "
+        "(task_loss, or align_loss for the align schedule)",
+        default="auto",
+    )
+    keep_checkpoints: int = _help("checkpoints kept besides the best one", default=2)
+    seed: int = _help("seed of LoRA init, data order, dropout and the alignment stream", default=42)
+    report_to: list[str] = _help(
+        "extra loggers for transformers (tensorboard, wandb, ...); log.jsonl is always written",
+        default_factory=list,
+    )
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "lora": LoraSettings,
+    "data": DataConfig,
+    "align": AlignConfig,
+    "optim": OptimConfig,
+}
+# Short options the issue and README use, where the field name alone would be ambiguous or vague.
+ALIASES = {
+    "model.name": "--model",
+    "align.layers": "--align-layers",
+    "align.weight": "--align-weight",
+    "align.batch_pairs": "--align-batch-pairs",
+    "lora.r": "--lora-r",
+    "lora.alpha": "--lora-alpha",
+    "lora.dropout": "--lora-dropout",
+}
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(type, optional) of a field annotation such as ``int | None`` or ``list[str]``."""
+    if isinstance(tp, str):
+        tp = eval(tp, {"list": list, "str": str, "int": int, "float": float, "bool": bool})
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
+
+
+def parse_value(text: Any, tp: Any, where: str) -> Any:
+    """A YAML or command-line value converted to the field's type; InputError naming ``where``."""
+    base, optional = _base_type(tp)
+    if optional and (text is None or (isinstance(text, str) and text.lower() in ("none", "null"))):
+        return None
+    try:
+        if base is bool:
+            if isinstance(text, bool):
+                return text
+            if str(text).lower() in ("true", "yes", "1"):
+                return True
+            if str(text).lower() in ("false", "no", "0"):
+                return False
+            raise ValueError(text)
+        if typing.get_origin(base) is list:
+            if isinstance(text, list):
+                return [str(x) for x in text]
+            return [x.strip() for x in str(text).split(",") if x.strip()]
+        if base is int:
+            if isinstance(text, float) and not text.is_integer():
+                raise ValueError(text)
+            return int(text)
+        if base is float:
+            return float(text)
+        if isinstance(text, list):  # e.g. layers: [9, 18]
+            return ",".join(str(x) for x in text)
+        if isinstance(text, dict):
+            raise ValueError(text)
+        return str(text)
+    except (TypeError, ValueError):
+        name = getattr(base, "__name__", str(base))
+        raise InputError(f"{where}: expected {name}, got {text!r}") from None
+
+
+def from_dict(values: dict[str, Any], where: str) -> TrainConfig:
+    """A config from nested ``{section: {field: value}}``; unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    config = TrainConfig()
+    for section, entries in values.items():
+        if section not in SECTIONS:
+            raise InputError(
+                f"{where}: unknown section {section!r} (sections: {', '.join(SECTIONS)})"
+            )
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise InputError(f"{where}: section {section!r} must be a mapping")
+        target = getattr(config, section)
+        known = {f.name: f for f in fields(target)}
+        for key, value in entries.items():
+            if key not in known:
+                raise InputError(
+                    f"{where}: unknown key {section}.{key} (known: {', '.join(known)})"
+                )
+            setattr(target, key, parse_value(value, known[key].type, f"{where}: {section}.{key}"))
+    return config
+
+
+def load_config(path: Path) -> TrainConfig:
+    """A recipe file: YAML sections model, lora, data, align, optim (all optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--config: {path} not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    return from_dict(values, str(path))
+
+
+def option_names() -> dict[str, list[str]]:
+    """``section.field`` -> its command-line option strings."""
+    counts: dict[str, int] = {}
+    for cls in SECTIONS.values():
+        for f in fields(cls):
+            counts[f.name] = counts.get(f.name, 0) + 1
+    names: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            key = f"{section}.{f.name}"
+            options = [f"--{key}"]
+            if key in ALIASES:
+                options.insert(0, ALIASES[key])
+            elif counts[f.name] == 1 and f.name not in ("name",):
+                options.insert(0, "--" + f.name.replace("_", "-"))
+            names[key] = options
+    return names
+
+
+def field_help(key: str) -> tuple[str, Any]:
+    """Help text and default of ``section.field``."""
+    section, name = key.split(".")
+    f = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    default = getattr(SECTIONS[section](), name)
+    return f.metadata["help"], default
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, str]) -> TrainConfig:
+    """Command-line values (``section.field`` -> text) on top of ``config``."""
+    for key, text in overrides.items():
+        section, name = key.split(".")
+        target = getattr(config, section)
+        f = next(f for f in fields(target) if f.name == name)
+        setattr(target, name, parse_value(text, f.type, option_names()[key][0]))
+    return config
+
+
+def diff(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """``section.field`` keys whose values differ between two configs."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s].get(k)]
+
+
+def validate(config: TrainConfig) -> None:
+    """Reject values that cannot work before any model is loaded, naming the option."""
+    opt = option_names()
+    a, o, d, lora = config.align, config.optim, config.data, config.lora
+    if a.schedule not in SCHEDULES:
+        raise InputError(f"{opt['align.schedule'][0]} must be one of {', '.join(SCHEDULES)}")
+    if a.temperature <= 0:
+        raise InputError(f"{opt['align.temperature'][0]} must be positive, not {a.temperature}")
+    if a.pool not in ("mean", "mean-all"):
+        raise InputError(f"{opt['align.pool'][0]} must be mean or mean-all, not {a.pool!r}")
+    if a.schedule != "align" and not d.task_data:
+        raise InputError(f"{opt['data.task_data'][0]} is required by the {a.schedule} schedule")
+    if a.schedule != "task":
+        if not d.align_data:
+            raise InputError(
+                f"{opt['data.align_data'][0]} is required by the {a.schedule} schedule"
+            )
+        if not d.align_langs:
+            raise InputError(f"{opt['data.align_langs'][0]}: give at least one language")
+        if a.batch_pairs < 2:
+            raise InputError(
+                f"{opt['align.batch_pairs'][0]} must be at least 2 (in-batch negatives)"
+            )
+    if a.schedule == "align" and o.max_steps <= 0:
+        raise InputError(f"{opt['optim.max_steps'][0]} must be given (> 0) for the align schedule")
+    if a.schedule == "alternate" and o.gradient_accumulation_steps % 2:
+        raise InputError(
+            f"{opt['optim.gradient_accumulation_steps'][0]} must be even for the alternate "
+            "schedule (half task, half alignment micro-batches), "
+            f"not {o.gradient_accumulation_steps}"
+        )
+    if a.weight < 0:
+        raise InputError(f"{opt['align.weight'][0]} must be non-negative, not {a.weight}")
+    for key, value in (
+        ("optim.batch_size", o.batch_size),
+        ("optim.gradient_accumulation_steps", o.gradient_accumulation_steps),
+        ("optim.eval_steps", o.eval_steps),
+        ("optim.save_steps", o.save_steps),
+        ("optim.logging_steps", o.logging_steps),
+        ("lora.r", lora.r),
+        ("data.max_length", d.max_length),
+        ("data.align_max_length", d.align_max_length),
+    ):
+        if value < 1:
+            raise InputError(f"{opt[key][0]} must be positive, not {value}")
+    if o.learning_rate <= 0:
+        raise InputError(f"{opt['optim.learning_rate'][0]} must be positive")
+    if not 0 <= o.warmup_ratio < 1:
+        raise InputError(f"{opt['optim.warmup_ratio'][0]} must be in [0, 1)")
+    if not 0 <= lora.dropout < 1:
+        raise InputError(f"{opt['lora.dropout'][0]} must be in [0, 1)")
+    if o.save_steps % o.eval_steps:
+        raise InputError(
+            f"{opt['optim.save_steps'][0]} ({o.save_steps}) must be a multiple of "
+            f"{opt['optim.eval_steps'][0]} ({o.eval_steps}): the best checkpoint is chosen at "
+            "evaluations"
+        )
+    if o.metric_for_best_model not in ("auto", "task_loss", "align_loss"):
+        raise InputError(
+            f"{opt['optim.metric_for_best_model'][0]} must be auto, task_loss or align_loss"
+        )
+    if o.metric_for_best_model == "task_loss" and a.schedule == "align":
+        raise InputError(
+            f"{opt['optim.metric_for_best_model'][0]} task_loss: the align schedule has no task"
+        )
+    if o.metric_for_best_model == "align_loss" and a.schedule == "task":
+        raise InputError(
+            f"{opt['optim.metric_for_best_model'][0]} align_loss: the task schedule has no "
+            "alignment"
+        )

@@ -1,0 +1,207 @@
+"""Translation pairs x ↔ English for the alignment loss, and the stream that serves them.
+
+Pairs come from any parallel reader (``load_parallel`` specs: tatoeba, sib200, flores, udhr,
+parallel files) or from the hub's ``Helsinki-NLP/tatoeba`` through ``datasets``. Pairs with an
+empty side or more than one sentence on a side are dropped: a contrastive loss over pooled
+states should compare sentences with sentences.
+
+The stream is stateless: micro-batch k draws its language uniformly and then B distinct pairs
+of that language from an RNG seeded with (seed, k). So 200 Javanese pairs weigh as much as
+10,000 Spanish ones, every rank of a distributed run can compute any micro-batch, and resuming
+needs nothing but k.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from midalign.data import load_parallel
+from midalign.errors import InputError
+from midalign.languages import iso639_1, to_flores
+
+log = logging.getLogger(__name__)
+
+ENGLISH = "eng_Latn"
+HF_TATOEBA = "Helsinki-NLP/tatoeba"
+Pairs = dict[str, list[tuple[str, str]]]  # language -> [(x, English)]
+
+# A sentence end and more text after it: Latin/Arabic/Devanagari marks need a space before the
+# next sentence (so "3.5" is not an end), CJK marks do not. Closing quotes/brackets may follow.
+_CLOSE = "\"'”’»)\\]」』"
+_SECOND_SENTENCE = re.compile(
+    rf"(?:[.!?؟।][{_CLOSE}]*\s+|[。！？][{_CLOSE}]*\s*)[^\s{_CLOSE}.!?。！？؟।]"
+)
+
+
+def is_one_sentence(text: str) -> bool:
+    """False for an empty text or one with a sentence end followed by more text."""
+    text = text.strip()
+    return bool(text) and _SECOND_SENTENCE.search(text) is None
+
+
+def _hf_tatoeba(source: str, langs: list[str]) -> Pairs:
+    """Rows ``{"translation": {"en": ..., "<code>": ...}}``: the hub dataset, or a local
+    directory of ``*.jsonl`` / ``*.parquet`` files with that schema (one language pair each)."""
+    from datasets import load_dataset
+
+    tables = {}
+    local = Path(source).expanduser() if source else None
+    if local is not None and local.is_dir():
+        for path in sorted(local.glob("*.jsonl")) + sorted(local.glob("*.parquet")):
+            builder = "json" if path.suffix == ".jsonl" else "parquet"
+            try:
+                table = load_dataset(builder, data_files=[str(path)], split="train")
+            except Exception as e:  # malformed files surface as many exception types
+                raise InputError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+            if "translation" not in table.column_names or not len(table):
+                raise InputError(f"{path}: needs rows with a 'translation' object")
+            codes = [c for c in table[0]["translation"] if c != "en"]
+            if len(codes) != 1:
+                raise InputError(f"{path}: translation keys must be 'en' and one language code")
+            tables[to_flores(codes[0])] = (str(path), codes[0], table)
+    elif source and source.startswith((".", "/", "~")):
+        raise InputError(f"hf-tatoeba:{source}: directory not found")
+    else:
+        repo = source or HF_TATOEBA
+        for lang in langs:
+            code = iso639_1(lang) or lang[:3]
+            where = f"hf:{repo} en-{code}"
+            try:
+                table = load_dataset(repo, lang1="en", lang2=code, split="train")
+            except Exception as e:  # offline, unknown pair: all fixable by the user
+                raise InputError(f"{where}: cannot load ({type(e).__name__}: {e})") from e
+            tables[lang] = (where, code, table)
+    missing = [lang for lang in langs if lang not in tables]
+    if missing:
+        raise InputError(
+            f"hf-tatoeba:{source}: no pairs for {', '.join(missing)} "
+            f"(has {', '.join(tables) or 'none'})"
+        )
+    return {
+        lang: [(row[code], row["en"]) for row in table["translation"]]
+        for lang, (_, code, table) in tables.items()
+        if lang in langs
+    }
+
+
+def load_pairs(
+    spec: str, langs: list[str], split: str = "dev", max_pairs: int | None = None
+) -> Pairs:
+    """Filtered (x, English) pairs per language of ``langs``, in the data's order."""
+    langs = list(dict.fromkeys(to_flores(lang) for lang in langs))
+    if ENGLISH in langs:
+        raise InputError("--align-langs: English is the pivot of every pair; list the others")
+    if not langs:
+        raise InputError("--align-langs: give at least one language")
+    if spec == "hf-tatoeba" or spec.startswith("hf-tatoeba:"):
+        raw = _hf_tatoeba(spec.partition(":")[2], langs)
+    else:
+        corpus = load_parallel(spec, [*langs, ENGLISH], split)
+        raw = {}
+        for src, tgt in corpus.pairs:
+            if corpus.lang[tgt] == ENGLISH and corpus.lang[src] != ENGLISH:
+                raw[corpus.lang[src]] = list(zip(corpus.texts[src], corpus.texts[tgt], strict=True))
+    pairs: Pairs = {}
+    for lang in langs:
+        kept = [
+            (x.strip(), y.strip())
+            for x, y in raw.get(lang, [])
+            if is_one_sentence(x) and is_one_sentence(y)
+        ]
+        dropped = len(raw.get(lang, [])) - len(kept)
+        if dropped:
+            log.info(
+                "%s: dropped %d of %d pairs (empty or several sentences)",
+                lang,
+                dropped,
+                len(raw.get(lang, [])),
+            )
+        if len(kept) < 2:
+            raise InputError(
+                f"--align-langs: {lang} has {len(kept)} usable pair(s) in {spec} "
+                "(at least 2 are needed for in-batch negatives)"
+            )
+        pairs[lang] = kept[:max_pairs] if max_pairs else kept
+    return pairs
+
+
+def split_dev(pairs: Pairs, per_lang: int, seed: int) -> tuple[Pairs, Pairs]:
+    """Hold out a fixed random sample of ``per_lang`` pairs per language (at most a fifth of a
+    language's pairs, and none where fewer than 2 would be held out)."""
+    train, dev = {}, {}
+    for i, (lang, items) in enumerate(pairs.items()):
+        n = min(per_lang, len(items) // 5)
+        if n < 2:
+            train[lang] = items
+            continue
+        held = set(np.random.default_rng([seed, 1, i]).choice(len(items), n, replace=False))
+        dev[lang] = [p for j, p in enumerate(items) if j in held]
+        train[lang] = [p for j, p in enumerate(items) if j not in held]
+    return train, dev
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], max_length: int
+) -> dict[str, torch.Tensor]:
+    """One batch of 2B rows: the B x sentences, then their B English sides.
+
+    Plain sentences with the tokenizer's own special tokens (BOS), no template, as the probe
+    embeds them, so that the trained alignment is the one the probe measures.
+    """
+    texts = [x for x, _ in pairs] + [y for _, y in pairs]
+    enc = tokenizer(
+        texts,
+        add_special_tokens=True,
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+class AlignStream:
+    """The infinite alignment stream: ``batch(k)`` is a pure function of (seed, k)."""
+
+    def __init__(self, pairs: Pairs, batch_pairs: int, seed: int) -> None:
+        if not pairs:
+            raise InputError("no alignment pairs")
+        self.pairs = pairs
+        self.langs = list(pairs)
+        self.batch_pairs = batch_pairs
+        self.seed = seed
+
+    def batch(self, k: int) -> tuple[str, list[tuple[str, str]]]:
+        """Language and pairs of micro-batch k: a uniform language, then min(B, n) distinct
+        pairs of it (duplicates would be false negatives)."""
+        rng = np.random.default_rng([self.seed, 0, k])
+        lang = self.langs[int(rng.integers(len(self.langs)))]
+        items = self.pairs[lang]
+        chosen = rng.choice(len(items), min(self.batch_pairs, len(items)), replace=False)
+        return lang, [items[int(j)] for j in chosen]
+
+
+class AlignBatches(torch.utils.data.Dataset):
+    """Micro-batches 0..n-1 of a stream, tokenised: the train set of the ``align`` schedule, so
+    that the Trainer's own step counting and resume skipping apply to it unchanged."""
+
+    def __init__(
+        self,
+        stream: AlignStream,
+        n: int,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+    ) -> None:
+        self.stream, self.n, self.tokenizer, self.max_length = stream, n, tokenizer, max_length
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return encode_pairs(self.tokenizer, self.stream.batch(k)[1], self.max_length)

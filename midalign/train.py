@@ -1,0 +1,624 @@
+"""LoRA fine-tuning with middle-layer contrastive alignment on an unmodified ``Trainer`` (SPEC §2).
+
+The Trainer keeps what it does well: optimiser, scheduler, gradient accumulation, logging,
+evaluation, checkpoints, early stopping and resume. :class:`AlignmentTrainer` changes one
+thing, what a ``training_step`` does with the task micro-batch it is handed:
+
+- ``alternate``: task forward/backward, then one alignment micro-batch forward/backward. With
+  G micro-batches per optimizer step (counted over both kinds, as the paper does) the Trainer
+  accumulates G/2 task batches, so a step sees task, align, task, align, … and every task batch
+  is used (the reference code dropped half of each stream).
+- ``joint``: one backward of task + λ·align per micro-batch.
+- ``task``: plain SFT. ``align``: alignment only; the Trainer's "dataset" is then the first
+  max_steps·G micro-batches of the alignment stream.
+
+Every micro-batch loss is a mean over its own tokens (task) or pairs (alignment), and is divided
+by the number of micro-batches in the step, so the accumulated gradient is exactly the mean over
+micro-batches. The Trainer's own division by its accumulation count is not used (this class
+calls ``accelerator.backward`` itself); the accelerator is built with num_steps = 1 and does not
+scale either.
+
+The alignment micro-batch is B pairs as one batch of 2B rows through
+:func:`midalign.models.pooled_states`: the forward stops after the alignment layer (no later
+layers, no final norm, no lm_head), and LoRA gradients flow through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    DataCollatorForSeq2Seq,
+    EarlyStoppingCallback,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import EvalLoopOutput, rotate_checkpoints
+
+from midalign.config import TrainConfig
+from midalign.data.instructions import load_task_dataset
+from midalign.data.pairs import (
+    AlignBatches,
+    AlignStream,
+    Pairs,
+    encode_pairs,
+    load_pairs,
+    split_dev,
+)
+from midalign.errors import InputError
+from midalign.io import write_json, write_text_atomic
+from midalign.losses import info_nce
+from midalign.models import load_model, num_layers, parse_layers, pooled_states
+from midalign.probe import extract_embeddings, special_token_ids
+from midalign.retrieval import pair_accuracy
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
+COMPLETE_FILE = "midalign_complete"  # written last: a checkpoint without it is ignored
+LOG_FILE = "log.jsonl"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+@dataclass
+class AlignSetup:
+    """Everything the alignment loss needs besides the model."""
+
+    stream: AlignStream
+    layers: list[int]
+    temperature: float = 0.1
+    symmetric: bool = False
+    gather: bool = False
+    pool: str = "mean"
+    weight: float = 1.0
+    max_length: int = 128
+    special_ids: list[int] = field(default_factory=list)
+    dev_batches: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+class AlignmentTrainer(Trainer):
+    """A ``Trainer`` whose step is one of the four schedules (module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        schedule: str,
+        align: AlignSetup | None,
+        align_tokenizer: PreTrainedTokenizerBase | None = None,
+        has_task_dev: bool = False,
+        keep_checkpoints: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_checkpoints = keep_checkpoints  # besides the best; rotated after each save
+        if schedule != "task" and align is None:
+            raise ValueError(f"the {schedule} schedule needs alignment data")
+        self.schedule = schedule
+        self.align = align
+        self.align_tokenizer = align_tokenizer
+        self.has_task_dev = has_task_dev
+        self.align_position = 0  # alignment micro-batches drawn so far = the stream position
+        self._sums: dict[str, list[float]] = {"task_loss": [0.0, 0], "align_loss": [0.0, 0]}
+
+    # ------------------------------------------------------------------ losses
+
+    def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Causal-LM cross-entropy over the response tokens of this micro-batch (mean)."""
+        return model(**inputs, use_cache=False).loss
+
+    def align_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """InfoNCE over the pooled alignment-layer states of a 2B-row batch (x rows first)."""
+        a = self.align
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        pooled = pooled_states(model, ids, mask, a.layers, a.pool, a.special_ids)  # [n_l, 2B, d]
+        b = ids.shape[0] // 2
+        return info_nce(pooled[:, :b], pooled[:, b:], a.temperature, a.symmetric, a.gather)
+
+    def next_align_batch(self) -> dict[str, torch.Tensor]:
+        """The stream's next micro-batch, tokenised and on the model's device."""
+        _, pairs = self.align.stream.batch(self.align_position)
+        self.align_position += 1
+        batch = encode_pairs(self.align_tokenizer, pairs, self.align.max_length)
+        return self._prepare_inputs(batch)
+
+    def _record(self, name: str, loss: torch.Tensor) -> None:
+        self._sums[name][0] += loss.item()
+        self._sums[name][1] += 1
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    # ------------------------------------------------------------------ the step
+
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """One call per batch of the Trainer's dataloader; returns the scaled loss it added."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        # Task-loader batches in this optimizer step (fewer in an epoch's last step).
+        n = self.current_gradient_accumulation_steps
+        if self.schedule == "task":
+            loss = self.task_loss(model, inputs)
+            self._record("task_loss", loss)
+            scaled = loss / n
+            self._backward(scaled)
+        elif self.schedule == "align":
+            loss = self.align_loss(model, inputs)
+            self.align_position += 1
+            self._record("align_loss", loss)
+            scaled = loss / n
+            self._backward(scaled)
+        elif self.schedule == "joint":
+            task = self.task_loss(model, inputs)
+            align = self.align_loss(model, self.next_align_batch())
+            self._record("task_loss", task)
+            self._record("align_loss", align)
+            scaled = (task + self.align.weight * align) / n
+            self._backward(scaled)
+        else:  # alternate: 2n micro-batches in this step, n of each kind
+            task = self.task_loss(model, inputs)
+            self._record("task_loss", task)
+            self._backward(task / (2 * n))
+            del inputs
+            align = self.align_loss(model, self.next_align_batch())
+            self._record("align_loss", align)
+            self._backward(align / (2 * n))
+            scaled = (task + align) / (2 * n)
+        return scaled.detach()
+
+    # ------------------------------------------------------------------ logging and eval
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs also carry the task and alignment losses since the last log."""
+        if "loss" in logs:
+            for name, (total, count) in self._sums.items():
+                if count:
+                    logs[name] = total / count
+            self._sums = {name: [0.0, 0] for name in self._sums}
+        super().log(logs, start_time)
+
+    @torch.no_grad()
+    def dev_align_loss(self) -> float:
+        """Mean alignment loss over the fixed held-out batches (model in eval mode)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        losses = [
+            self.align_loss(model, self._prepare_inputs(b)).item() for b in self.align.dev_batches
+        ]
+        model.train(was_training)
+        return sum(losses) / len(losses)
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        """The Trainer's dev task loss (as ``eval_task_loss``) plus the dev alignment loss."""
+        if self.has_task_dev:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+            output.metrics[f"{metric_key_prefix}_task_loss"] = output.metrics[
+                f"{metric_key_prefix}_loss"
+            ]
+        else:
+            output = EvalLoopOutput(predictions=None, label_ids=None, metrics={}, num_samples=0)
+        if self.align is not None and self.align.dev_batches:
+            output.metrics[f"{metric_key_prefix}_align_loss"] = self.dev_align_loss()
+        return output
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, plus the alignment stream position; a completion marker is
+        written last, and old checkpoints are rotated only after it, so an interrupted save
+        never leaves the run without a usable checkpoint."""
+        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / COMPLETE_FILE).unlink(missing_ok=True)
+        write_json(folder / STREAM_FILE, {"align_position": self.align_position})
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            write_text_atomic(folder / COMPLETE_FILE, f"{self.state.global_step}\n")
+            rotate_checkpoints(
+                self._get_output_dir(trial),
+                save_total_limit=self.keep_checkpoints,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (incomplete ones, from a kill mid-save, are
+    skipped with a warning)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    for path in reversed(found):
+        if (path / COMPLETE_FILE).is_file():
+            return path
+        log.warning("%s is incomplete (interrupted while saving); skipping it", path)
+    return None
+
+
+# ---------------------------------------------------------------------- callbacks
+
+
+class JsonlLog(TrainerCallback):
+    """One JSON line per logging event: step, epoch and what the Trainer logged (losses, lr,
+    eval losses). ``learning_rate`` is also written as ``lr``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer API
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, **logs}
+        if "learning_rate" in row:
+            row["lr"] = row["learning_rate"]
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row, allow_nan=True) + "\n")
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGINT/SIGTERM: finish the current optimizer step, save a checkpoint, stop. A second
+    signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning(
+            "%s: saving a checkpoint after this step, then stopping", signal.Signals(signum).name
+        )
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer API
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+# ---------------------------------------------------------------------- setup
+
+
+def choose_auto_layer(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    per_lang: int,
+    pool: str,
+) -> tuple[int, dict[str, float]]:
+    """The layer (1..L) where the base model retrieves the alignment pairs best: mean xsim
+    accuracy over languages and both directions, on up to ``per_lang`` pairs per language."""
+    n_layers = num_layers(model)
+    layers = list(range(1, n_layers + 1))
+    emb, sides = {}, []
+    for lang, items in pairs.items():
+        sample = items[:per_lang]
+        for side, texts in (("x", [x for x, _ in sample]), ("y", [y for _, y in sample])):
+            emb[f"{lang}:{side}"] = extract_embeddings(
+                model, tokenizer, texts, layers, pool, progress=False
+            )
+        sides += [(f"{lang}:x", f"{lang}:y"), (f"{lang}:y", f"{lang}:x")]
+    smallest = min(len(v) for v in pairs.values())
+    margin = "ratio" if min(smallest, per_lang) > 4 else "cosine"
+    acc = pair_accuracy(emb, sides, k=4, margin=margin).mean(dim=1)  # [L]
+    by_layer = {str(layer): float(a) for layer, a in zip(layers, acc, strict=True)}
+    best = layers[int(acc.argmax())]
+    return best, by_layer
+
+
+def resolve_layers(
+    spec: str,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    per_lang: int,
+    pool: str,
+) -> tuple[list[int], dict[str, float] | None]:
+    """``middle`` → L // 2; ``auto`` → probed peak; integers → themselves (1..L)."""
+    n_layers = num_layers(model)
+    if spec == "auto":
+        layer, by_layer = choose_auto_layer(model, tokenizer, pairs, per_lang, pool)
+        log.info(
+            "--align-layers auto: layer %d (mean retrieval %.3f; by layer %s)",
+            layer,
+            by_layer[str(layer)],
+            ", ".join(f"{k}: {v:.2f}" for k, v in by_layer.items()),
+        )
+        return [layer], by_layer
+    layers = parse_layers(spec, n_layers, "--align-layers")
+    if 0 in layers:
+        raise InputError(
+            "--align-layers: layer 0 is the embedding output, which LoRA does not change; "
+            f"use 1 to {n_layers}"
+        )
+    return layers, None
+
+
+def _dev_batches(
+    dev: Pairs, tokenizer: PreTrainedTokenizerBase, batch_pairs: int, max_length: int
+) -> list[dict[str, torch.Tensor]]:
+    """Held-out pairs in chunks of B per language (a last chunk of one pair joins the previous)."""
+    batches = []
+    for items in dev.values():
+        starts = list(range(0, len(items), batch_pairs))
+        if len(items) - starts[-1] < 2 and len(starts) > 1:
+            starts.pop()
+        bounds = [*starts[1:], len(items)]
+        for start, end in zip(starts, bounds, strict=True):
+            batches.append(encode_pairs(tokenizer, items[start:end], max_length))
+    return batches
+
+
+@dataclass
+class TrainResult:
+    interrupted: bool
+    global_step: int
+    best_checkpoint: str | None
+    best_metric: float | None
+    align_layers: list[int]
+    auto_layer_retrieval: dict[str, float] | None
+    train_examples: int
+    align_pairs: dict[str, int]
+    log_history: list[dict[str, Any]]
+
+
+def train(
+    config: TrainConfig,
+    out: Path,
+    resume_from: Path | None = None,
+    progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> TrainResult:
+    """Run (or continue) one training run in ``out``; the caller has checked ``out`` and
+    written ``config.yaml``. Writes checkpoints, log.jsonl, the best adapter and the plot.
+    ``callbacks`` are extra Trainer callbacks (e.g. a custom logger)."""
+    out = Path(out)
+    c = config
+    schedule = c.align.schedule
+    model, tokenizer = load_model(c.model.name, dtype=c.model.dtype)
+    tokenizer.padding_side = "right"
+    special = special_token_ids(tokenizer)
+
+    train_set = dev_set = None
+    if schedule != "align":
+        train_set = load_task_dataset(c.data.task_data, tokenizer, c.data.max_length)
+    if c.data.dev_data:
+        dev_set = load_task_dataset(c.data.dev_data, tokenizer, c.data.max_length)
+
+    align = None
+    pair_counts: dict[str, int] = {}
+    auto_retrieval = None
+    layers: list[int] = []
+    if schedule != "task" or (c.data.align_data and c.data.align_langs):
+        # a task-only run with alignment data still logs the dev alignment loss
+        pairs = load_pairs(
+            c.data.align_data, c.data.align_langs, c.data.align_split, c.data.align_max_pairs
+        )
+        pairs, dev_pairs = split_dev(pairs, c.data.align_dev_pairs, c.optim.seed)
+        pair_counts = {lang: len(items) for lang, items in pairs.items()}
+        layers, auto_retrieval = resolve_layers(
+            c.align.layers, model, tokenizer, pairs, c.align.auto_pairs, c.align.pool
+        )
+        align = AlignSetup(
+            stream=AlignStream(pairs, c.align.batch_pairs, c.optim.seed),
+            layers=layers,
+            temperature=c.align.temperature,
+            symmetric=c.align.symmetric,
+            gather=c.align.gather,
+            pool=c.align.pool,
+            weight=c.align.weight,
+            max_length=c.data.align_max_length,
+            special_ids=special,
+            dev_batches=_dev_batches(
+                dev_pairs, tokenizer, c.align.batch_pairs, c.data.align_max_length
+            ),
+        )
+        log.info(
+            "alignment: layers %s, pairs per language %s, %d dev batches",
+            layers,
+            pair_counts,
+            len(align.dev_batches),
+        )
+
+    from peft import LoraConfig, get_peft_model
+
+    set_seed(c.optim.seed)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=c.lora.r,
+            lora_alpha=c.lora.alpha,
+            lora_dropout=c.lora.dropout,
+            target_modules=c.lora.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+
+    ga = c.optim.gradient_accumulation_steps
+    trainer_ga = ga // 2 if schedule == "alternate" else ga
+    has_eval = dev_set is not None or (align is not None and bool(align.dev_batches))
+    metric = c.optim.metric_for_best_model
+    if metric == "auto":
+        metric = "align_loss" if schedule == "align" or dev_set is None else "task_loss"
+    if has_eval and metric == "task_loss" and dev_set is None:
+        raise InputError("--metric-for-best-model task_loss needs --dev-data")
+    if has_eval and metric == "align_loss" and (align is None or not align.dev_batches):
+        raise InputError("--metric-for-best-model align_loss needs held-out alignment pairs")
+    if schedule == "align":
+        train_set = AlignBatches(
+            align.stream, c.optim.max_steps * ga, tokenizer, c.data.align_max_length
+        )
+    args = TrainingArguments(
+        output_dir=str(out / CHECKPOINTS),
+        per_device_train_batch_size=1 if schedule == "align" else c.optim.batch_size,
+        per_device_eval_batch_size=c.optim.batch_size,
+        gradient_accumulation_steps=trainer_ga,
+        num_train_epochs=1 if schedule == "align" else c.optim.epochs,
+        max_steps=c.optim.max_steps,
+        learning_rate=c.optim.learning_rate,
+        lr_scheduler_type=c.optim.lr_scheduler,
+        warmup_steps=c.optim.warmup_ratio,
+        weight_decay=c.optim.weight_decay,
+        max_grad_norm=c.optim.max_grad_norm,
+        logging_steps=c.optim.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=c.optim.eval_steps,
+        save_strategy="steps",
+        save_steps=c.optim.save_steps,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model=metric if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        seed=c.optim.seed,
+        report_to=c.optim.report_to or "none",
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        train_sampling_strategy="sequential" if schedule == "align" else "group_by_length",
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    stopper = StopOnSignal()
+    all_callbacks: list[TrainerCallback] = [JsonlLog(out / LOG_FILE), *callbacks, stopper]
+    if has_eval and c.optim.early_stopping_patience > 0:
+        all_callbacks.append(EarlyStoppingCallback(c.optim.early_stopping_patience))
+    collator = (
+        (lambda items: items[0])
+        if schedule == "align"
+        else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    )
+    trainer = AlignmentTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=dev_set if dev_set is not None else (align.dev_batches if has_eval else None),
+        data_collator=collator,
+        callbacks=all_callbacks,
+        schedule=schedule,
+        align=align,
+        align_tokenizer=tokenizer,
+        has_task_dev=dev_set is not None,
+        keep_checkpoints=c.optim.keep_checkpoints,
+    )
+    if resume_from is not None:
+        position = json.loads((resume_from / STREAM_FILE).read_text())["align_position"]
+        trainer.align_position = position
+        _truncate_log(out / LOG_FILE, int(resume_from.name.split("-")[-1]))
+    stopper.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stopper.uninstall()
+    interrupted = stopper.received is not None
+    if not interrupted:
+        save_adapter(trainer.model, out)
+        plot_training_curves(read_log(out / LOG_FILE), out / "training_curves.png")
+    result = TrainResult(
+        interrupted=interrupted,
+        global_step=trainer.state.global_step,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        best_metric=trainer.state.best_metric,
+        align_layers=layers,
+        auto_layer_retrieval=auto_retrieval,
+        train_examples=len(train_set) if schedule != "align" else 0,
+        align_pairs=pair_counts,
+        log_history=trainer.state.log_history,
+    )
+    return result
+
+
+def save_adapter(model: torch.nn.Module, out: Path) -> None:
+    """The (best) adapter as plain PEFT files in ``out``, each moved in by an atomic rename."""
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=out))
+    try:
+        model.save_pretrained(tmp)
+        for name in ADAPTER_FILES:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from (they will be redone)."""
+    rows = [row for row in read_log(path) if row["step"] <= step]
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Task and alignment losses (train and dev) and the learning rate against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = ("task_loss", "align_loss", "eval_task_loss", "eval_align_loss")
+    fig, (ax_loss, ax_lr) = plt.subplots(
+        2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for name in series:
+        points = [(r["step"], r[name]) for r in rows if name in r and math.isfinite(r[name])]
+        if points:
+            style = "o--" if name.startswith("eval") else "-"
+            ax_loss.plot(*zip(*points, strict=True), style, label=name, markersize=4)
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
+    if lr:
+        ax_lr.plot(*zip(*lr, strict=True), color="gray")
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,161 @@
+"""`midalign train`: LoRA fine-tuning with middle-layer contrastive alignment (SPEC §2)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from midalign.config import (
+    SECTIONS,
+    TrainConfig,
+    apply_overrides,
+    diff,
+    field_help,
+    from_dict,
+    load_config,
+    option_names,
+    validate,
+)
+from midalign.errors import InputError
+from midalign.io import check_output_dir, write_json, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+_PREFIX = "config:"  # argparse dest prefix of the generated config options
+
+DESCRIPTION = """\
+Fine-tune a LoRA adapter on instruction data while a contrastive loss (InfoNCE over cosines
+of mean-pooled hidden states / τ) pulls the middle-layer representations of translation pairs
+together (Liu & Niehues 2025). Schedules: alternate (task and alignment micro-batches in turn),
+joint (task + λ·align), task (plain SFT), align (alignment only, for merging).
+
+Settings come from dataclass defaults (the paper's), then --config FILE (YAML with sections
+model, lora, data, align, optim), then the options below. Every setting can be given as
+--section.field; most also have a short form.
+
+Writes into --out: adapter_model.safetensors + adapter_config.json (the best adapter by dev
+loss, a plain PEFT adapter), config.yaml, log.jsonl, training_curves.png, train_result.json and
+checkpoints/. An existing --out is refused unless --resume (continue from its last checkpoint,
+same config) or --overwrite (delete it and start over). SIGINT/SIGTERM saves a checkpoint first.
+"""
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(value) or "none"
+    return str(value)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="LoRA fine-tuning with middle-layer alignment (alternate/joint/task/align)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="recipe YAML (e.g. recipes/cpu-demo.yaml)")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last complete checkpoint (optimizer, "
+        "scheduler, RNG and both data streams); its config must be the same",
+    )
+    mode.add_argument("--overwrite", action="store_true", help="delete --out and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    names = option_names()
+    for section, cls in SECTIONS.items():
+        group = p.add_argument_group(f"{section} settings ({cls.__name__})")
+        for key, options in names.items():
+            if not key.startswith(section + "."):
+                continue
+            text, default = field_help(key)
+            group.add_argument(
+                *options,
+                dest=_PREFIX + key,
+                default=argparse.SUPPRESS,
+                metavar=key.split(".")[1].upper(),
+                help=f"{text} (default: {_shown(default)})".replace("%", "%%"),
+            )
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """The run's config and whether the command line set anything at all."""
+    overrides = {k[len(_PREFIX) :]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}
+    config = load_config(args.config) if args.config else TrainConfig()
+    apply_overrides(config, overrides)
+    return config, bool(overrides) or args.config is not None
+
+
+def _saved_config(out: Path) -> TrainConfig:
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"--resume: {path} not found (not a midalign train run)")
+    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
+
+
+def run(args: argparse.Namespace) -> int:
+    from midalign.train import last_checkpoint, train
+
+    config, given = resolve_config(args)
+    out: Path = args.out
+    checkpoint = None
+    if args.resume:
+        saved = _saved_config(out)
+        if given:
+            validate(config)
+            changed = diff(saved, config)
+            if changed:
+                old, new = saved.to_dict(), config.to_dict()
+                details = "; ".join(
+                    f"{k}: {_shown(old[k.split('.')[0]][k.split('.')[1]])} -> "
+                    f"{_shown(new[k.split('.')[0]][k.split('.')[1]])}"
+                    for k in changed
+                )
+                raise InputError(f"--resume: {out} was trained with a different config ({details})")
+        config = saved
+        validate(config)
+        checkpoint = last_checkpoint(out)
+        if checkpoint is None:
+            raise InputError(
+                f"--resume: no complete checkpoint in {out}/checkpoints; "
+                "start over with --overwrite"
+            )
+        log.info("resuming from %s", checkpoint)
+    else:
+        validate(config)
+        check_output_dir(out, args.overwrite)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        write_text_atomic(out / CONFIG_FILE, config.to_yaml())
+
+    try:
+        result = train(config, out, checkpoint, progress=not args.no_progress)
+    except BaseException:
+        if not args.resume and last_checkpoint(out) is None:
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no stale run
+        raise
+    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "log_history"}
+    write_json(out / "train_result.json", summary)
+    if result.interrupted:
+        print(
+            f"stopped at step {result.global_step}; checkpoint saved. "
+            f"Continue with: midalign train --out {out} --resume"
+        )
+        return 130
+    best = (
+        f", best dev {result.best_metric:.4f} at {Path(result.best_checkpoint).name}"
+        if result.best_checkpoint and result.best_metric is not None
+        else ""
+    )
+    print(f"trained {result.global_step} steps{best}; adapter in {out}")
+    return 0

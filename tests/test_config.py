@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from midalign.cli import build_parser
+from midalign.config import (
+    SECTIONS,
+    TrainConfig,
+    apply_overrides,
+    diff,
+    from_dict,
+    load_config,
+    option_names,
+    validate,
+)
+from midalign.errors import InputError
+from midalign.train_cli import resolve_config
+
+
+def _args(*argv: str):
+    return build_parser().parse_args(["train", "--out", "runs/x", *argv])
+
+
+def test_defaults_are_the_papers():
+    c = TrainConfig()
+    assert (c.lora.r, c.lora.alpha, c.lora.dropout) == (8, 16, 0.1)
+    assert c.lora.target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    assert (c.optim.learning_rate, c.optim.lr_scheduler, c.optim.warmup_ratio) == (
+        5e-4,
+        "inverse_sqrt",
+        0.03,
+    )
+    assert (c.optim.epochs, c.optim.eval_steps, c.optim.early_stopping_patience) == (5, 200, 5)
+    assert c.optim.gradient_accumulation_steps == 4
+    assert (c.align.temperature, c.align.layers, c.align.schedule) == (0.1, "middle", "alternate")
+
+
+def test_yaml_then_command_line_precedence(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "align:\n  temperature: 1.5\n  symmetric: true\n  layers: 9,18\n"
+        "data:\n  align_langs: [cym, jpn]\noptim:\n  batch_size: 2\n"
+    )
+    args = _args(
+        "--config",
+        str(recipe),
+        "--temperature",
+        "0.5",
+        "--optim.batch_size",
+        "3",
+        "--lora-r",
+        "4",
+        "--align-langs",
+        "swh,tgl",
+    )
+    config, given = resolve_config(args)
+    assert given
+    assert config.align.temperature == 0.5  # command line beats YAML
+    assert config.align.symmetric is True  # YAML beats default
+    assert config.align.layers == "9,18"
+    assert config.optim.batch_size == 3
+    assert config.lora.r == 4
+    assert config.data.align_langs == ["swh", "tgl"]
+    assert config.model.name == "default"
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = TrainConfig()
+    apply_overrides(config, {"align.temperature": "2", "data.task_data": "t.jsonl"})
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    again = load_config(path)
+    assert again == config
+    assert diff(config, again) == []
+    again.align.pool = "mean-all"
+    assert diff(config, again) == ["align.pool"]
+
+
+def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("align:\n  temprature: 0.1\n")
+    with pytest.raises(InputError, match=r"bad.yaml: unknown key align.temprature"):
+        load_config(path)
+    with pytest.raises(InputError, match="unknown section 'optimizer'"):
+        from_dict({"optimizer": {}}, "x.yaml")
+    with pytest.raises(InputError, match=r"x.yaml: optim.batch_size: expected int, got 'many'"):
+        from_dict({"optim": {"batch_size": "many"}}, "x.yaml")
+    with pytest.raises(InputError, match=r"--symmetric: expected bool"):
+        apply_overrides(TrainConfig(), {"align.symmetric": "perhaps"})
+    path.write_text("align: [1\n")
+    with pytest.raises(InputError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(path)
+
+
+def test_help_documents_every_field(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    # argparse wraps lines (also at hyphens): compare without whitespace
+    text = "".join(capsys.readouterr().out.split())
+    for options in option_names().values():
+        for option in options:
+            assert option in text, option
+    for cls in SECTIONS.values():
+        for f in fields(cls):
+            assert "".join(f.metadata["help"].split()) in text, (cls.__name__, f.name)
+
+
+def _valid(**changes) -> TrainConfig:
+    config = TrainConfig()
+    config.data.task_data = "train.jsonl"
+    config.data.align_data = "tatoeba:DIR"
+    config.data.align_langs = ["cym"]
+    for key, value in changes.items():
+        section, name = key.split("__")
+        setattr(getattr(config, section), name, value)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"align__temperature": 0.0}, "--temperature must be positive"),
+        ({"align__temperature": -1.0}, "--temperature must be positive"),
+        ({"align__schedule": "both"}, "--schedule must be one of"),
+        ({"optim__gradient_accumulation_steps": 3}, "must be even for the alternate"),
+        ({"data__align_langs": []}, "--align-langs: give at least one language"),
+        ({"data__task_data": None}, "--task-data is required by the alternate schedule"),
+        ({"align__schedule": "align"}, "--max-steps must be given"),
+        ({"optim__save_steps": 150}, "must be a multiple of --eval-steps"),
+        ({"align__batch_pairs": 1}, "--align-batch-pairs must be at least 2"),
+        ({"align__pool": "max"}, "--pool must be mean or mean-all"),
+    ],
+)
+def test_validate_rejects(changes, message):
+    validate(_valid())  # the base is fine
+    with pytest.raises(InputError, match=message):
+        validate(_valid(**changes))

@@ -1,0 +1,408 @@
+"""`midalign train` on tiny random models: schedules, loss scaling, early exit, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+
+import pytest
+import torch
+from conftest import tiny_model, tiny_tokenizer
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from midalign.cli import main
+from midalign.config import TrainConfig
+from midalign.errors import InputError
+from midalign.losses import info_nce
+from midalign.models import _masked_mean, pooled_states, pooling_mask
+from midalign.train import AlignmentTrainer, last_checkpoint, read_log, train
+
+WORDS = (
+    "the a is of and to in human rights all everyone free equal dignity born person people "
+    "right law"
+).split()
+X_WORDS = {"deu": "der die das und ist ein eine".split(), "fra": "le la les et est un une".split()}
+
+
+def _model_dir(tmp_path, family="gemma3", n_layers=4):
+    path = tmp_path / f"tiny-{family}"
+    if not path.exists():
+        tiny_model(family, n_layers=n_layers).save_pretrained(path)
+        tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def _task_file(path, n, seed):
+    rng = random.Random(seed)
+    rows = [
+        {"prompt": " ".join(rng.choices(WORDS, k=rng.randint(2, 8))), "response": rng.choice(WORDS)}
+        for _ in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _tatoeba_dir(root, n=30):
+    root.mkdir(exist_ok=True)
+    rng = random.Random(0)
+    for lang, words in X_WORDS.items():
+        xs, ys = [], []
+        for _ in range(n):
+            k = rng.randint(2, 6)
+            xs.append(" ".join(rng.choices(words, k=k)))
+            ys.append(" ".join(rng.choices(WORDS, k=k)))
+        (root / f"tatoeba.{lang}-eng.{lang}").write_text("\n".join(xs) + "\n")
+        (root / f"tatoeba.{lang}-eng.eng").write_text("\n".join(ys) + "\n")
+    return root
+
+
+def _config(tmp_path, family="gemma3", **changes) -> TrainConfig:
+    c = TrainConfig()
+    c.model.name = str(_model_dir(tmp_path, family))
+    c.data.task_data = str(_task_file(tmp_path / "train.jsonl", 10, seed=1))
+    c.data.dev_data = str(_task_file(tmp_path / "dev.jsonl", 4, seed=2))
+    c.data.align_data = f"tatoeba:{_tatoeba_dir(tmp_path / 'tatoeba')}"
+    c.data.align_langs = ["deu", "fra"]
+    c.data.align_dev_pairs = 4
+    c.align.layers = "2"
+    c.align.batch_pairs = 4
+    c.optim.batch_size = 2
+    c.optim.gradient_accumulation_steps = 2
+    c.optim.max_steps = 4
+    c.optim.eval_steps = c.optim.save_steps = 2
+    c.optim.logging_steps = 1
+    c.optim.learning_rate = 1e-2
+    c.optim.warmup_ratio = 0.0
+    for key, value in changes.items():
+        section, name = key.split("__")
+        setattr(getattr(c, section), name, value)
+    return c
+
+
+def _run(config, out, **kwargs):
+    out.mkdir(parents=True, exist_ok=True)
+    return train(config, out, progress=False, **kwargs)
+
+
+def _adapter(out):
+    return load_file(str(out / "adapter_model.safetensors"))
+
+
+def test_alternate_order_counts_and_stream_position(tmp_path, monkeypatch):
+    kinds: list[tuple[int, str]] = []
+    task_loss, align_loss = AlignmentTrainer.task_loss, AlignmentTrainer.align_loss
+
+    def record_task(self, model, inputs):
+        kinds.append((self.state.global_step, "task"))
+        return task_loss(self, model, inputs)
+
+    def record_align(self, model, inputs):
+        kinds.append((self.state.global_step, "align"))
+        return align_loss(self, model, inputs)
+
+    monkeypatch.setattr(AlignmentTrainer, "task_loss", record_task)
+    monkeypatch.setattr(AlignmentTrainer, "align_loss", record_align)
+    config = _config(
+        tmp_path,
+        optim__gradient_accumulation_steps=4,
+        optim__max_steps=2,
+        optim__eval_steps=10,
+        optim__save_steps=10,
+    )
+    config.data.dev_data = None
+    config.data.align_dev_pairs = 0
+    result = _run(config, tmp_path / "run")
+    train_kinds = [kind for _, kind in kinds]
+    # 4 micro-batches per optimizer step, alternating, 2 steps
+    assert train_kinds == ["task", "align"] * 4
+    assert [step for step, _ in kinds] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert result.global_step == 2
+    rows = [r for r in read_log(tmp_path / "run" / "log.jsonl") if "task_loss" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_accumulated_gradient_is_the_mean_over_micro_batches(tmp_path, monkeypatch):
+    """Recompute step 1's gradient by hand: (t1 + a1 + t2 + a2) / 4 over the same batches."""
+    seen: list[tuple[str, dict]] = []
+    task_loss, align_loss = AlignmentTrainer.task_loss, AlignmentTrainer.align_loss
+
+    def record_task(self, model, inputs):
+        seen.append(("task", {k: v.clone() for k, v in inputs.items()}))
+        return task_loss(self, model, inputs)
+
+    def record_align(self, model, inputs):
+        seen.append(("align", {k: v.clone() for k, v in inputs.items()}))
+        return align_loss(self, model, inputs)
+
+    monkeypatch.setattr(AlignmentTrainer, "task_loss", record_task)
+    monkeypatch.setattr(AlignmentTrainer, "align_loss", record_align)
+    checked = []
+
+    class Check(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step:
+                return
+            params = [p for p in model.parameters() if p.requires_grad]
+            accumulated = [p.grad.clone() for p in params]
+            trainer = Check.trainer
+            model.zero_grad()
+            losses = [
+                (task_loss if kind == "task" else align_loss)(trainer, model, inputs)
+                for kind, inputs in seen
+            ]
+            assert len(losses) == 4
+            (sum(losses) / 4).backward()
+            for p, g in zip(params, accumulated, strict=True):
+                torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+                p.grad.copy_(g)
+            checked.append(True)
+
+    init = AlignmentTrainer.__init__
+
+    def keep(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        Check.trainer = self
+
+    monkeypatch.setattr(AlignmentTrainer, "__init__", keep)
+    config = _config(
+        tmp_path,
+        optim__gradient_accumulation_steps=4,
+        optim__max_steps=1,
+        optim__max_grad_norm=0.0,
+        lora__dropout=0.0,
+    )
+    config.data.dev_data = None
+    config.data.align_dev_pairs = 0
+    _run(config, tmp_path / "run", callbacks=[Check()])
+    assert checked == [True]
+
+
+def test_early_exit_gradient_equals_full_forward_gradient(family):
+    torch.manual_seed(0)
+    model = get_peft_model(
+        tiny_model(family, n_layers=3),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            init_lora_weights=False,
+        ),
+    )
+    ids = torch.tensor([[1, 5, 9, 12, 2], [1, 7, 3, 0, 0], [1, 20, 21, 22, 0], [1, 30, 2, 0, 0]])
+    mask = (ids != 0).long()
+    params = [p for p in model.parameters() if p.requires_grad]
+    layer, special = 2, [0, 1, 2]
+
+    pooled = pooled_states(model, ids, mask, [layer], "mean", special)
+    early = info_nce(pooled[:, :2], pooled[:, 2:], 0.1)
+    early_grads = torch.autograd.grad(early, params, allow_unused=True)
+
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids, output_hidden_states=True
+    )
+    h = _masked_mean(out.hidden_states[layer], pooling_mask(ids, mask, "mean", special))
+    full = info_nce(h[None, :2], h[None, 2:], 0.1)
+    full_grads = torch.autograd.grad(full, params, allow_unused=True)
+
+    assert early.item() == pytest.approx(full.item(), abs=1e-6)
+    nonzero = 0
+    for ge, gf in zip(early_grads, full_grads, strict=True):
+        if ge is None or gf is None:  # layers past the alignment layer: no gradient either way
+            assert ge is None and gf is None
+            continue
+        torch.testing.assert_close(ge, gf, rtol=0, atol=1e-6)
+        nonzero += bool(ge.abs().sum() > 0)
+    assert nonzero > 0
+
+
+def test_schedules_update_differently(tmp_path):
+    outs = {}
+    for schedule in ("alternate", "joint", "task", "align"):
+        config = _config(tmp_path, align__schedule=schedule, optim__max_steps=2, lora__dropout=0.0)
+        if schedule == "align":
+            config.data.task_data = config.data.dev_data = None
+        _run(config, tmp_path / schedule)
+        outs[schedule] = _adapter(tmp_path / schedule)
+    names = sorted(outs["alternate"])
+    for a, b in (("alternate", "joint"), ("alternate", "task"), ("joint", "task")):
+        assert any(not torch.equal(outs[a][n], outs[b][n]) for n in names), (a, b)
+    # Alignment only at layer 2 of 4: layers 3 and 4 (indices 2, 3) never see a gradient,
+    # so their LoRA B stays exactly zero; layers 1 and 2 moved.
+    align = outs["align"]
+    for name, tensor in align.items():
+        if "lora_B" in name:
+            index = int(name.split("layers.")[1].split(".")[0])
+            assert torch.count_nonzero(tensor).item() == 0 if index >= 2 else tensor.abs().sum() > 0
+
+
+class _InterruptAt(TrainerCallback):
+    """Sends this process SIGINT at the end of optimizer step ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            signal.raise_signal(signal.SIGINT)
+
+
+def _curve(out):
+    keys = ("loss", "task_loss", "align_loss", "eval_task_loss", "eval_align_loss", "lr")
+    return [
+        {k: r[k] for k in ("step", *keys) if k in r}
+        for r in read_log(out / "log.jsonl")
+        if any(k in r for k in keys)
+    ]
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    # 5 task batches per epoch, 8 steps: the run crosses an epoch boundary after the resume.
+    config = _config(tmp_path, optim__max_steps=8)
+    straight = tmp_path / "straight"
+    _run(config, straight)
+
+    stopped = tmp_path / "stopped"
+    result = _run(config, stopped, callbacks=[_InterruptAt(3)])
+    assert result.interrupted and result.global_step == 3
+    assert not (stopped / "adapter_model.safetensors").exists()
+    checkpoint = last_checkpoint(stopped)
+    assert checkpoint.name == "checkpoint-3"
+    assert json.loads((checkpoint / "align_stream.json").read_text()) == {"align_position": 3}
+    result = train(config, stopped, checkpoint, progress=False)
+    assert not result.interrupted and result.global_step == 8
+
+    assert _curve(stopped) == _curve(straight)
+    assert len([r for r in _curve(straight) if "task_loss" in r]) == 8
+    a, b = _adapter(straight), _adapter(stopped)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_incomplete_checkpoint_is_skipped(tmp_path):
+    run = tmp_path / "run"
+    for step in (2, 4):
+        (run / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-2" / "midalign_complete").write_text("2\n")
+    assert last_checkpoint(run).name == "checkpoint-2"
+
+
+def _cli(tmp_path, *extra, out="run"):
+    c = _config(tmp_path)
+    return main(
+        [
+            "train",
+            "--model",
+            c.model.name,
+            "--task-data",
+            c.data.task_data,
+            "--dev-data",
+            c.data.dev_data,
+            "--align-data",
+            c.data.align_data,
+            "--align-langs",
+            "deu,fra",
+            "--align-layers",
+            "2",
+            "--align-batch-pairs",
+            "4",
+            "--align-dev-pairs",
+            "4",
+            "--batch-size",
+            "2",
+            "--gradient-accumulation-steps",
+            "2",
+            "--max-steps",
+            "4",
+            "--eval-steps",
+            "2",
+            "--save-steps",
+            "2",
+            "--logging-steps",
+            "1",
+            "--out",
+            str(tmp_path / out),
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def test_cli_outputs_a_loadable_adapter_and_refuses_reuse(tmp_path, capsys):
+    assert _cli(tmp_path) == 0
+    out = tmp_path / "run"
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "config.yaml",
+        "log.jsonl",
+        "training_curves.png",
+        "train_result.json",
+    ):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["align_layers"] == [2] and result["global_step"] == 4
+    # what --out holds is the adapter of the best checkpoint
+    best_dir = out / "checkpoints" / result["best_checkpoint"].split("/")[-1]
+    saved = load_file(str(best_dir / "adapter_model.safetensors"))
+    final = _adapter(out)
+    assert all(torch.equal(saved[n], final[n]) for n in final)
+    evals = [r for r in read_log(out / "log.jsonl") if "eval_task_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all("eval_align_loss" in r for r in evals)
+    model = PeftModel.from_pretrained(tiny_model("gemma3", n_layers=4), str(out))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+    assert _cli(tmp_path) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert _cli(tmp_path, "--resume", "--temperature", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "different config (align.temperature: 0.1 -> 0.5)" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--temperature", "0"], "--temperature must be positive"),
+        (["--align-layers", "9"], "--align-layers: layer 9 is out of range"),
+        (["--align-langs", "deu,swh"], "swh"),
+        (["--gradient-accumulation-steps", "3"], "must be even"),
+    ],
+)
+def test_cli_bad_input(tmp_path, capsys, extra, message):
+    assert _cli(tmp_path, *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_missing_response_field(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    assert _cli(tmp_path, "--task-data", str(bad)) == 2
+    assert f"{bad}:2: missing field 'response'" in capsys.readouterr().err
+
+
+def test_auto_layer_is_the_layer_of_peak_retrieval(tmp_path):
+    from midalign.data.pairs import load_pairs
+    from midalign.probe import extract_embeddings
+    from midalign.retrieval import retrieval_accuracy
+    from midalign.train import resolve_layers
+
+    model, tok = tiny_model("llama", n_layers=4), tiny_tokenizer()
+    pairs = load_pairs(f"tatoeba:{_tatoeba_dir(tmp_path / 'tat')}", ["deu", "fra"])
+    layers, by_layer = resolve_layers("auto", model, tok, pairs, per_lang=20, pool="mean")
+    # independently: per layer, the mean of x→y and y→x retrieval accuracy over both languages
+    expected = {}
+    for layer in range(1, 5):
+        accs = []
+        for items in pairs.values():
+            x = extract_embeddings(model, tok, [a for a, _ in items[:20]], [layer], progress=False)
+            y = extract_embeddings(model, tok, [b for _, b in items[:20]], [layer], progress=False)
+            accs += [retrieval_accuracy(x[0], y[0]), retrieval_accuracy(y[0], x[0])]
+        expected[str(layer)] = sum(accs) / len(accs)
+    assert by_layer == pytest.approx(expected, abs=1e-6)
+    assert layers == [int(max(expected, key=expected.get))]
+    assert resolve_layers("middle", model, tok, pairs, 20, "mean") == ([2], None)
+    with pytest.raises(InputError, match="layer 0 is the embedding output"):
+        resolve_layers("0", model, tok, pairs, 20, "mean")

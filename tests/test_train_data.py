@@ -1,0 +1,205 @@
+"""Task data (instruction jsonl) and alignment pairs for `midalign train`."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from conftest import tiny_tokenizer
+from scipy.stats import chisquare
+
+from midalign.data.instructions import TaskDataset, load_task_dataset, read_instructions
+from midalign.data.pairs import (
+    AlignStream,
+    encode_pairs,
+    is_one_sentence,
+    load_pairs,
+    split_dev,
+)
+from midalign.errors import InputError
+from midalign.prompting import IGNORE_INDEX, encode_prompt
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_reads_prompt_rows_and_chat_rows(tmp_path):
+    path = _jsonl(
+        tmp_path / "t.jsonl",
+        [
+            {"prompt": "a b", "response": "c", "lang": "en", "id": 7},
+            {
+                "messages": [
+                    {"role": "system", "content": "the"},
+                    {"role": "user", "content": "d"},
+                    {"role": "assistant", "content": "e"},
+                ]
+            },
+        ],
+    )
+    first, second = read_instructions(path)
+    assert (first.prompt, first.response, first.system, first.lang, first.id) == (
+        "a b",
+        "c",
+        None,
+        "en",
+        "7",
+    )
+    assert (second.system, second.prompt, second.response, second.id) == (
+        "the",
+        "d",
+        "e",
+        "t.jsonl:2",
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "a"}, r"t.jsonl:2: missing field 'response'"),
+        ({"response": "a"}, r"t.jsonl:2: missing field 'prompt'"),
+        ({"prompt": "a", "response": 3}, r"t.jsonl:2: field 'response' must be a string"),
+        ({"prompt": "a", "response": "  "}, r"t.jsonl:2: empty response"),
+        ({"messages": [{"role": "user", "content": "a"}]}, r"t.jsonl:2: messages must be"),
+    ],
+)
+def test_bad_rows_name_file_and_line(tmp_path, row, message):
+    path = _jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "response": "b"}, row])
+    with pytest.raises(InputError, match=message):
+        read_instructions(path)
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": oops}\n')
+    with pytest.raises(InputError, match=r"t.jsonl:3: not valid JSON"):
+        read_instructions(path)
+
+
+def test_loss_only_on_response_tokens(tmp_path):
+    tok = tiny_tokenizer()
+    path = _jsonl(tmp_path / "t.jsonl", [{"system": "the", "prompt": "a b", "response": "c d"}])
+    item = load_task_dataset(path, tok, max_length=64)[0]
+    prompt = encode_prompt(tok, "a b", system="the")
+    c, d = tok.convert_tokens_to_ids(["c", "d"])
+    # by hand: the prompt ids, then "c", "d", EOS; labels -100 exactly on the prompt
+    assert item["input_ids"] == prompt + [c, d, tok.eos_token_id]
+    assert item["labels"] == [IGNORE_INDEX] * len(prompt) + [c, d, tok.eos_token_id]
+
+
+def test_truncation_is_counted_and_never_drops_everything_silently(tmp_path, caplog):
+    tok = tiny_tokenizer()
+    rows = [{"prompt": "a", "response": "b"}, {"prompt": "a " * 30, "response": "b c"}]
+    examples = read_instructions(_jsonl(tmp_path / "t.jsonl", rows))
+    short = len(encode_prompt(tok, "a")) + 2
+    data = TaskDataset(examples, tok, max_length=short, source="t.jsonl")
+    # the second prompt alone is longer than the limit: cut, nothing of the answer left, dropped
+    assert (data.truncated, data.dropped, len(data)) == (1, 1, 1)
+    assert "1 of 2 examples longer than max_length" in caplog.text
+    with pytest.raises(InputError, match="every example's prompt is longer than max_length 3"):
+        TaskDataset(examples[1:], tok, max_length=3, source="t.jsonl")
+
+
+def test_one_sentence_filter():
+    assert is_one_sentence("Hello world.")
+    assert is_one_sentence("Is it 3.5 km?")
+    assert is_one_sentence("« Bonjour. »")
+    assert not is_one_sentence("   ")
+    assert not is_one_sentence("Hello. How are you?")
+    assert not is_one_sentence("你好。你好吗？")
+    assert not is_one_sentence('He said "no." Then he left.')
+
+
+def _tatoeba(root, langs, n, bad=0):
+    """LASER-format files; the first ``bad`` pairs of each language have two sentences."""
+    root.mkdir(exist_ok=True)
+    for lang in langs:
+        xs = [f"{lang} sentence {i}." for i in range(n)]
+        ys = [f"english sentence {i}." for i in range(n)]
+        for i in range(bad):
+            xs[i] = f"{lang} one. {lang} two."
+        (root / f"tatoeba.{lang}-eng.{lang}").write_text("\n".join(xs) + "\n")
+        (root / f"tatoeba.{lang}-eng.eng").write_text("\n".join(ys) + "\n")
+    return root
+
+
+def test_load_pairs_filters_and_keys_by_language(tmp_path):
+    root = _tatoeba(tmp_path / "tat", ["deu", "jav"], n=6, bad=2)
+    pairs = load_pairs(f"tatoeba:{root}", ["de", "jav"])
+    assert list(pairs) == ["deu_Latn", "jav_Latn"]
+    assert pairs["deu_Latn"][0] == ("deu sentence 2.", "english sentence 2.")
+    assert len(pairs["jav_Latn"]) == 4
+
+
+def test_multiway_data_pairs_with_english():
+    pairs = load_pairs(
+        "parallel:tests/fixtures/data/plain/greetings.de,tests/fixtures/data/plain/greetings.en",
+        ["de"],
+    )
+    assert pairs["deu_Latn"][:2] == [
+        ("Hallo Welt.", "Hello world."),
+        ("Gute Nacht.", "Good night."),
+    ]
+
+
+def test_language_without_usable_pairs_is_an_error(tmp_path):
+    root = _tatoeba(tmp_path / "tat", ["deu"], n=3)
+    _tatoeba(root, ["cym"], n=3, bad=2)
+    with pytest.raises(InputError, match=r"--align-langs: cym_Latn has 1 usable pair"):
+        load_pairs(f"tatoeba:{root}", ["deu", "cym"])
+    with pytest.raises(InputError, match="English is the pivot"):
+        load_pairs(f"tatoeba:{root}", ["deu", "eng"])
+    with pytest.raises(InputError, match="swh"):
+        load_pairs(f"tatoeba:{root}", ["swh"])
+
+
+def test_hub_tatoeba_schema_from_a_local_directory(tmp_path):
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    _jsonl(
+        folder / "en-de.jsonl",
+        [{"id": str(i), "translation": {"en": f"hi {i}.", "de": f"hallo {i}."}} for i in range(3)],
+    )
+    pairs = load_pairs(f"hf-tatoeba:{folder}", ["deu"])
+    assert pairs == {"deu_Latn": [(f"hallo {i}.", f"hi {i}.") for i in range(3)]}
+
+
+def test_stream_draws_languages_uniformly_and_is_stateless():
+    # Very unequal sizes: sampling by language, not by pair, must still be uniform.
+    sizes = {"a": 400, "b": 20, "c": 5, "d": 60}
+    pairs = {lang: [(f"{lang}{i}", f"e{i}") for i in range(n)] for lang, n in sizes.items()}
+    stream = AlignStream(pairs, batch_pairs=8, seed=3)
+    counts = Counter(stream.batch(k)[0] for k in range(4000))
+    # 4 equally likely languages: chi-square goodness of fit, 3 degrees of freedom
+    assert chisquare([counts[lang] for lang in sizes]).pvalue > 0.01
+    for k in (0, 17, 3999):
+        lang, batch = stream.batch(k)
+        assert len(batch) == min(8, sizes[lang]) == len(set(batch))
+        assert all(x.startswith(lang) for x, _ in batch)
+        # a fresh stream (e.g. after resume) gives the same micro-batch k
+        assert AlignStream(pairs, 8, 3).batch(k) == (lang, batch)
+    assert AlignStream(pairs, 8, 4).batch(0) != AlignStream(pairs, 8, 3).batch(0)
+
+
+def test_dev_split_is_fixed_and_disjoint():
+    pairs = {"a": [(f"a{i}", f"e{i}") for i in range(50)], "b": [("b0", "e0"), ("b1", "e1")]}
+    train, dev = split_dev(pairs, per_lang=8, seed=0)
+    assert len(dev["a"]) == 8 and len(train["a"]) == 42
+    assert not set(dev["a"]) & set(train["a"])
+    assert "b" not in dev and train["b"] == pairs["b"]  # too few to hold any out
+    assert split_dev(pairs, 8, 0) == (train, dev)
+
+
+def test_encode_pairs_puts_x_rows_first():
+    tok = tiny_tokenizer()
+    batch = encode_pairs(tok, [("der", "the"), ("die das", "a")], max_length=16)
+    ids = batch["input_ids"]
+    assert ids.shape == (4, 3)  # BOS + at most 2 words
+    words = [
+        tok.convert_ids_to_tokens(row[m.bool()].tolist())
+        for row, m in zip(ids, batch["attention_mask"], strict=True)
+    ]
+    assert words == [["<bos>", "der"], ["<bos>", "die", "das"], ["<bos>", "the"], ["<bos>", "a"]]
