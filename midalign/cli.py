@@ -16,6 +16,7 @@ from midalign.errors import InputError
 COMMANDS = {
     "probe": "midalign.probe_cli",
     "merge": "midalign.merge_cli",
+    "train": "midalign.train_cli",
     "eval": "midalign.eval_cli",
     "data": "midalign.data_cli",
 }
