@@ -16,9 +16,10 @@ from midalign.errors import InputError
 COMMANDS = {
     "probe": "midalign.probe_cli",
     "merge": "midalign.merge_cli",
-    "train": "midalign.train_cli",
     "eval": "midalign.eval_cli",
     "data": "midalign.data_cli",
+    "train": "midalign.train_cli",
+    "run": "midalign.run_cli",
 }
 
 
