@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import textwrap
 from collections import Counter
 from pathlib import Path
 
 from midalign.cli import positive_int
 from midalign.errors import InputError
 from midalign.io import write_text_atomic
-from midalign.tasks import TASKS, Example, Task, get_task
+from midalign.tasks import TASKS, Example, Task, get_task, source_forms
 from midalign.tasks.base import limit_per_key
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,16 @@ def instruction_record(task: Task, example: Example, zero_shot: bool = False) ->
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare task data for training (instruction jsonl)")
     commands = p.add_subparsers(dest="data_command", required=True, metavar="<data command>")
-    sources = "\n".join(f"  {name:<6} {cls.source_help}" for name, cls in TASKS.items())
     q = commands.add_parser(
         "prepare",
         help="write a task's examples as instruction jsonl",
-        description="Read a task's data set and write one instruction per line: "
-        '{"system", "prompt", "response", "lang", "id", "task"} with the prompts and targets '
-        "`midalign eval` uses.\n\n--source forms per task:\n" + sources,
+        description=textwrap.fill(
+            "Read a task's data set and write one instruction per line: "
+            '{"system", "prompt", "response", "lang", "id", "task"} with the prompts and '
+            "targets `midalign eval` uses."
+        )
+        + "\n\n--source forms per task:\n"
+        + source_forms(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     q.add_argument("--task", required=True, choices=list(TASKS), help="the task")

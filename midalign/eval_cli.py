@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from midalign.generate import generate
 from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.models import load_model
 from midalign.prompting import encode_prompt, prompt_text
-from midalign.tasks import TASKS, Example, Task, get_task
+from midalign.tasks import TASKS, Example, Task, get_task, source_forms
 from midalign.tasks.base import limit_per_key
 from midalign.tasks.translation import PIVOT, comet_scores
 
@@ -148,14 +149,17 @@ def probe_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    sources = "\n".join(f"  {name:<6} {cls.source_help}" for name, cls in TASKS.items())
     p = sub.add_parser(
         "eval",
         help="evaluate a model (optionally with an adapter) on slots, mt, ner or topic",
-        description="Prompt a causal LM with a task's test set (prompts of the paper's Appendix "
-        "D.2), decode greedily in batches, parse the answers and score them per language. "
-        "Writes results.json, predictions.jsonl, scores.csv, scores.png and per-language "
-        "scores for `midalign probe --scores`.\n\n--data forms per task:\n" + sources,
+        description=textwrap.fill(
+            "Prompt a causal LM with a task's test set (prompts of the paper's Appendix D.2), "
+            "decode greedily in batches, parse the answers and score them per language. Writes "
+            "results.json, predictions.jsonl, scores.csv, scores.png and per-language scores for "
+            "`midalign probe --scores`."
+        )
+        + "\n\n--data forms per task:\n"
+        + source_forms(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

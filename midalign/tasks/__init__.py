@@ -3,6 +3,8 @@ classification, by the name ``--task`` takes."""
 
 from __future__ import annotations
 
+import textwrap
+
 from midalign.errors import InputError
 from midalign.tasks.base import Example, Parsed, Task
 from midalign.tasks.json_ner import JsonNER
@@ -10,7 +12,7 @@ from midalign.tasks.slot_filling import SlotFilling
 from midalign.tasks.topic import Topic
 from midalign.tasks.translation import Translation
 
-__all__ = ["Example", "Parsed", "Task", "TASKS", "get_task"]
+__all__ = ["Example", "Parsed", "Task", "TASKS", "get_task", "source_forms"]
 
 TASKS: dict[str, type[Task]] = {
     "slots": SlotFilling,
@@ -25,3 +27,11 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise InputError(f"--task: unknown task {name!r} (one of {', '.join(TASKS)})")
     return TASKS[name]()
+
+
+def source_forms() -> str:
+    """The data forms every task reads, for --help."""
+    return "\n".join(
+        textwrap.fill(cls.source_help, initial_indent=f"  {name:<7}", subsequent_indent=" " * 9)
+        for name, cls in TASKS.items()
+    )

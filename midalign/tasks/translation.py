@@ -114,9 +114,9 @@ def comet_scores(
 # --------------------------------------------------------------------------- readers
 
 
-def _example(n: int, src: str, tgt: str, source: str, reference: str, where: str) -> Example:
+def _example(n: int, src: str, tgt: str, source: str, reference: str) -> Example:
     return Example(
-        id=f"{where}:{n}",
+        id=f"{direction_key(src, tgt)}:{n}",
         lang=tgt if src == PIVOT else src,
         key=direction_key(src, tgt),
         text=source,
@@ -153,16 +153,13 @@ def read_alma(root: Path, keys: Sequence[str], split: str) -> list[Example]:
                     f"{len(texts['en'])}; line-aligned files must have the same number of lines"
                 )
             pairs = list(zip(texts[xx], texts["en"], strict=True))
-            where = str(files[xx])
         elif split in ("valid", "dev", "validation"):
-            path = folder / f"valid.{xx}-en.json"
-            pairs = _read_alma_json(path, xx)
-            where = str(path)
+            pairs = _read_alma_json(folder / f"valid.{xx}-en.json", xx)
         else:
             raise InputError(f"alma:{root}: split {split!r} (ALMA has train and valid)")
         for n, (x, en) in enumerate(pairs, 1):
             source, reference = (en, x) if src == PIVOT else (x, en)
-            examples.append(_example(n, src, tgt, source, reference, where))
+            examples.append(_example(n, src, tgt, source, reference))
     return examples
 
 
@@ -199,7 +196,7 @@ def read_wmt23(root: Path, keys: Sequence[str]) -> list[Example]:
                 "line-aligned files must have the same number of lines"
             )
         for n, (x, y) in enumerate(zip(sources, refs, strict=True), 1):
-            examples.append(_example(n, src, tgt, x, y, str(src_file)))
+            examples.append(_example(n, src, tgt, x, y))
     return examples
 
 
