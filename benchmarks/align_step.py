@@ -1,0 +1,303 @@
+"""One alignment micro-batch (forward + backward), ours vs the reference style, and the
+throughput of an alternate training step vs a task-only step (SPEC §7).
+
+The same 16 Tatoeba pairs (deu↔eng), the default model with LoRA (r 8 on q,k,v,o,gate,up,down):
+  reference  x and y in two separate forwards through every layer, logits computed,
+             ``output_hidden_states=True``, layer l pooled (the paper's code);
+  ours       ``AlignmentTrainer.align_loss``: x and y as one batch of 2B rows through
+             ``pooled_states``, stopped after layer l (no later layers, no final norm, no lm_head).
+Both then compute the same InfoNCE and backpropagate into the LoRA weights. Each variant runs in
+its own subprocess; reported are the median seconds of the timed repeats and the step's memory:
+the peak resident memory during the first (warm-up) step above the resident memory before it.
+
+Throughput: tokens (non-padding, both kinds) per second of one optimizer step of 2 micro-batches:
+task-only = 2 task micro-batches; alternate = 1 task + 1 alignment micro-batch. Task micro-batches
+are SIB-200 topic questions (8 examples, loss on the answer).
+
+Run on a quiet machine: ``nice python benchmarks/align_step.py`` (≈ 3 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from _common import REPO, SIB200, cpu_name, load_1min, timed, wait_for_quiet
+
+from midalign.data.pairs import encode_pairs, load_pairs
+from midalign.losses import info_nce
+from midalign.models import _masked_mean, load_model, num_layers, pooling_mask
+from midalign.probe import special_token_ids
+from midalign.prompting import encode_example
+from midalign.train import AlignmentTrainer, AlignSetup
+
+TATOEBA = REPO.parent / "shared" / "data" / "tatoeba"
+TOPIC_PROMPT = (
+    "What is the topic of this sentence? Answer with one of: science/technology, travel, "
+    "politics, sports, health, entertainment, geography.\nSentence: {text}"
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--pairs", type=int, default=16, help="pairs per alignment micro-batch (B)")
+    p.add_argument("--layer", type=int, default=None, help="alignment layer (default L // 2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
+    p.add_argument("--task-batch", type=int, default=8, help="examples per task micro-batch")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's). On a shared machine use fewer threads than free "
+        "cores: OpenMP threads that wait on a descheduled sibling make a step 10x slower",
+    )
+    p.add_argument("--max-load", type=float, default=1.0, help="wait for this 1-min load")
+    p.add_argument("--max-wait", type=float, default=900.0, help="give up waiting after s")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--worker", choices=["ours", "reference", "throughput"], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _rss_mib() -> float:
+    """Current resident memory of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_during(fn) -> float:
+    """MiB of resident memory ``fn()`` needs above what the process held before: a thread
+    samples /proc/self/statm every millisecond (torch's CPU allocations are invisible to
+    tracemalloc, and ru_maxrss would report the peak of model loading instead)."""
+    base, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak[0], _rss_mib()) - base
+
+
+def _setup(args: argparse.Namespace):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_model("default")
+    torch.manual_seed(0)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.1,
+            task_type="CAUSAL_LM",
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+        ),
+    )
+    model.train()
+    layer = args.layer if args.layer is not None else num_layers(model) // 2
+    pairs = load_pairs(f"tatoeba:{TATOEBA}", ["deu"])["deu_Latn"][: args.pairs]
+    return model, tokenizer, layer, pairs
+
+
+def reference_step(model, tokenizer, layer: int, pairs) -> torch.Tensor:
+    """The paper's code: two full forwards with hidden states and logits, pool, InfoNCE."""
+    pooled = []
+    for texts in ([x for x, _ in pairs], [y for _, y in pairs]):
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        out = model(**enc, output_hidden_states=True)  # logits over the whole vocabulary too
+        weights = pooling_mask(enc["input_ids"], enc["attention_mask"], "mean-all")
+        pooled.append(_masked_mean(out.hidden_states[layer], weights))
+    loss = info_nce(pooled[0], pooled[1], 0.1)
+    loss.backward()
+    return loss.detach()
+
+
+def ours_step(trainer, model, batch) -> torch.Tensor:
+    loss = AlignmentTrainer.align_loss(trainer, model, batch)
+    loss.backward()
+    return loss.detach()
+
+
+def _fake_trainer(layer: int, special: list[int]) -> SimpleNamespace:
+    """What ``align_loss`` reads from the trainer: the alignment settings."""
+    setup = AlignSetup(stream=None, layers=[layer], special_ids=special)  # type: ignore[arg-type]
+    return SimpleNamespace(align=setup)
+
+
+def worker_step(args: argparse.Namespace) -> dict:
+    model, tokenizer, layer, pairs = _setup(args)
+    if args.worker == "ours":
+        trainer = _fake_trainer(layer, special_token_ids(tokenizer))
+        batch = encode_pairs(tokenizer, pairs, 128)
+        run = lambda: ours_step(trainer, model, batch)  # noqa: E731
+    else:
+        run = lambda: reference_step(model, tokenizer, layer, pairs)  # noqa: E731
+    # The warm-up step measures memory: later steps reuse memory the allocator kept, which a
+    # resident-memory reading cannot tell from new memory.
+    step_mib = peak_rss_during(run)
+    model.zero_grad()
+    times, others = [], []
+    for _ in range(args.repeats):
+        _, seconds, busy = timed(run)
+        model.zero_grad()
+        times.append(seconds)
+        others.append(busy)
+    return {
+        "seconds": statistics.median(times),
+        "all_seconds": times,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_rss_mib": step_mib,
+        "other_cores_busy": max(others),
+        "layer": layer,
+    }
+
+
+def worker_throughput(args: argparse.Namespace) -> dict:
+    model, tokenizer, layer, pairs = _setup(args)
+    trainer = _fake_trainer(layer, special_token_ids(tokenizer))
+    with (SIB200 / "eng_Latn" / "train.tsv").open(encoding="utf-8", newline="") as f:
+        rows = sorted(csv.DictReader(f, delimiter="\t"), key=lambda r: int(r["index_id"]))
+    task_batches = []
+    pad = tokenizer.pad_token_id
+    for start in (0, args.task_batch):
+        items = [
+            encode_example(tokenizer, TOPIC_PROMPT.format(text=r["text"]), r["category"])
+            for r in rows[start : start + args.task_batch]
+        ]
+        width = max(len(ids) for ids, _ in items)
+        task_batches.append(
+            {
+                "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in items]),
+                "attention_mask": torch.tensor(
+                    [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in items]
+                ),
+                "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in items]),
+            }
+        )
+    align_batch = encode_pairs(tokenizer, pairs, 128)
+
+    def task(batch):
+        (AlignmentTrainer.task_loss(trainer, model, batch) / 2).backward()
+        return int(batch["attention_mask"].sum())
+
+    def align(batch):
+        (AlignmentTrainer.align_loss(trainer, model, batch) / 2).backward()
+        return int(batch["attention_mask"].sum())
+
+    def task_only():
+        return task(task_batches[0]) + task(task_batches[1])
+
+    def alternate():
+        return task(task_batches[0]) + align(align_batch)
+
+    result = {}
+    for name, step in (("task_only", task_only), ("alternate", alternate)):
+        step()  # warm-up
+        model.zero_grad()
+        rates = []
+        for _ in range(args.repeats):
+            tokens, seconds, _ = timed(step)
+            model.zero_grad()
+            rates.append(tokens / seconds)
+        result[name] = {"tokens_per_s": statistics.median(rates), "tokens": tokens}
+    result["ratio"] = result["alternate"]["tokens_per_s"] / result["task_only"]["tokens_per_s"]
+    return result
+
+
+def _spawn(worker: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        worker,
+        "--pairs",
+        str(args.pairs),
+        "--repeats",
+        str(args.repeats),
+        "--task-batch",
+        str(args.task_batch),
+    ]
+    if args.layer is not None:
+        cmd += ["--layer", str(args.layer)]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.worker == "throughput":
+        print(json.dumps(worker_throughput(args)))
+        return
+    if args.worker:
+        print(json.dumps(worker_step(args)))
+        return
+    load = wait_for_quiet(args.max_load, args.max_wait)
+    print(
+        f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"1-min load {load:.2f}"
+    )
+    figures = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
+        "load_1min_before": load,
+    }
+    for worker in ("reference", "ours"):
+        figures[worker] = _spawn(worker, args)
+        r = figures[worker]
+        print(
+            f"{worker:9s}: {r['seconds']:.2f} s per micro-batch (layer {r['layer']}), "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB (+{r['step_rss_mib']:.0f} MiB for the step), "
+            f"other processes kept {r['other_cores_busy']:.2f} cores busy"
+        )
+    figures["speedup"] = figures["reference"]["seconds"] / figures["ours"]["seconds"]
+    figures["step_memory_ratio"] = (
+        figures["ours"]["step_rss_mib"] / figures["reference"]["step_rss_mib"]
+    )
+    print(
+        f"speed-up {figures['speedup']:.2f}x (target >= 4x); step memory ours/reference "
+        f"{figures['step_memory_ratio']:.2f}"
+    )
+    figures["throughput"] = _spawn("throughput", args)
+    t = figures["throughput"]
+    print(
+        f"tokens/s: task-only step {t['task_only']['tokens_per_s']:.0f}, alternate step "
+        f"{t['alternate']['tokens_per_s']:.0f}, ratio {t['ratio']:.2f} (target >= 0.7)"
+    )
+    figures["load_1min_after"] = load_1min()
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
