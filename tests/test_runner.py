@@ -22,7 +22,15 @@ from midalign.runner import (
     write_report,
 )
 
-LABELS = ["science/technology", "travel", "politics", "sports", "health", "entertainment", "geography"]
+LABELS = [
+    "science/technology",
+    "travel",
+    "politics",
+    "sports",
+    "health",
+    "entertainment",
+    "geography",
+]
 WORDS = {
     "eng_Latn": "the a is of and to in human rights all everyone free equal dignity born".split(),
     "deu_Latn": "der die das und ist ein eine person people right law born free all".split(),

