@@ -338,3 +338,32 @@ def pooled_states(
         for hook in hooks:
             hook.remove()
     return torch.stack([pooled[index] for index in layers])
+
+
+# --------------------------------------------------------------------------- task loss
+
+
+def response_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """Causal-LM cross-entropy (mean over labelled tokens), equal to ``model(...).loss``, with
+    logits computed only where a label is.
+
+    The vocabulary projection is the largest matmul of a small multilingual model (Gemma 3:
+    262k × 640, more than its 18 layers together), and a task example's prompt carries no loss:
+    the head only needs to run on the response tokens, e.g. 3 of 60 for a topic label.
+    """
+    inner = _unwrap(model)
+    hidden = decoder_stack(model)(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state  # [B, T, d], after the final norm
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    keep = targets != -100
+    logits = inner.get_output_embeddings()(hidden[:, :-1][keep])  # [n, vocab]
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return nn.functional.cross_entropy(logits.float(), targets[keep])

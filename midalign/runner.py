@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,8 @@ class Steps:
         self.reused: list[str] = []
 
     def folder(self, name: str, spec: dict[str, Any]) -> Path:
-        return self.root / f"{name}-{spec_hash(spec)}"
+        slug = re.sub(r"_*-_*", "-", re.sub(r"[^\w.-]+", "_", name))  # align (top) → align_top
+        return self.root / f"{slug}-{spec_hash(spec)}"
 
     def run(self, name: str, spec: dict[str, Any], fn: Callable[[Path], dict]) -> dict:
         """``fn(folder)``'s result, or the stored one if this exact step finished before; either

@@ -144,3 +144,26 @@ def test_layers_found_through_peft_wrapper():
     ids, mask = _batch()
     out = pooled_states(peft_model, ids, mask, [1], "mean", SPECIAL)
     assert out.shape == (1, 3, 32)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_response_loss_equals_the_models_own_loss_and_gradient(family, softcap):
+    from midalign.models import response_loss
+
+    model = tiny_model(family, n_layers=2)
+    if softcap is not None:
+        if family != "gemma3":
+            pytest.skip("logit soft-capping is a Gemma option")
+        model.config.final_logit_softcapping = softcap
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 10, 11, 12, 0, 0]])
+    mask = (ids != 0).long()
+    labels = torch.tensor([[-100, -100, -100, 7, 8, 9], [-100, -100, 11, 12, -100, -100]])
+    expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    expected.backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ours = response_loss(model, ids, mask, labels)
+    ours.backward()
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+    for got, exp in zip((p.grad for p in model.parameters()), want, strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-6)
