@@ -65,7 +65,8 @@ class DataConfig:
     )
     align_data: str | None = _help(
         "parallel text for the alignment loss: tatoeba:DIR, sib200:DIR, flores:DIR, udhr, "
-        "parallel:FILE,FILE,..., hf-tatoeba (hub Helsinki-NLP/tatoeba) or hf-tatoeba:DIR",
+        "parallel:FILE,FILE,..., alma:DIR (ALMA training pairs), hf-tatoeba (hub "
+        "Helsinki-NLP/tatoeba) or hf-tatoeba:DIR",
         default=None,
     )
     align_langs: list[str] = _help(

@@ -101,6 +101,17 @@ def load_pairs(
         raise InputError("--align-langs: give at least one language")
     if spec == "hf-tatoeba" or spec.startswith("hf-tatoeba:"):
         raw = _hf_tatoeba(spec.partition(":")[2], langs)
+    elif spec.startswith("alma:"):
+        # the task's own training pairs, as the paper aligns for translation
+        from midalign.tasks.translation import read_alma
+
+        root = Path(spec[len("alma:") :]).expanduser()
+        raw = {
+            lang: [
+                (ex.text, ex.reference) for ex in read_alma(root, [f"{lang}-{ENGLISH}"], "train")
+            ]
+            for lang in langs
+        }
     else:
         corpus = load_parallel(spec, [*langs, ENGLISH], split)
         raw = {}
