@@ -1,11 +1,15 @@
-"""`midalign merge`: the exact weighted merge of LoRA adapters, saved as a plain PEFT adapter."""
+"""`midalign merge`: the exact weighted merge of LoRA adapters, saved as a plain PEFT adapter;
+with ``--search``, the task weight is chosen by a dev score (the paper's Appendix D.3)."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
+from midalign.cli import positive_int
 from midalign.errors import InputError
+from midalign.io import check_output_dir, write_json
 from midalign.merge import merge_adapters
 
 
@@ -15,7 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="merge LoRA adapters exactly: ΔW = Σ wᵢ·ΔWᵢ (e.g. task + alignment adapters)",
         description="Merge PEFT LoRA adapters of the same base model so that, for every module, "
         "the merged update equals Σ wᵢ·sᵢ·BᵢAᵢ exactly (factors concatenated, rank Σ rᵢ). "
-        "Unlike PEFT's add_weighted_adapter(combination_type='linear'), no cross terms.",
+        "Unlike PEFT's add_weighted_adapter(combination_type='linear'), no cross terms. "
+        "With --search, two adapters (task, then alignment) are merged at each candidate task "
+        "weight w (alignment 1 − w), scored on dev data with `midalign eval`'s task, and the "
+        "best merge is kept.",
     )
     p.add_argument(
         "--adapters",
@@ -26,29 +33,94 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--weights",
-        required=True,
         help="comma-separated non-negative weights summing to 1, one per adapter, e.g. 0.9,0.1 "
         "(the paper's task/alignment weight is 0.9, chosen from 0.5, 0.7, 0.9)",
     )
+    p.add_argument(
+        "--search",
+        metavar="W,W,...",
+        help="candidate weights of the first (task) adapter, e.g. 0.5,0.7,0.9; needs --task, "
+        "--dev-data and --langs",
+    )
+    p.add_argument("--model", default="default", help="base model for --search scoring")
+    p.add_argument("--task", help="--search: the task (slots, mt, ner, topic)")
+    p.add_argument("--dev-data", help="--search: the task's data (as `midalign eval --data`)")
+    p.add_argument("--langs", help="--search: languages (or mt directions) to score on")
+    p.add_argument("--split", default="dev", help="--search: data split (default: %(default)s)")
+    p.add_argument("--limit", type=positive_int, help="--search: first N examples per language")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=16, help="--search: prompts per batch"
+    )
     p.add_argument("--out", type=Path, required=True, help="output adapter folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def parse_weights(text: str) -> list[float]:
+def parse_weights(text: str, option: str = "--weights") -> list[float]:
     try:
         return [float(w) for w in text.split(",")]
     except ValueError as e:
-        raise InputError(f"--weights: expected numbers such as 0.9,0.1; got {text!r}") from e
+        raise InputError(f"{option}: expected numbers such as 0.9,0.1; got {text!r}") from e
+
+
+def search_weight(args: argparse.Namespace, paths: list[Path]) -> tuple[float, dict[str, float]]:
+    """Merge at each candidate task weight, score on dev, return the best weight and all
+    scores (a tie goes to the larger task weight)."""
+    from midalign.eval_cli import evaluate
+    from midalign.models import load_model
+    from midalign.tasks import get_task
+    from midalign.tasks.base import limit_per_key
+
+    missing = [o for o in ("task", "dev_data", "langs") if getattr(args, o) is None]
+    if missing:
+        raise InputError(f"--search needs --{missing[0].replace('_', '-')}")
+    if len(paths) != 2:
+        raise InputError(f"--search merges two adapters (task, alignment), not {len(paths)}")
+    candidates = parse_weights(args.search, "--search")
+    if any(not 0 <= w <= 1 for w in candidates):
+        raise InputError(f"--search: weights must be in [0, 1], got {candidates}")
+    task = get_task(args.task)
+    keys = task.languages(args.langs)
+    examples = limit_per_key(task.read(args.dev_data, keys, args.split), args.limit)
+    scores: dict[str, float] = {}
+    for w in sorted(candidates):
+        with tempfile.TemporaryDirectory(prefix="midalign-merge-") as tmp:
+            merged = Path(tmp) / "adapter"
+            merge_adapters(paths, [w, 1 - w], merged)
+            model, tokenizer = load_model(args.model, str(merged))
+            result = evaluate(
+                model,
+                tokenizer,
+                task,
+                examples,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+            )
+        scores[f"{w:g}"] = result["average"]
+        print(f"task weight {w:g}: dev {result['metric']} {result['average']:.4f}")
+    best = max(candidates, key=lambda w: (scores[f"{w:g}"], w))
+    return best, scores
 
 
 def run(args: argparse.Namespace) -> int:
-    weights = parse_weights(args.weights)
     names, paths = [], []
     for spec in args.adapters:
         name, sep, path = spec.rpartition("=")
         names.append(name if sep else Path(spec).name)
         paths.append(Path(path))
+    if (args.weights is None) == (args.search is None):
+        raise InputError("give either --weights or --search")
+    search = None
+    if args.search is not None:
+        check_output_dir(args.out, args.overwrite)
+        best, scores = search_weight(args, paths)
+        weights = [best, 1 - best]
+        search = {"task": args.task, "data": args.dev_data, "langs": args.langs, "scores": scores}
+    else:
+        weights = parse_weights(args.weights)
     config = merge_adapters(paths, weights, args.out, args.overwrite)
+    if search is not None:
+        write_json(args.out / "search.json", {**search, "chosen": weights[0]})
     parts = " + ".join(f"{w:g}·{n}" for w, n in zip(weights, names, strict=True))
     print(
         f"merged {parts} into {args.out}/ (rank {config['r']}, {len(config['target_modules'])} "

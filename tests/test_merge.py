@@ -122,3 +122,78 @@ def test_merge_command(tmp_path, capsys):
         main(["merge", "--adapters", str(a), str(b), "--weights", "0.9,x", "--out", str(out)]) == 2
     )
     assert "--weights: expected numbers" in capsys.readouterr().err
+
+
+def _tiny_gemma_adapter(model_dir, path, seed):
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+    )
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = torch.randn(p.shape, generator=g) * 0.5
+    model.save_pretrained(path)
+    return path
+
+
+SEARCH_DATA = "sib200:" + str(
+    __import__("pathlib").Path(__file__).parent / "fixtures" / "tasks" / "sib200"
+)
+
+
+def test_search_keeps_the_best_dev_weight(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Scores are faked (by weight) to check the choice; the merges and plumbing are real."""
+    import midalign.eval_cli
+    from midalign.cli import main
+
+    task = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "task", 1)
+    align = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "align", 2)
+    fake = iter([0.2, 0.6, 0.4])  # for 0.5, 0.7, 0.9: the candidates are scored in order
+
+    def evaluate(model, tokenizer, task, examples, **kwargs):
+        assert model.peft_config["default"].r == 4  # a merged adapter: rank 2 + 2
+        return {"average": next(fake), "metric": "accuracy"}
+
+    monkeypatch.setattr(midalign.eval_cli, "evaluate", evaluate)
+    out = tmp_path / "merged"
+    args = ["merge", "--adapters", f"task={task}", f"align={align}", "--search", "0.9,0.5,0.7"]
+    args += ["--model", str(tiny_model_dir), "--task", "topic", "--dev-data", SEARCH_DATA]
+    args += ["--langs", "deu", "--split", "test", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    search = json.loads((out / "search.json").read_text())
+    assert search["scores"] == {"0.5": 0.2, "0.7": 0.6, "0.9": 0.4}
+    assert search["chosen"] == 0.7
+    assert json.loads((out / "merge.json").read_text())["weights"] == pytest.approx([0.7, 0.3])
+    direct = merge_adapters([task, align], [0.7, 0.3], tmp_path / "direct")
+    assert direct["r"] == 4
+    for name in ("adapter_model.safetensors",):
+        from safetensors.torch import load_file
+
+        ours, ref = load_file(out / name), load_file(tmp_path / "direct" / name)
+        assert ours.keys() == ref.keys()
+        assert all(torch.equal(ours[k], ref[k]) for k in ours)
+
+
+def test_search_runs_real_evaluation_and_needs_its_options(tiny_model_dir, tmp_path, capsys):
+    from midalign.cli import main
+
+    task = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "task", 1)
+    align = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "align", 2)
+    base = ["merge", "--adapters", f"task={task}", f"align={align}"]
+    out = tmp_path / "merged"
+    assert main([*base, "--search", "0.5,0.9", "--out", str(out)]) == 2
+    assert "--search needs --task" in capsys.readouterr().err
+    assert main([*base, "--out", str(out)]) == 2
+    assert "either --weights or --search" in capsys.readouterr().err
+    assert not out.exists()
+    args = [*base, "--search", "0.5,0.9", "--model", str(tiny_model_dir), "--task", "topic"]
+    args += ["--dev-data", SEARCH_DATA, "--langs", "deu,jpn", "--split", "test"]
+    args += ["--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    search = json.loads((out / "search.json").read_text())
+    assert set(search["scores"]) == {"0.5", "0.9"}
+    assert all(0.0 <= s <= 1.0 for s in search["scores"].values())
+    assert search["chosen"] == max((0.5, 0.9), key=lambda w: (search["scores"][f"{w:g}"], w))
