@@ -1,7 +1,7 @@
 # The two commands of the README:  `make demo`  and  `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-OUT ?= runs/probe-udhr
+OUT ?= runs/demo
 
 .PHONY: setup demo test test-fast lint
 
@@ -15,9 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Probe Gemma 3 270M (offline default) on UDHR in 8 languages.
+# The method end to end on the offline default (recipes/demo.yaml): Gemma 3 270M, UDHR
+# translation with and without middle-layer alignment, retrieval before and after. A second
+# `make demo` reuses the finished steps.
 demo: setup
-	$(VENV)/bin/midalign probe --model default --data udhr --langs demo --out $(OUT) --overwrite
+	$(VENV)/bin/midalign run recipes/demo.yaml --out $(OUT)
 
 lint: setup
 	$(VENV)/bin/ruff check midalign tests benchmarks
