@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ from midalign.config import (
 )
 from midalign.errors import InputError
 from midalign.train_cli import resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _args(*argv: str):
@@ -145,3 +148,10 @@ def test_validate_rejects(changes, message):
     validate(_valid())  # the base is fine
     with pytest.raises(InputError, match=message):
         validate(_valid(**changes))
+
+
+@pytest.mark.parametrize("recipe", ["cpu-demo.yaml", "paper-alternate.yaml"])
+def test_recipes_load_and_validate(recipe):
+    config = load_config(REPO / "recipes" / recipe)
+    validate(config)
+    assert config.align.schedule == "alternate" and config.align.layers == "middle"
