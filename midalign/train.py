@@ -62,7 +62,7 @@ from midalign.data.pairs import (
 from midalign.errors import InputError
 from midalign.io import write_json, write_text_atomic
 from midalign.losses import info_nce
-from midalign.models import load_model, num_layers, parse_layers, pooled_states
+from midalign.models import load_model, num_layers, parse_layers, pooled_states, response_loss
 from midalign.probe import extract_embeddings, special_token_ids
 from midalign.retrieval import pair_accuracy
 
@@ -118,8 +118,9 @@ class AlignmentTrainer(Trainer):
     # ------------------------------------------------------------------ losses
 
     def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Causal-LM cross-entropy over the response tokens of this micro-batch (mean)."""
-        return model(**inputs, use_cache=False).loss
+        """Causal-LM cross-entropy over the response tokens of this micro-batch (mean), with
+        logits only at those tokens (:func:`midalign.models.response_loss`)."""
+        return response_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
 
     def align_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """InfoNCE over the pooled alignment-layer states of a 2B-row batch (x rows first)."""
