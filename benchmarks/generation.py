@@ -6,7 +6,7 @@ with the paper's MT prompt into German, the plain template of the base model): o
 1, which is what a loop over ``model.generate`` does. Outputs must be identical.
 
     python benchmarks/generation.py                       # 32 prompts, 32 new tokens, batch 16
-    python benchmarks/generation.py --prompts 64 --batch-size 32
+    python benchmarks/generation.py --prompts 64 --batch-size 32 --threads 1
 """
 
 from __future__ import annotations
@@ -34,8 +34,16 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=16, help="batched side (default: %(default)s)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's choice); 1 on a machine where another job holds a "
+        "core, since OpenMP threads then wait on a descheduled sibling",
+    )
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     task = Translation()
     sentences = read_sib200(["eng_Latn"], args.prompts, split="dev")["eng_Latn"]
