@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="recipe YAML (e.g. recipes/cpu-demo.yaml)")
+    p.add_argument("--config", type=Path, help="recipe YAML (e.g. recipes/train/cpu_demo.yaml)")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(

@@ -150,8 +150,8 @@ def test_validate_rejects(changes, message):
         validate(_valid(**changes))
 
 
-@pytest.mark.parametrize("recipe", ["cpu-demo.yaml", "paper-alternate.yaml"])
+@pytest.mark.parametrize("recipe", ["cpu_demo.yaml", "paper_alternate.yaml"])
 def test_recipes_load_and_validate(recipe):
-    config = load_config(REPO / "recipes" / recipe)
+    config = load_config(REPO / "recipes" / "train" / recipe)
     validate(config)
     assert config.align.schedule == "alternate" and config.align.layers == "middle"

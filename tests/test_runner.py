@@ -240,3 +240,26 @@ def test_bad_recipe_cli_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture)
     path.write_text("name: x\ntask: [\n", encoding="utf-8")
     assert main(["run", str(path)]) == 2
     assert f"{path}:" in capsys.readouterr().err
+
+
+RECIPES = sorted(
+    p.relative_to(Path(__file__).parents[1] / "recipes")
+    for p in (Path(__file__).parents[1] / "recipes").rglob("*.yaml")
+    if "train" not in p.parts[-2:-1]
+)
+
+
+@pytest.mark.parametrize("name", [str(p) for p in RECIPES])
+def test_shipped_recipes_parse_and_their_systems_are_valid_configs(name: str) -> None:
+    from midalign.config import from_dict
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / name)
+    assert recipe.systems
+    for system in recipe.systems:
+        if system.train is not None:
+            from_dict(deep_merge(recipe.train, system.train), f"{name}: {system.name}")
+
+
+def test_recipes_include_the_demo_and_the_papers() -> None:
+    names = {str(p) for p in RECIPES}
+    assert {"demo.yaml", "cpu_topic.yaml", "paper_slots.yaml", "paper_mt.yaml"} <= names
