@@ -406,3 +406,31 @@ def test_auto_layer_is_the_layer_of_peak_retrieval(tmp_path):
     assert resolve_layers("middle", model, tok, pairs, 20, "mean") == ([2], None)
     with pytest.raises(InputError, match="layer 0 is the embedding output"):
         resolve_layers("0", model, tok, pairs, 20, "mean")
+
+
+def test_dev_task_loss_equals_the_models_own_loss_on_the_dev_batches(tmp_path):
+    """The logged eval_task_loss (computed with logits only at response tokens) equals the
+    batch-size-weighted mean of ``model(**batch).loss`` over the dev set, recomputed here
+    from the saved adapter (the last step is the only evaluation, so it is the best)."""
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
+
+    from midalign.data.instructions import load_task_dataset
+
+    config = _config(tmp_path, optim__max_steps=2, align__schedule="task")
+    out = tmp_path / "run"
+    _run(config, out)
+    logged = [r["eval_task_loss"] for r in read_log(out / "log.jsonl") if "eval_task_loss" in r]
+    assert len(logged) == 1
+    tokenizer = tiny_tokenizer()
+    base = AutoModelForCausalLM.from_pretrained(config.model.name)
+    model = PeftModel.from_pretrained(base, out).eval()
+    dev = load_task_dataset(config.data.dev_data, tokenizer, config.data.max_length)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(dev), config.optim.batch_size):
+            rows = [dev[i] for i in range(start, min(start + config.optim.batch_size, len(dev)))]
+            batch = collate(rows)
+            total += model(**batch).loss.item() * len(rows)
+            count += len(rows)
+    assert logged[0] == pytest.approx(total / count, rel=1e-5)
