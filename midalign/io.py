@@ -29,6 +29,12 @@ def check_output_dir(out: Path, overwrite: bool, option: str = "--out") -> None:
         raise InputError(f"{option}: cannot write into {parent} (permission denied)")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
     """Yield a temp dir beside ``out``; on success it becomes ``out``, on error it vanishes."""
@@ -36,6 +42,7 @@ def atomic_output_dir(out: Path, overwrite: bool = False, option: str = "--out")
     check_output_dir(out, overwrite, option)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
     try:
         yield tmp
         if out.exists():
@@ -56,6 +63,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result should not be
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
