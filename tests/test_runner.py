@@ -262,4 +262,10 @@ def test_shipped_recipes_parse_and_their_systems_are_valid_configs(name: str) ->
 
 def test_recipes_include_the_demo_and_the_papers() -> None:
     names = {str(p) for p in RECIPES}
-    assert {"demo.yaml", "cpu_topic.yaml", "paper_slots.yaml", "paper_mt.yaml"} <= names
+    assert {
+        "demo.yaml",
+        "cpu_topic.yaml",
+        "cpu_mt.yaml",
+        "paper_slots.yaml",
+        "paper_mt.yaml",
+    } <= names
