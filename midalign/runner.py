@@ -361,7 +361,7 @@ class Runner:
 
     def train(self, system: System, seed: int, data: dict[str, dict]) -> dict:
         from midalign.config import from_dict
-        from midalign.train import last_checkpoint, train
+        from midalign.train import LOG_FILE, last_checkpoint, train
 
         sections = self.train_config(system, seed, data)
         # The data files' paths change with their hashes; their hashes are what matter.
@@ -373,6 +373,8 @@ class Runner:
             checkpoint = last_checkpoint(folder)
             if checkpoint is not None:
                 log.info("resuming %s from %s", folder.name, checkpoint.name)
+            else:  # a run that died before its first checkpoint starts over, log included
+                (folder / LOG_FILE).unlink(missing_ok=True)
             result = train(config, folder, checkpoint, progress=self.opt.progress)
             if result.interrupted:
                 raise KeyboardInterrupt

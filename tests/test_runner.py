@@ -269,3 +269,29 @@ def test_recipes_include_the_demo_and_the_papers() -> None:
         "paper_slots.yaml",
         "paper_mt.yaml",
     } <= names
+
+
+def test_training_step_killed_before_a_checkpoint_starts_over_cleanly(
+    recipe_file: Path, tmp_path: Path
+) -> None:
+    values = yaml.safe_load(recipe_file.read_text())
+    values["seeds"] = [1]
+    values["systems"] = values["systems"][:2]  # base, sft
+    recipe = parse_recipe(values, str(recipe_file))
+    out = tmp_path / "run"
+    Runner(recipe, RunOptions(out=out, progress=False)).run()
+    (train_dir,) = (out / "steps").glob("train-sft-seed1-*")
+    first = _losses(train_dir / "log.jsonl")
+    # as if killed before its first checkpoint: no done.json, no checkpoint, a stale log
+    (train_dir / "done.json").unlink()
+    shutil.rmtree(train_dir / "checkpoints")
+    runner = Runner(recipe, RunOptions(out=out, progress=False))
+    runner.run()
+    assert [n.rsplit("-", 1)[0] for n in runner.steps.ran] == ["train-sft-seed1"]
+    # the evaluation's spec names the train step, not its files: it is reused
+    assert _losses(train_dir / "log.jsonl") == first  # same seed, same run, no duplicates
+
+
+def _losses(path: Path) -> list[tuple]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["step"], r.get("loss"), r.get("eval_loss")) for r in rows]
