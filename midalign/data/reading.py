@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,6 +57,27 @@ def read_sentences(path: Path) -> list[str]:
             raise InputError(f"{path}:{lineno}: empty line (every line must hold a sentence)")
         sentences.append(line)
     return sentences
+
+
+def conll_sentences(path: Path) -> Iterator[tuple[dict[str, str], list[tuple[int, list[str]]]]]:
+    """Sentences of a CoNLL-style file (UNER IOB2, xSID): each sentence's ``# key = value``
+    headers and its token lines as (line number, tab-separated fields). A blank line, or a header
+    after token lines, ends a sentence."""
+    header: dict[str, str] = {}
+    rows: list[tuple[int, list[str]]] = []
+    for lineno, line in enumerate(split_lines(read_text(path)), 1):
+        if not line.strip() or (line.startswith("#") and rows):
+            if rows:
+                yield header, rows
+            header, rows = {}, []
+        if line.startswith("#"):
+            key, sep, value = line[1:].partition("=")
+            if sep:
+                header[key.strip()] = value.strip()
+        elif line.strip():
+            rows.append((lineno, line.split("\t")))
+    if rows:
+        yield header, rows
 
 
 def read_tsv(path: Path, columns: Iterable[str]) -> list[tuple[int, dict[str, str]]]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from midalign.data.reading import by_language, read_text, select, split_lines
+from midalign.data.reading import by_language, conll_sentences, select
 from midalign.errors import InputError
 from midalign.languages import to_flores
 from midalign.tasks.base import (
@@ -158,37 +158,11 @@ def read_iob2(path: Path, lang: str) -> list[Example]:
     """UNER v1 IOB2: ``# text = ...`` header, then ``idx token tag ...`` lines (tab-separated,
     tag in the third column: O, B-X, I-X). Without ``# text`` the tokens are joined by spaces."""
     examples: list[Example] = []
-    header: dict[str, str] = {}
-    rows: list[tuple[int, str, str]] = []
-
-    def flush() -> None:
-        if rows:
-            text = header.get("text") or " ".join(token for _, token, _ in rows)
-            text, entities = _entities_from_iob2(path, text, rows)
-            examples.append(
-                Example(
-                    id=header.get("sent_id", f"{path.name}:{rows[0][0]}"),
-                    lang=lang,
-                    key=lang,
-                    text=text,
-                    reference=entities,
-                )
-            )
-        header.clear()
-        rows.clear()
-
-    for lineno, line in enumerate(split_lines(read_text(path)), 1):
-        if not line.strip():
-            flush()
-        elif line.startswith("#"):
-            if rows:
-                flush()
-            key, sep, value = line[1:].partition("=")
-            if sep:
-                header[key.strip()] = value.strip()
-        else:
-            fields = line.split("\t")
+    for header, lines in conll_sentences(path):
+        rows: list[tuple[int, str, str]] = []
+        for lineno, fields in lines:
             if len(fields) < 3 or not fields[1]:
+                line = "\t".join(fields)
                 raise InputError(
                     f"{path}:{lineno}: expected tab-separated index, token, IOB2 tag; got {line!r}"
                 )
@@ -196,7 +170,17 @@ def read_iob2(path: Path, lang: str) -> list[Example]:
             if tag != "O" and not re.fullmatch(r"[BI]-[A-Z]+", tag):
                 raise InputError(f"{path}:{lineno}: tag {tag!r} is not O, B-TYPE or I-TYPE")
             rows.append((lineno, fields[1], tag))
-    flush()
+        text = header.get("text") or " ".join(token for _, token, _ in rows)
+        text, entities = _entities_from_iob2(path, text, rows)
+        examples.append(
+            Example(
+                id=header.get("sent_id", f"{path.name}:{rows[0][0]}"),
+                lang=lang,
+                key=lang,
+                text=text,
+                reference=entities,
+            )
+        )
     return examples
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from midalign.data.reading import by_language, read_text, select, split_lines
+from midalign.data.reading import by_language, conll_sentences, read_text, select, split_lines
 from midalign.errors import InputError
 from midalign.languages import to_flores
 from midalign.tasks.base import (
@@ -375,27 +375,11 @@ def read_conll_slots(path: Path, lang: str) -> list[Example]:
     slot`` per line (tab-separated), slots in BIO. An ``I-`` tag after ``O`` or after another
     type opens a new span, as conlleval reads it."""
     examples: list[Example] = []
-    header: dict[str, str] = {}
-    rows: list[tuple[int, str, str]] = []
-
-    def flush() -> None:
-        if rows:
-            examples.append(_conll_example(path, lang, header, rows, len(examples) + 1))
-        header.clear()
-        rows.clear()
-
-    for lineno, line in enumerate(split_lines(read_text(path)), 1):
-        if not line.strip():
-            flush()
-        elif line.startswith("#"):
-            if rows:
-                flush()
-            key, sep, value = line[1:].partition("=")
-            if sep:
-                header[key.strip()] = value.strip()
-        else:
-            fields = line.split("\t")
+    for header, lines in conll_sentences(path):
+        rows: list[tuple[int, str, str]] = []
+        for lineno, fields in lines:
             if len(fields) != 4 or not fields[1] or not fields[3]:
+                line = "\t".join(fields)
                 raise InputError(
                     f"{path}:{lineno}: expected 4 tab-separated fields (index, token, intent, "
                     f"BIO slot), got {len(fields)}: {line!r}"
@@ -404,7 +388,7 @@ def read_conll_slots(path: Path, lang: str) -> list[Example]:
             if tag != "O" and not re.fullmatch(r"[BI]-\S+", tag):
                 raise InputError(f"{path}:{lineno}: slot tag {tag!r} is not O, B-type or I-type")
             rows.append((lineno, fields[1], tag))
-    flush()
+        examples.append(_conll_example(path, lang, header, rows, len(examples) + 1))
     return examples
 
 
