@@ -21,16 +21,8 @@ from midalign.runner import (
     parse_recipe,
     write_report,
 )
+from midalign.tasks.topic import LABELS
 
-LABELS = [
-    "science/technology",
-    "travel",
-    "politics",
-    "sports",
-    "health",
-    "entertainment",
-    "geography",
-]
 WORDS = {
     "eng_Latn": "the a is of and to in human rights all everyone free equal dignity born".split(),
     "deu_Latn": "der die das und ist ein eine person people right law born free all".split(),
