@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Execute a YAML recipe (recipes/*.yaml): prepare the task data, train every "
         "system with every seed, merge adapters, evaluate on the test languages, probe "
         "retrieval before and after, and write <out>/report/ (report.md with a Table-2-style "
-        "table of mean ± 95 %% CI over seeds, results.json, scores.png, retrieval.png, "
+        "table of mean ± 95 % CI over seeds, results.json, scores.png, retrieval.png, "
         "correlation.png). Finished steps are reused (cached by a hash of their settings); "
         "a killed run continues where it stopped, training from its last checkpoint.",
     )
