@@ -7,7 +7,6 @@ A row is either ``{"system"?, "prompt", "response", "lang"?, "id"?}`` or a singl
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from midalign.data.reading import read_text, split_lines
+from midalign.data.reading import jsonl_rows
 from midalign.errors import InputError
 from midalign.prompting import IGNORE_INDEX, encode_example
 
@@ -51,14 +50,7 @@ def read_instructions(path: Path) -> list[Example]:
     """Every row of a jsonl file; a bad row is an error naming ``file:line``."""
     path = Path(path)
     examples = []
-    for lineno, line in enumerate(split_lines(read_text(path)), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg})") from None
+    for where, lineno, row in jsonl_rows(path):
         if not isinstance(row, dict):
             raise InputError(f"{where}: expected a JSON object")
         if "messages" in row:

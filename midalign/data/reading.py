@@ -8,6 +8,7 @@ way: ``deu_Latn``, ``cmn_Hans``, ``deu``, ``ara``).
 from __future__ import annotations
 
 import codecs
+import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -57,6 +58,19 @@ def read_sentences(path: Path) -> list[str]:
             raise InputError(f"{path}:{lineno}: empty line (every line must hold a sentence)")
         sentences.append(line)
     return sentences
+
+
+def jsonl_rows(path: Path) -> Iterator[tuple[str, int, object]]:
+    """``(where, line number, parsed value)`` of every non-blank line of a jsonl file; a line
+    that is not JSON is an error naming ``file:line``."""
+    for lineno, line in enumerate(split_lines(read_text(path)), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg})") from None
 
 
 def conll_sentences(path: Path) -> Iterator[tuple[dict[str, str], list[tuple[int, list[str]]]]]:

@@ -18,14 +18,13 @@ Readers: MASSIVE jsonl (one file per locale, ``annot_utt`` with ``[type : value]
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from midalign.data.reading import by_language, conll_sentences, read_text, select, split_lines
+from midalign.data.reading import by_language, conll_sentences, jsonl_rows, select
 from midalign.errors import InputError
 from midalign.languages import to_flores
 from midalign.tasks.base import (
@@ -298,14 +297,7 @@ def read_massive_jsonl(paths: Sequence[Path], langs: Sequence[str], split: str) 
     part = MASSIVE_SPLITS.get(split, split)
     examples = []
     for path in paths:
-        for lineno, line in enumerate(split_lines(read_text(path)), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: invalid JSON ({e.msg})") from None
+        for where, lineno, row in jsonl_rows(path):
             if not isinstance(row, dict) or "locale" not in row:
                 raise InputError(f"{where}: expected an object with 'locale' and 'annot_utt'")
             if row.get("partition", part) != part:
