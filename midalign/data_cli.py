@@ -17,13 +17,13 @@ import json
 import logging
 import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from midalign.cli import positive_int
 from midalign.errors import InputError
 from midalign.io import write_text_atomic
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms
-from midalign.tasks.base import limit_per_key
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,16 @@ def instruction_record(task: Task, example: Example, zero_shot: bool = False) ->
         "id": example.id,
         "task": task.name,
     }
+
+
+def write_instructions(
+    path: Path, task: Task, examples: Sequence[Example], zero_shot: bool = False
+) -> None:
+    """The examples as instruction jsonl, one :func:`instruction_record` a line, atomically."""
+    lines = [
+        json.dumps(instruction_record(task, ex, zero_shot), ensure_ascii=False) for ex in examples
+    ]
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -83,13 +93,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out: {out} is a directory (give a .jsonl file)")
     task = get_task(args.task)
     keys = task.languages(args.langs)
-    examples = limit_per_key(task.read(args.source, keys, args.split), args.limit)
-    lines = [
-        json.dumps(instruction_record(task, ex, args.zero_shot), ensure_ascii=False)
-        for ex in examples
-    ]
+    examples = task.read(args.source, keys, args.split, args.limit)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, "\n".join(lines) + "\n")
+    write_instructions(out, task, examples, args.zero_shot)
     counts = Counter(ex.key for ex in examples)
     for key in keys:
         print(f"{key:<20} {counts[key]:7d}")

@@ -27,7 +27,6 @@ from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.models import load_model
 from midalign.prompting import encode_prompt, prompt_text
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms
-from midalign.tasks.base import limit_per_key
 from midalign.tasks.translation import PIVOT, comet_scores
 
 log = logging.getLogger(__name__)
@@ -241,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     groups = _parse_groups(task, args.group, keys)
     if args.comet_model is not None and args.task != "mt":
         raise InputError("--comet-model: COMET scores translations only (--task mt)")
-    examples = limit_per_key(task.read(args.data, keys, args.split), args.limit)
+    examples = task.read(args.data, keys, args.split, args.limit)
     log.info("%d examples in %d languages", len(examples), len(keys))
     model, tokenizer = load_model(args.model, args.adapter, args.dtype)
     results = evaluate(

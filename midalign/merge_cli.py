@@ -69,7 +69,6 @@ def search_weight(args: argparse.Namespace, paths: list[Path]) -> tuple[float, d
     from midalign.eval_cli import evaluate
     from midalign.models import load_model
     from midalign.tasks import get_task
-    from midalign.tasks.base import limit_per_key
 
     missing = [o for o in ("task", "dev_data", "langs") if getattr(args, o) is None]
     if missing:
@@ -81,7 +80,7 @@ def search_weight(args: argparse.Namespace, paths: list[Path]) -> tuple[float, d
         raise InputError(f"--search: weights must be in [0, 1], got {candidates}")
     task = get_task(args.task)
     keys = task.languages(args.langs)
-    examples = limit_per_key(task.read(args.dev_data, keys, args.split), args.limit)
+    examples = task.read(args.dev_data, keys, args.split, args.limit)
     scores: dict[str, float] = {}
     for w in sorted(candidates):
         with tempfile.TemporaryDirectory(prefix="midalign-merge-") as tmp:

@@ -320,17 +320,12 @@ class Runner:
 
     def prepare(self, spec: DataSpec, name: str) -> dict:
         """The split as instruction jsonl (the training contract of `midalign data prepare`)."""
-        from midalign.data_cli import instruction_record
-        from midalign.tasks.base import limit_per_key
+        from midalign.data_cli import write_instructions
 
         def work(folder: Path) -> dict:
-            keys = self.task.languages(",".join(spec.langs))
-            examples = limit_per_key(self.task.read(spec.source, keys, spec.split), spec.limit)
-            lines = [
-                json.dumps(instruction_record(self.task, ex), ensure_ascii=False) for ex in examples
-            ]
+            examples = self.task.read(spec.source, spec.langs, spec.split, spec.limit)
             path = folder / f"{name}.jsonl"
-            write_text_atomic(path, "\n".join(lines) + "\n")
+            write_instructions(path, self.task, examples)
             return {"path": str(path.resolve()), "examples": len(examples)}
 
         return self.steps.run(f"data-{name}", {"task": self.task.name, **vars(spec)}, work)
@@ -412,7 +407,6 @@ class Runner:
     def evaluate(self, system: System, seed: int | None, adapter: dict | None) -> dict:
         from midalign.eval_cli import evaluate, probe_scores
         from midalign.models import load_model
-        from midalign.tasks.base import limit_per_key
 
         spec_t = self.recipe.test_data
         spec = {
@@ -426,9 +420,7 @@ class Runner:
         }
 
         def work(folder: Path) -> dict:
-            examples = limit_per_key(
-                self.task.read(spec_t.source, self.test_keys, spec_t.split), spec_t.limit
-            )
+            examples = self.task.read(spec_t.source, self.test_keys, spec_t.split, spec_t.limit)
             model, tokenizer = load_model(self.recipe.model, adapter and adapter["adapter"])
             results = evaluate(
                 model,

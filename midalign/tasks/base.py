@@ -61,14 +61,17 @@ class Task(ABC):
         """The ``--langs`` value as the keys examples are grouped by (FLoRes codes here)."""
         return parse_langs(spec)
 
-    def read(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
+    def read(
+        self, source: str, langs: Sequence[str], split: str, limit: int | None = None
+    ) -> list[Example]:
         """Examples of ``langs`` (any code form, or keys as :meth:`languages` gives them; none
-        means all a local data set has) from ``source``; a language without examples is an
-        error, since it would silently vanish from the averages."""
+        means all a local data set has) from ``source``, the first ``limit`` of each key; a
+        language without examples is an error, since it would silently vanish from the
+        averages."""
         keys = self.languages(",".join(langs)) if langs else []
         examples = self.load(source, keys, split)
         check_found(examples, keys, source)
-        return examples
+        return limit_per_key(examples, limit)
 
     @abstractmethod
     def load(self, source: str, keys: Sequence[str], split: str) -> list[Example]:
