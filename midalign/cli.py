@@ -41,6 +41,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--adapter``, as every command that loads a model takes them."""
+    p.add_argument(
+        "--model",
+        default="default",
+        help="default (Gemma 3 270M, offline), an HF "
+        "folder, a .gguf file or a hub id (default: %(default)s)",
+    )
+    p.add_argument("--adapter", help="a PEFT adapter folder to apply on top of --model")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="midalign",

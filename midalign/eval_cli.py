@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from midalign.cli import positive_int
+from midalign.cli import add_model_options, positive_int
 from midalign.errors import InputError
 from midalign.generate import generate
 from midalign.io import atomic_output_dir, check_output_dir, write_json
@@ -161,13 +161,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         + source_forms(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        default="default",
-        help="default (Gemma 3 270M, offline), an HF "
-        "folder, a .gguf file or a hub id (default: %(default)s)",
-    )
-    p.add_argument("--adapter", help="a PEFT adapter folder to apply on top of --model")
+    add_model_options(p)
     p.add_argument("--task", required=True, choices=list(TASKS), help="the task to evaluate")
     p.add_argument("--data", required=True, help="the task's data: a path or hub id (see above)")
     p.add_argument(

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from midalign.cli import positive_int
+from midalign.cli import add_model_options, positive_int
 from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
 from midalign.errors import InputError
@@ -45,13 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "results.json, pairs_layer<l>.csv, plots and, on request, the embeddings.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        default="default",
-        help="default (Gemma 3 270M, offline), an HF "
-        "folder, a .gguf file or a hub id (default: %(default)s)",
-    )
-    p.add_argument("--adapter", help="a PEFT adapter folder to apply on top of --model")
+    add_model_options(p)
     p.add_argument("--data", default="udhr", help=DATA_HELP + " (default: %(default)s)")
     p.add_argument(
         "--langs",

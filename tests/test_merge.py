@@ -11,16 +11,17 @@ from midalign.errors import InputError
 from midalign.merge import merge_adapters
 
 
-def _adapter(path, seed, r, alpha, targets, rslora=False):
-    """A LoRA adapter with random (non-zero) A and B, saved in PEFT format."""
+def _adapter(path, seed, r, alpha, targets, rslora=False, base=None, scale=0.1):
+    """A LoRA adapter with random (non-zero) A and B on ``base`` (default: a tiny Llama),
+    saved in PEFT format."""
     model = get_peft_model(
-        tiny_model("llama", n_layers=2),
+        base if base is not None else tiny_model("llama", n_layers=2),
         LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rslora),
     )
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if "lora_" in name:
-            p.data = torch.randn(p.shape, generator=g) * 0.1
+            p.data = torch.randn(p.shape, generator=g) * scale
     model.save_pretrained(path)
     return path
 
@@ -127,16 +128,8 @@ def test_merge_command(tmp_path, capsys):
 def _tiny_gemma_adapter(model_dir, path, seed):
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_dir),
-        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
-    )
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            p.data = torch.randn(p.shape, generator=g) * 0.5
-    model.save_pretrained(path)
-    return path
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    return _adapter(path, seed, 2, 4, ["q_proj", "v_proj"], base=base, scale=0.5)
 
 
 SEARCH_DATA = "sib200:" + str(
