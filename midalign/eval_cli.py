@@ -265,15 +265,27 @@ def run(args: argparse.Namespace) -> int:
     }
     results["seconds"] = round(time.time() - start, 1)
     with atomic_output_dir(args.out, args.overwrite) as tmp:
-        write_json(tmp / "results.json", results)
-        lines = [json.dumps(p, ensure_ascii=False) for p in predictions]
-        (tmp / "predictions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        (tmp / "scores.csv").write_text(_scores_csv(results), encoding="utf-8")
-        for name, scores in probe_scores(results).items():
-            write_json(tmp / name, scores)
-        _plot(results, tmp / "scores.png", args.model, args.adapter)
+        write_outputs(tmp, results, predictions, args.model, args.adapter)
     _print_table(results, args.out)
     return 0
+
+
+def write_outputs(
+    folder: Path,
+    results: dict[str, Any],
+    predictions: Sequence[dict[str, Any]],
+    model: str,
+    adapter: str | None,
+) -> None:
+    """results.json, predictions.jsonl, scores.csv, the probe's per-language scores and
+    scores.png of one evaluation, into ``folder``."""
+    write_json(folder / "results.json", results)
+    lines = [json.dumps(p, ensure_ascii=False) for p in predictions]
+    (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "scores.csv").write_text(_scores_csv(results), encoding="utf-8")
+    for name, scores in probe_scores(results).items():
+        write_json(folder / name, scores)
+    _plot(results, folder / "scores.png", model, adapter)
 
 
 def _scores_csv(results: dict[str, Any]) -> str:

@@ -405,7 +405,7 @@ class Runner:
     # ----------------------------------------------------------------- evaluate and probe
 
     def evaluate(self, system: System, seed: int | None, adapter: dict | None) -> dict:
-        from midalign.eval_cli import evaluate, probe_scores
+        from midalign.eval_cli import evaluate, probe_scores, write_outputs
         from midalign.models import load_model
 
         spec_t = self.recipe.test_data
@@ -434,10 +434,8 @@ class Runner:
                 progress=self.opt.progress,
             )
             predictions = results.pop("predictions")
-            write_json(folder / "results.json", results)
-            write_text_atomic(
-                folder / "predictions.jsonl",
-                "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions),
+            write_outputs(
+                folder, results, predictions, self.recipe.model, adapter and adapter["adapter"]
             )
             metric = results["metric"]
             return {
