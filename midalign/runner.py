@@ -471,6 +471,9 @@ class Runner:
             model, tokenizer = load_model(self.recipe.model, adapter and adapter["adapter"])
             n_layers = num_layers(model)
             layers = parse_layers(str(p.get("layers", "all")), n_layers, "probe.layers")
+            report = p.get("report_layer", "middle")
+            layer = parse_layers(str(report), n_layers, "probe.report_layer")[0]
+            layers = sorted({*layers, layer})  # e.g. even layers + an odd middle (L = 18 → 9)
             emb = embed_corpus(
                 model,
                 tokenizer,
@@ -483,10 +486,6 @@ class Runner:
             acc = score_corpus(emb, corpus, int(p.get("k", 4)))
             summary = summarize(acc, layers, corpus)
             write_json(folder / "results.json", summary)
-            report = p.get("report_layer", "middle")
-            layer = parse_layers(str(report), n_layers, "probe.report_layer")[0]
-            if layer not in layers:
-                raise InputError(f"probe.report_layer {layer} is not among probe.layers")
             return {
                 "layer": layer,
                 "per_layer": {k: v["mean"] for k, v in summary["per_layer"].items()},

@@ -58,7 +58,7 @@ def _recipe(model: Path, data: Path) -> dict:
             "test": {"source": sib, "langs": ["eng", "deu", "fra"], "split": "test", "limit": 4},
             "groups": {"supervised": ["eng"], "transfer": ["deu", "fra"]},
         },
-        "probe": {"data": sib, "langs": ["eng", "deu", "fra"], "split": "train", "layers": "all"},
+        "probe": {"data": sib, "langs": ["eng", "deu", "fra"], "split": "train", "layers": "1,3"},
         "train": {
             "data": {"align_data": sib, "align_langs": ["deu", "fra"], "align_split": "train"},
             "align": {"batch_pairs": 2, "layers": "2"},
@@ -134,6 +134,9 @@ def test_recipe_runs_end_to_end_and_reuses_steps(recipe_file: Path, tmp_path: Pa
             assert value == pytest.approx((per["deu_Latn"] + per["fra_Latn"]) / 2)
     assert set(results["retrieval"]["systems"]) == {"sft", "align-mid", "merged"}
     assert results["retrieval"]["layer"] == 2  # middle of the tiny model's 4 layers
+    # probe.layers 1,3 lacks the report layer: the probe adds it
+    probe = json.loads(next((out / "steps").glob("probe-base-*/results.json")).read_text())
+    assert sorted(probe["per_layer"], key=int) == ["1", "2", "3"]
     for name in ("report.md", "scores.png", "retrieval.png", "correlation.png"):
         assert (out / "report" / name).is_file(), name
     report = (out / "report" / "report.md").read_text()
