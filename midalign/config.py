@@ -102,8 +102,15 @@ class AlignConfig:
     )
     symmetric: bool = _help("add the English→x direction to the loss", default=False)
     weight: float = _help("λ of the joint schedule: loss = task + λ·align", default=1.0)
-    batch_pairs: int = _help("parallel pairs per alignment micro-batch (B; 2B rows)", default=16)
-    gather: bool = _help("gather negatives across ranks (multi-GPU), with gradient", default=False)
+    batch_pairs: int = _help(
+        "parallel pairs per alignment micro-batch and process (B; 2B rows)", default=16
+    )
+    gather_negatives: bool = _help(
+        "with several processes: all-gather the English sides of every rank with gradient, so "
+        "each rank's InfoNCE denominator holds the global batch (W·B negatives), as one process "
+        "holding the whole batch computes it",
+        default=False,
+    )
     auto_pairs: int = _help("pairs per language the auto layer choice probes", default=100)
 
 
@@ -118,7 +125,7 @@ class OptimConfig:
     max_steps: int = _help(
         "optimizer steps; overrides epochs when > 0 (required by the align schedule)", default=-1
     )
-    batch_size: int = _help("task examples per micro-batch", default=8)
+    batch_size: int = _help("task examples per micro-batch and process", default=8)
     gradient_accumulation_steps: int = _help(
         "micro-batches of either kind per optimizer step (alternate: half task, half alignment)",
         default=4,
@@ -170,6 +177,7 @@ ALIASES = {
     "align.layers": "--align-layers",
     "align.weight": "--align-weight",
     "align.batch_pairs": "--align-batch-pairs",
+    "align.gather_negatives": "--gather-negatives",
     "lora.r": "--lora-r",
     "lora.alpha": "--lora-alpha",
     "lora.dropout": "--lora-dropout",

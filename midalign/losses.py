@@ -24,10 +24,12 @@ def _gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     to the rank that produced each slice. Returns the gathered tensor and this rank's offset."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t, 0
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd
 
-    parts = all_gather(t.contiguous())
-    return torch.cat(parts, dim=-2), dist.get_rank() * t.shape[-2]
+    gathered = all_gather_tensor_autograd(
+        t.contiguous(), gather_dim=t.dim() - 2, group=dist.group.WORLD
+    )
+    return gathered, dist.get_rank() * t.shape[-2]
 
 
 def info_nce(

@@ -4,10 +4,13 @@ The Trainer keeps what it does well: optimiser, scheduler, gradient accumulation
 evaluation, checkpoints, early stopping and resume. :class:`AlignmentTrainer` changes one
 thing, what a ``training_step`` does with the task micro-batch it is handed:
 
-- ``alternate``: task forward/backward, then one alignment micro-batch forward/backward. With
-  G micro-batches per optimizer step (counted over both kinds, as the paper does) the Trainer
-  accumulates G/2 task batches, so a step sees task, align, task, align, … and every task batch
-  is used (the reference code dropped half of each stream).
+- ``alternate``: one alignment micro-batch forward/backward, then the task micro-batch the
+  Trainer handed over. With G micro-batches per optimizer step (counted over both kinds, as the
+  paper does) the Trainer accumulates G/2 task batches, so a step sees align, task, align, task,
+  … and every task batch is used (the reference code dropped half of each stream). The order
+  within a pair does not change the accumulated gradient; alignment goes first so that the
+  backward that syncs gradients across processes is a task backward, which reaches every LoRA
+  parameter.
 - ``joint``: one backward of task + λ·align per micro-batch.
 - ``task``: plain SFT. ``align``: alignment only; the Trainer's "dataset" is then the first
   max_steps·G micro-batches of the alignment stream.
@@ -21,6 +24,16 @@ scale either.
 The alignment micro-batch is B pairs as one batch of 2B rows through
 :func:`midalign.models.pooled_states`: the forward stops after the alignment layer (no later
 layers, no final norm, no lm_head), and LoRA gradients flow through it.
+
+Several processes (``accelerate launch``): every forward, task or alignment, runs as the
+forward of the engine's wrapper (DDP, FSDP, DeepSpeed; :meth:`AlignmentTrainer.forward`), so
+the engine sees each graph it must reduce. Only the last backward of an optimizer step syncs:
+the first backward of an ``alternate`` pair only accumulates (:meth:`AlignmentTrainer.
+accumulate_only`). Task micro-batches are split over ranks by the Trainer's data loader, and
+alignment micro-batches by :class:`~midalign.data.pairs.AlignStream`, so W processes with
+batch b and B pairs take the optimizer steps one process takes with W·b and W·B, up to float
+error, when micro-batches hold equal numbers of response tokens (each rank's task loss is a
+mean over its own tokens, and the ranks' gradients are averaged).
 """
 
 from __future__ import annotations
@@ -32,7 +45,8 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +131,38 @@ class AlignmentTrainer(Trainer):
 
     # ------------------------------------------------------------------ losses
 
+    def wrapped_forward(self, model: torch.nn.Module, fn: Callable[..., Any], **inputs: Any) -> Any:
+        """``fn(**inputs)`` (which calls the unwrapped model) run as the forward of ``model``,
+        the engine's wrapper when there is one: DDP prepares its gradient reduction from what a
+        forward returns (and, with ``find_unused_parameters``, finds the parameters an
+        early-exit forward never reached), FSDP gathers sharded weights around it, DeepSpeed
+        hooks it. The wrapper's inner module lends it its ``forward`` for this one call."""
+        if model is self.model:  # one process: no wrapper
+            return fn(**inputs)
+        inner = model.module
+        own = inner.__dict__.get("forward")  # e.g. accelerate's mixed-precision forward
+        inner.forward = fn
+        try:
+            return model(**inputs)
+        finally:
+            if own is None:
+                del inner.forward
+            else:
+                inner.forward = own
+
+    @contextmanager
+    def accumulate_only(self, model: torch.nn.Module) -> Iterator[None]:
+        """Backward passes inside add to the local gradients: no cross-rank sync (DDP, FSDP:
+        ``no_sync``), no optimizer step (DeepSpeed steps at an accumulation boundary)."""
+        state = self.accelerator.gradient_state
+        sync = state.sync_gradients
+        state._set_sync_gradients(False)
+        try:
+            with self.accelerator.no_sync(model):
+                yield
+        finally:
+            state._set_sync_gradients(sync)
+
     def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Causal-LM cross-entropy over the response tokens of this micro-batch (mean), with
         logits only at those tokens (:func:`midalign.models.response_loss`)."""
@@ -155,43 +201,61 @@ class AlignmentTrainer(Trainer):
         """One call per batch of the Trainer's dataloader; returns the scaled loss it added."""
         model.train()
         inputs = self._prepare_inputs(inputs)
+        inner = self.model
         # Task-loader batches in this optimizer step (fewer in an epoch's last step).
         n = self.current_gradient_accumulation_steps
+
+        def task(**batch: torch.Tensor) -> torch.Tensor:
+            return self.task_loss(inner, batch)
+
+        def align(**batch: torch.Tensor) -> torch.Tensor:
+            return self.align_loss(inner, batch)
+
         if self.schedule == "task":
-            loss = self.task_loss(model, inputs)
+            loss = self.wrapped_forward(model, task, **inputs)
             self._record("task_loss", loss)
             scaled = loss / n
             self._backward(scaled)
         elif self.schedule == "align":
-            loss = self.align_loss(model, inputs)
+            loss = self.wrapped_forward(model, align, **inputs)
             self.align_position += 1
             self._record("align_loss", loss)
             scaled = loss / n
             self._backward(scaled)
-        elif self.schedule == "joint":
-            task = self.task_loss(model, inputs)
-            align = self.align_loss(model, self.next_align_batch())
-            self._record("task_loss", task)
-            self._record("align_loss", align)
-            scaled = (task + self.align.weight * align) / n
+        elif self.schedule == "joint":  # one forward of both, one backward
+
+            def both(**batches: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                return task(**batches["task"]), align(**batches["align"])
+
+            task_l, align_l = self.wrapped_forward(
+                model, both, task=inputs, align=self.next_align_batch()
+            )
+            self._record("task_loss", task_l)
+            self._record("align_loss", align_l)
+            scaled = (task_l + self.align.weight * align_l) / n
             self._backward(scaled)
-        else:  # alternate: 2n micro-batches in this step, n of each kind
-            task = self.task_loss(model, inputs)
-            self._record("task_loss", task)
-            self._backward(task / (2 * n))
-            del inputs
-            align = self.align_loss(model, self.next_align_batch())
-            self._record("align_loss", align)
-            self._backward(align / (2 * n))
-            scaled = (task + align) / (2 * n)
+        else:  # alternate: 2n micro-batches in this step, n of each kind (module docstring)
+            with self.accumulate_only(model):
+                align_l = self.wrapped_forward(model, align, **self.next_align_batch())
+                self._record("align_loss", align_l)
+                self._backward(align_l / (2 * n))
+            task_l = self.wrapped_forward(model, task, **inputs)
+            self._record("task_loss", task_l)
+            self._backward(task_l / (2 * n))
+            scaled = (task_l + align_l) / (2 * n)
         return scaled.detach()
 
     # ------------------------------------------------------------------ logging and eval
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Training logs also carry the task and alignment losses since the last log."""
-        if "loss" in logs:
-            for name, (total, count) in self._sums.items():
+        if "loss" in logs:  # every rank logs at the same step: the sums can be reduced
+            sums = torch.tensor(
+                [v for pair in self._sums.values() for v in pair], dtype=torch.float64
+            )
+            sums = self.accelerator.reduce(sums.to(self.accelerator.device), "sum").cpu()
+            for i, name in enumerate(self._sums):
+                total, count = sums[2 * i].item(), sums[2 * i + 1].item()
                 if count:
                     logs[name] = total / count
             self._sums = {name: [0.0, 0] for name in self._sums}
@@ -253,9 +317,10 @@ class AlignmentTrainer(Trainer):
         written last, and old checkpoints are rotated only after it, so an interrupted save
         never leaves the run without a usable checkpoint."""
         folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / COMPLETE_FILE).unlink(missing_ok=True)
-        write_json(folder / STREAM_FILE, {"align_position": self.align_position})
+        if self.args.should_save:  # the main process (the others only add their RNG states)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / COMPLETE_FILE).unlink(missing_ok=True)
+            write_json(folder / STREAM_FILE, {"align_position": self.align_position})
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             write_text_atomic(folder / COMPLETE_FILE, f"{self.state.global_step}\n")
@@ -463,7 +528,7 @@ def train(
             layers=layers,
             temperature=c.align.temperature,
             symmetric=c.align.symmetric,
-            gather=c.align.gather,
+            gather=c.align.gather_negatives,
             pool=c.align.pool,
             weight=c.align.weight,
             max_length=c.data.align_max_length,
@@ -503,10 +568,6 @@ def train(
         raise InputError("--metric-for-best-model task_loss needs --dev-data")
     if has_eval and metric == "align_loss" and (align is None or not align.dev_batches):
         raise InputError("--metric-for-best-model align_loss needs held-out alignment pairs")
-    if schedule == "align":
-        train_set = AlignBatches(
-            align.stream, c.optim.max_steps * ga, tokenizer, c.data.align_max_length
-        )
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS),
         per_device_train_batch_size=1 if schedule == "align" else c.optim.batch_size,
@@ -535,7 +596,20 @@ def train(
         train_sampling_strategy="sequential" if schedule == "align" else "group_by_length",
         disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(),
+        # DDP: an alignment forward stops at the alignment layer, so the LoRA weights above it
+        # get no gradient. Under `alternate` and `joint` the syncing backward is a task one,
+        # which reaches every weight; under `align` it is not, and DDP must look for the
+        # unused weights (a graph walk per forward) or it waits for their gradients forever.
+        ddp_find_unused_parameters=schedule == "align",
     )
+    if align is not None and args.world_size > 1:  # each rank trains on its slice
+        align.stream = AlignStream(
+            pairs, c.align.batch_pairs, c.optim.seed, args.process_index, args.world_size
+        )
+    if schedule == "align":
+        train_set = AlignBatches(
+            align.stream, c.optim.max_steps * ga, tokenizer, c.data.align_max_length
+        )
     stopper = StopOnSignal()
     all_callbacks: list[TrainerCallback] = [JsonlLog(out / LOG_FILE), *callbacks, stopper]
     if has_eval and c.optim.early_stopping_patience > 0:
@@ -561,14 +635,15 @@ def train(
     if resume_from is not None:
         position = json.loads((resume_from / STREAM_FILE).read_text())["align_position"]
         trainer.align_position = position
-        _truncate_log(out / LOG_FILE, int(resume_from.name.split("-")[-1]))
+        if args.should_save:
+            _truncate_log(out / LOG_FILE, int(resume_from.name.split("-")[-1]))
     stopper.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         stopper.uninstall()
     interrupted = stopper.received is not None
-    if not interrupted:
+    if not interrupted and args.should_save:
         save_adapter(trainer.model, out)
         plot_training_curves(read_log(out / LOG_FILE), out / "training_curves.png")
     result = TrainResult(

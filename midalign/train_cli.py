@@ -102,6 +102,15 @@ def _saved_config(out: Path) -> TrainConfig:
     return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
 
 
+def _process_state() -> Any:
+    """accelerate's view of this process (rank, world size); one process without a launcher.
+    The same state the Trainer's arguments set up (CPU when there is no GPU)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def run(args: argparse.Namespace) -> int:
     from midalign.train import last_checkpoint, train
 
@@ -132,18 +141,26 @@ def run(args: argparse.Namespace) -> int:
         log.info("resuming from %s", checkpoint)
     else:
         validate(config)
+        # Under `accelerate launch` every process runs this: all check --out before the main
+        # process replaces it, and all wait until it has.
+        state = _process_state()
         check_output_dir(out, args.overwrite)
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        write_text_atomic(out / CONFIG_FILE, config.to_yaml())
+        state.wait_for_everyone()
+        if state.is_main_process:
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            write_text_atomic(out / CONFIG_FILE, config.to_yaml())
+        state.wait_for_everyone()
 
     try:
         result = train(config, out, checkpoint, progress=not args.no_progress)
     except BaseException:
-        if not args.resume and last_checkpoint(out) is None:
+        if not args.resume and last_checkpoint(out) is None and _process_state().is_main_process:
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no stale run
         raise
+    if not _process_state().is_main_process:
+        return 0
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "log_history"}
     write_json(out / "train_result.json", summary)
     if result.interrupted:

@@ -116,8 +116,8 @@ def test_alternate_order_counts_and_stream_position(tmp_path, monkeypatch):
     config.data.align_dev_pairs = 0
     result = _run(config, tmp_path / "run")
     train_kinds = [kind for _, kind in kinds]
-    # 4 micro-batches per optimizer step, alternating, 2 steps
-    assert train_kinds == ["task", "align"] * 4
+    # 4 micro-batches per optimizer step, alternating (alignment first: module docstring)
+    assert train_kinds == ["align", "task"] * 4
     assert [step for step, _ in kinds] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert result.global_step == 2
     rows = [r for r in read_log(tmp_path / "run" / "log.jsonl") if "task_loss" in r]

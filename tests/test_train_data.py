@@ -184,6 +184,27 @@ def test_stream_draws_languages_uniformly_and_is_stateless():
     assert AlignStream(pairs, 8, 4).batch(0) != AlignStream(pairs, 8, 3).batch(0)
 
 
+def test_ranks_split_the_one_process_micro_batch():
+    """Two ranks with B pairs each hold the two halves of one process's 2B-pair micro-batch."""
+    sizes = {"a": 40, "b": 7}
+    pairs = {lang: [(f"{lang}{i}", f"e{i}") for i in range(n)] for lang, n in sizes.items()}
+    one = AlignStream(pairs, batch_pairs=8, seed=5)
+    ranks = [AlignStream(pairs, batch_pairs=4, seed=5, rank=r, world=2) for r in (0, 1)]
+    seen = set()
+    for k in range(40):
+        lang, whole = one.batch(k)
+        (lang0, half0), (lang1, half1) = (s.batch(k) for s in ranks)
+        assert lang0 == lang1 == lang
+        seen.add(lang)
+        if lang == "a":
+            assert half0 + half1 == whole and len(half0) == 4
+        else:  # 7 pairs: 3 per rank, equal slices (gathered tensors must have one shape)
+            assert len(half0) == len(half1) == 3 and not set(half0) & set(half1)
+    assert seen == {"a", "b"}
+    with pytest.raises(InputError, match="too few alignment pairs for 4"):
+        AlignStream({"c": [("c0", "e0"), ("c1", "e1"), ("c2", "e2")]}, 2, 0, rank=0, world=4)
+
+
 def test_dev_split_is_fixed_and_disjoint():
     pairs = {"a": [(f"a{i}", f"e{i}") for i in range(50)], "b": [("b0", "e0"), ("b1", "e1")]}
     train, dev = split_dev(pairs, per_lang=8, seed=0)

@@ -178,29 +178,50 @@ def encode_pairs(
 
 
 class AlignStream:
-    """The infinite alignment stream: ``batch(k)`` is a pure function of (seed, k)."""
+    """The infinite alignment stream: ``batch(k)`` is a pure function of (seed, k).
 
-    def __init__(self, pairs: Pairs, batch_pairs: int, seed: int) -> None:
+    With ``world`` processes, micro-batch k is one draw of W·B pairs of one language, split in
+    W equal slices: rank r trains on slice r. W processes with B pairs each thus see exactly the
+    micro-batches one process sees with W·B pairs, and gathered negatives (``align.
+    gather_negatives``) give every rank the same denominator as that one process.
+    """
+
+    def __init__(
+        self, pairs: Pairs, batch_pairs: int, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
         if not pairs:
             raise InputError("no alignment pairs")
+        few = {lang: len(items) for lang, items in pairs.items() if len(items) < 2 * world}
+        if few:
+            raise InputError(
+                f"too few alignment pairs for {world} process(es) (each needs at least 2 "
+                f"in-batch pairs): {few}"
+            )
         self.pairs = pairs
         self.langs = list(pairs)
         self.batch_pairs = batch_pairs
         self.seed = seed
+        self.rank, self.world = rank, world
 
     def batch(self, k: int) -> tuple[str, list[tuple[str, str]]]:
-        """Language and pairs of micro-batch k: a uniform language, then min(B, n) distinct
-        pairs of it (duplicates would be false negatives)."""
+        """Language and this rank's pairs of micro-batch k: a uniform language, then
+        W·min(B, n // W) distinct pairs of it (duplicates would be false negatives)."""
         rng = np.random.default_rng([self.seed, 0, k])
         lang = self.langs[int(rng.integers(len(self.langs)))]
         items = self.pairs[lang]
-        chosen = rng.choice(len(items), min(self.batch_pairs, len(items)), replace=False)
-        return lang, [items[int(j)] for j in chosen]
+        per_rank = min(self.batch_pairs, len(items) // self.world)
+        chosen = rng.choice(len(items), per_rank * self.world, replace=False)
+        mine = chosen[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return lang, [items[int(j)] for j in mine]
 
 
 class AlignBatches(torch.utils.data.Dataset):
     """Micro-batches 0..n-1 of a stream, tokenised: the train set of the ``align`` schedule, so
-    that the Trainer's own step counting and resume skipping apply to it unchanged."""
+    that the Trainer's own step counting and resume skipping apply to it unchanged.
+
+    With W processes the Trainer deals dataset items to ranks in turn (item i to rank i mod W),
+    so the set holds n·W items and item i is this rank's slice of micro-batch i // W.
+    """
 
     def __init__(
         self,
@@ -212,7 +233,8 @@ class AlignBatches(torch.utils.data.Dataset):
         self.stream, self.n, self.tokenizer, self.max_length = stream, n, tokenizer, max_length
 
     def __len__(self) -> int:
-        return self.n
+        return self.n * self.stream.world
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        k = i // self.stream.world
         return encode_pairs(self.tokenizer, self.stream.batch(k)[1], self.max_length)
