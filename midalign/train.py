@@ -137,9 +137,12 @@ class AlignmentTrainer(Trainer):
         forward returns (and, with ``find_unused_parameters``, finds the parameters an
         early-exit forward never reached), FSDP gathers sharded weights around it, DeepSpeed
         hooks it. The wrapper's inner module lends it its ``forward`` for this one call."""
-        if model is self.model:  # one process: no wrapper
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.NO:
             return fn(**inputs)
-        inner = model.module
+        # DDP, FSDP1 and DeepSpeed wrap the model (`.module`); FSDP2 hooks the model itself
+        inner = getattr(model, "module", model)
         own = inner.__dict__.get("forward")  # e.g. accelerate's mixed-precision forward
         inner.forward = fn
         try:
@@ -188,7 +191,14 @@ class AlignmentTrainer(Trainer):
         self._sums[name][1] += 1
 
     def _backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # the loss is already divided by the micro-batches of the step (module docstring);
+            # DeepSpeed would divide it again by its accumulation count
+            self.accelerator.backward(loss, scale_wrt_gas=False)
+        else:
+            self.accelerator.backward(loss)
 
     # ------------------------------------------------------------------ the step
 

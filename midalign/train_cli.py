@@ -44,6 +44,10 @@ Writes into --out: adapter_model.safetensors + adapter_config.json (the best ada
 loss, a plain PEFT adapter), config.yaml, log.jsonl, training_curves.png, train_result.json and
 checkpoints/. An existing --out is refused unless --resume (continue from its last checkpoint,
 same config) or --overwrite (delete it and start over). SIGINT/SIGTERM saves a checkpoint first.
+
+Several processes: accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes N
+-m midalign train ... (batch_size and batch_pairs are per process; --gather-negatives true gives
+every rank the global batch as negatives).
 """
 
 
