@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from midalign.data.reading import read_yaml
 from midalign.errors import InputError
 
 SCHEDULES = ("alternate", "joint", "task", "align")
@@ -258,13 +259,7 @@ def load_config(path: Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--config: {path} not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    return from_dict(values, str(path))
+    return from_dict(read_yaml(path) or {}, str(path))
 
 
 def option_names() -> dict[str, list[str]]:

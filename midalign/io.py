@@ -40,8 +40,11 @@ def atomic_output_dir(out: Path, overwrite: bool = False, option: str = "--out")
     """Yield a temp dir beside ``out``; on success it becomes ``out``, on error it vanishes."""
     out = Path(out)
     check_output_dir(out, overwrite, option)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise InputError(f"{option}: cannot create {out} ({e.strerror})") from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
     try:
         yield tmp

@@ -357,8 +357,9 @@ def iso639_1(code: str) -> str | None:
     return None
 
 
-def parse_langs(spec: str) -> list[str]:
-    """``"de,ja,sw"`` or a preset (``paper35``, ``uner``, ``demo``) → FLoRes codes.
+def parse_langs(spec: str, option: str = "--langs") -> list[str]:
+    """``"de,ja,sw"`` or a preset (``paper35``, ``uner``, ``demo``) → FLoRes codes; an unknown
+    code is an error naming ``option``.
 
     Duplicates are dropped and order is kept, since the order fixes rows and columns of the
     pair matrix and the heatmaps.
@@ -369,10 +370,16 @@ def parse_langs(spec: str) -> list[str]:
         if not item:
             continue
         preset = PRESETS.get(item.lower())
-        codes.extend(preset if preset is not None else [to_flores(item)])
+        if preset is not None:
+            codes.extend(preset)
+            continue
+        try:
+            codes.append(to_flores(item))
+        except InputError as e:
+            raise InputError(f"{option}: {e}") from None
     if not codes:
         raise InputError(
-            f"no language codes in {spec!r} (give codes such as de,ja,sw or a preset: "
+            f"{option}: no language codes in {spec!r} (give codes such as de,ja,sw or a preset: "
             f"{', '.join(PRESETS)})"
         )
     return list(dict.fromkeys(codes))

@@ -146,12 +146,20 @@ def load_model(
 
 
 def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
-    """Put a PEFT adapter on ``model``; a clear error if it was trained for another base."""
+    """Put a PEFT adapter on ``model``; a clear error if it was trained for another base.
+
+    Only ``adapter_model.safetensors`` is read: an adapter folder may come from anyone, and a
+    pickled ``adapter_model.bin`` is code as much as data."""
     from peft import PeftModel
 
     config_file = Path(adapter) / "adapter_config.json"
     if not config_file.is_file():
         raise InputError(f"--adapter: {config_file} not found (not a PEFT adapter folder)")
+    if not (Path(adapter) / "adapter_model.safetensors").is_file():
+        raise InputError(
+            f"--adapter: {adapter} has no adapter_model.safetensors (a pickled "
+            "adapter_model.bin is not loaded: save the adapter as safetensors)"
+        )
     try:
         return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as e:
@@ -267,9 +275,13 @@ def pooling_mask(
 
 
 def _masked_mean(h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    # h: [B, T, d], weights: [B, T] -> [B, d], in float32 whatever the model dtype
+    """Weighted mean over tokens: h [B, T, d], weights [B, T] -> [B, d], float32 whatever the
+    model dtype. A row without any weight (all padding, or an empty sentence with no BOS) is a
+    zero vector rather than 0/0, and its cosine with anything is 0. Positions of weight 0 are
+    never read, so a NaN an attention kernel may leave at a fully masked position stays out."""
     w = weights.to(h.device)
-    total = torch.einsum("btd,bt->bd", h.float(), w)
+    h = torch.where(w[..., None] > 0, h.float(), 0.0)
+    total = torch.einsum("btd,bt->bd", h, w)
     return total / w.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 

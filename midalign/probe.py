@@ -68,7 +68,9 @@ def extract_embeddings(
     out: torch.Tensor | None = None
     bar = tqdm(total=len(encoded), desc="embedding", unit="sent", disable=not progress)
     for batch in token_budget_batches([len(x) for x in encoded], batch_tokens):
-        width = len(encoded[batch[0]])
+        # at least one (padding) position: a batch of empty sentences from a tokenizer that adds
+        # no BOS (Qwen2) would otherwise be a zero-width forward; such rows pool to zeros
+        width = max(len(encoded[batch[0]]), 1)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, i in enumerate(batch):

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from midalign.cli import add_model_options, positive_int
 from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
+from midalign.data.reading import read_text
 from midalign.errors import InputError
 from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.languages import parse_langs
@@ -121,15 +122,13 @@ def _parse_groups(specs: list[str]) -> dict[str, list[str]]:
         name, sep, codes = spec.partition("=")
         if not sep or not name or not codes:
             raise InputError(f"--group: expected NAME=CODES such as low=swh,jav; got {spec!r}")
-        groups[name] = parse_langs(codes)
+        groups[name] = parse_langs(codes, "--group")
     return groups
 
 
 def read_scores(path: Path) -> dict[str, float]:
     """Per-language scores from JSON ({lang: score} or {"per_language": {...}}) or CSV."""
-    if not path.is_file():
-        raise InputError(f"--scores: {path} not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -147,11 +146,13 @@ def read_scores(path: Path) -> dict[str, float]:
             rows.append((row[0], row[1]))
         if rows and not _is_number(rows[0][1]):
             rows = rows[1:]  # header
+    if not rows:
+        raise InputError(f"--scores: {path}: no scores")
     scores = {}
     for lang, value in rows:
         if not _is_number(value):
             raise InputError(f"--scores: {path}: score of {lang!r} is not a number: {value!r}")
-        scores[parse_langs(str(lang))[0]] = float(value)
+        scores[parse_langs(str(lang), f"--scores: {path}")[0]] = float(value)
     return scores
 
 
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     groups = _parse_groups(args.group)
     scores = read_scores(args.scores) if args.scores else None
     langs = parse_langs(args.langs)
-    corpus = load_parallel(args.data, langs, args.split, args.max_sentences)
+    corpus = load_parallel(args.data, langs, args.split, args.max_sentences, unique=True)
     check_options(min(len(t) for t in corpus.texts.values()), args.k, args.margin)
     model, tokenizer = load_model(args.model, args.adapter, args.dtype)
     if args.batch_tokens is None:

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from midalign.data.reading import read_yaml
 from midalign.errors import InputError
 from midalign.io import write_json, write_text_atomic
 
@@ -181,8 +180,14 @@ def parse_recipe(values: Any, where: str) -> Recipe:
     train = r.get("train") or {}
     if not isinstance(train, dict):
         raise InputError(f"{where}: train must be a mapping of config sections")
+    name = str(r.get("name") or Path(where).stem)
+    if not re.fullmatch(r"\w[\w .+-]*", name):  # no "..", "/" or "~": it stays in runs/
+        raise InputError(
+            f"{where}: name {name!r} must be a plain folder name (letters, digits, _ . + -), "
+            "as it names the run directory runs/<name>"
+        )
     return Recipe(
-        name=str(r.get("name") or Path(where).stem),
+        name=name,
         model=str(r.get("model", "default")),
         seeds=seeds,
         task=task["name"],
@@ -202,13 +207,7 @@ def load_recipe(path: Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"recipe {path} not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    return parse_recipe(values, str(path))
+    return parse_recipe(read_yaml(path), str(path))
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -464,9 +463,10 @@ class Runner:
         def work(folder: Path) -> dict:
             corpus = load_parallel(
                 p["data"],
-                parse_langs(",".join(p["langs"])),
+                parse_langs(",".join(p["langs"]), "probe.langs"),
                 p.get("split", "dev"),
                 p.get("max_sentences"),
+                unique=True,
             )
             model, tokenizer = load_model(self.recipe.model, adapter and adapter["adapter"])
             n_layers = num_layers(model)

@@ -89,6 +89,11 @@ LOG_FILE = "log.jsonl"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
+class TrainingDiverged(InputError):
+    """The loss or the LoRA weights became NaN or infinite. An InputError because the fix is
+    an option (a lower learning rate) or the data; the CLI reports it in one line."""
+
+
 @dataclass
 class AlignSetup:
     """Everything the alignment loss needs besides the model."""
@@ -187,8 +192,27 @@ class AlignmentTrainer(Trainer):
         return self._prepare_inputs(batch)
 
     def _record(self, name: str, loss: torch.Tensor) -> None:
-        self._sums[name][0] += loss.item()
+        """Add a micro-batch loss to the logged sums; a NaN/inf loss stops training here,
+        before its backward and the optimizer step, so no checkpoint holds what follows."""
+        value = loss.item()
+        if not math.isfinite(value):
+            step = self.state.global_step + 1
+            raise self._diverged(f"the {name.replace('_', ' ')} became {value} at step {step}")
+        self._sums[name][0] += value
         self._sums[name][1] += 1
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error for a run that diverged, naming its last complete checkpoint."""
+        good = last_checkpoint(Path(self.args.output_dir).parent)
+        kept = (
+            f"the last good checkpoint is {good} (its adapter loads as it is)"
+            if good is not None
+            else "no checkpoint was saved before it"
+        )
+        return TrainingDiverged(
+            f"training diverged: {what}; {kept}. Lower --learning-rate (or check the data) "
+            "and train again with --overwrite"
+        )
 
     def _backward(self, loss: torch.Tensor) -> None:
         from accelerate.utils import DistributedType
@@ -325,8 +349,13 @@ class AlignmentTrainer(Trainer):
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """The Trainer's checkpoint, plus the alignment stream position; a completion marker is
         written last, and old checkpoints are rotated only after it, so an interrupted save
-        never leaves the run without a usable checkpoint."""
-        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        never leaves the run without a usable checkpoint. Weights that became NaN or
+        infinite (a finite loss with an overflowing gradient) are never saved."""
+        step = self.state.global_step
+        trainable = [p.detach() for p in model.parameters() if p.requires_grad]
+        if not all(torch.isfinite(p).all() for p in trainable):
+            raise self._diverged(f"the LoRA weights became NaN or infinite at step {step}")
+        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{step}"
         if self.args.should_save:  # the main process (the others only add their RNG states)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / COMPLETE_FILE).unlink(missing_ok=True)

@@ -153,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
         if state.is_main_process:
             if out.exists():
                 shutil.rmtree(out)
-            out.mkdir(parents=True)
+            try:
+                out.mkdir(parents=True)
+            except OSError as e:
+                raise InputError(f"--out: cannot create {out} ({e.strerror})") from None
             write_text_atomic(out / CONFIG_FILE, config.to_yaml())
         state.wait_for_everyone()
 

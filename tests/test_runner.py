@@ -32,7 +32,7 @@ WORDS = {
 
 def _write_sib200(root: Path, n: int = 10) -> Path:
     """A SIB-200-shaped folder: <code>/{train,dev,test}.tsv, the same index_ids in every
-    language, sentences of vocabulary words so the tiny tokenizer sees real tokens."""
+    language, distinct sentences of vocabulary words so the tiny tokenizer sees real tokens."""
     splits = {"train": range(0, n), "dev": range(n, n + 4), "test": range(n + 4, n + 10)}
     for lang, words in WORDS.items():
         (root / lang).mkdir(parents=True)
@@ -40,6 +40,7 @@ def _write_sib200(root: Path, n: int = 10) -> Path:
             rows = ["index_id\tcategory\ttext"]
             for i in ids:
                 text = " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 4))
+                text += " " + " ".join(str(i))  # the id's digits: no sentence repeats
                 rows.append(f"{i}\t{LABELS[i % len(LABELS)]}\t{text}")
             (root / lang / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return root

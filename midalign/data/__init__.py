@@ -36,13 +36,18 @@ SPEC_FORMS = (
 
 
 def load_parallel(
-    spec: str, langs: list[str], split: str = "dev", max_sentences: int | None = None
+    spec: str,
+    langs: list[str],
+    split: str = "dev",
+    max_sentences: int | None = None,
+    unique: bool = False,
 ) -> ParallelCorpus:
     """Aligned sentences of ``langs`` (FLoRes codes) from the data set ``spec`` names.
 
     ``split`` matters for flores, sib200 and hf only. ``max_sentences`` keeps the first N
     aligned sentences, in order. Fewer than 2 sentences is an error: retrieval among one
-    candidate is always right and says nothing.
+    candidate is always right and says nothing. ``unique`` (the probe): a sentence repeated on
+    one side is an error too, since retrieval cannot tell its copies apart.
     """
     langs = list(dict.fromkeys(to_flores(lang) for lang in langs))
     if max_sentences is not None and max_sentences < 2:
@@ -73,5 +78,12 @@ def load_parallel(
         raise InputError(
             f"{spec}: {n} aligned sentence(s) in {', '.join(corpus.languages)}; "
             "retrieval needs at least 2"
+        )
+    repeat = corpus.first_repeat() if unique else None
+    if repeat is not None:
+        side, again, first, text = repeat
+        raise InputError(
+            f"{spec}: {side}: sentence {again} repeats sentence {first} ({text[:60]!r}); "
+            "retrieval cannot tell copies apart: remove one (with its translations)"
         )
     return corpus

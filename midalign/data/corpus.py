@@ -42,6 +42,18 @@ class ParallelCorpus:
         """Distinct languages, in first-seen order."""
         return list(dict.fromkeys(self.lang.values()))
 
+    def first_repeat(self) -> tuple[str, str, str, str] | None:
+        """(side, id of the repeat, id of the first occurrence, sentence) of the first sentence
+        that occurs twice on one side, or None. Ids are the segment ids, else 1-based lines."""
+        for side, texts in self.texts.items():
+            ids = self.ids.get(side) or [str(i) for i in range(1, len(texts) + 1)]
+            seen: dict[str, int] = {}
+            for i, text in enumerate(texts):
+                if text in seen:
+                    return side, ids[i], ids[seen[text]], text
+                seen[text] = i
+        return None
+
     def truncate(self, max_sentences: int | None) -> ParallelCorpus:
         """Keep the first ``max_sentences`` sentences of every side (order is kept)."""
         if max_sentences is None:

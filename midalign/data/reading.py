@@ -12,7 +12,9 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import yaml
 
 from midalign.errors import InputError
 from midalign.languages import to_flores
@@ -40,6 +42,26 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's value through ``yaml.safe_load``: plain data only, so a ``!!python/...``
+    tag is an error, never code that runs. Every failure names the file (and line)."""
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            line = f":{mark.line + 1}"
+        elif isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+            line = f":{text.count(chr(10), 0, e.position) + 1}"
+        else:
+            line = ""
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise InputError(f"{path}{line}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise InputError(f"{path}: YAML nested too deeply") from None
+
+
 def split_lines(text: str) -> list[str]:
     """Lines of a line-aligned file: split on ``\\n`` only (``str.splitlines`` also splits on
     U+2028 and friends, which occur inside sentences and would shift the alignment)."""
@@ -50,27 +72,38 @@ def split_lines(text: str) -> list[str]:
 
 
 def read_sentences(path: Path) -> list[str]:
-    """One sentence per line; an empty line is an error, since it would pair with a sentence."""
+    """One sentence per line; an empty line is an error, since it would pair with a sentence,
+    and so is an empty file."""
     sentences = []
     for lineno, line in enumerate(split_lines(read_text(path)), 1):
         line = line.strip()
         if not line:
             raise InputError(f"{path}:{lineno}: empty line (every line must hold a sentence)")
         sentences.append(line)
+    if not sentences:
+        raise InputError(f"{path}: empty file")
     return sentences
 
 
 def jsonl_rows(path: Path) -> Iterator[tuple[str, int, object]]:
     """``(where, line number, parsed value)`` of every non-blank line of a jsonl file; a line
-    that is not JSON is an error naming ``file:line``."""
-    for lineno, line in enumerate(split_lines(read_text(path)), 1):
+    that is not JSON is an error naming ``file:line``, and so is a file without any."""
+    lines = split_lines(read_text(path))
+    if not any(line.strip() for line in lines):
+        raise InputError(f"{path}: empty file")
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            yield where, lineno, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply") from None
+        except ValueError:  # Python refuses to convert an integer of over 4300 digits
+            raise InputError(f"{where}: a JSON number has more than 4300 digits") from None
+        yield where, lineno, value
 
 
 def conll_sentences(path: Path) -> Iterator[tuple[dict[str, str], list[tuple[int, list[str]]]]]:

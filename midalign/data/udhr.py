@@ -215,13 +215,15 @@ def read_index(root: Path) -> list[Translation]:
     for body in _ENTRY.findall(read_text(path)):
         fields = {key: _js_value(value) for key, value in _FIELD.findall(body)}
         if {"code", "iso6393", "bcp47", "name", "stage"} <= fields.keys():
+            try:
+                stage = int(float(fields["stage"]))
+            except (ValueError, OverflowError):
+                raise InputError(
+                    f"{path}: {fields['code']!r} has stage {fields['stage']!r}, not a number"
+                ) from None
             translations.append(
                 Translation(
-                    fields["code"],
-                    fields["iso6393"],
-                    fields["bcp47"],
-                    fields["name"],
-                    int(float(fields["stage"])),
+                    fields["code"], fields["iso6393"], fields["bcp47"], fields["name"], stage
                 )
             )
     if not translations:
@@ -292,12 +294,16 @@ class _Declaration(HTMLParser):
         self._section: str | None = None
         self._open: list[list[str]] = []
         self._in_heading = 0
+        self.unnumbered: tuple[int, str | None] | None = None  # (line, data-number) of the first
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "header":
             self._section = "preamble"
         elif tag == "article":
-            self._section = f"art{dict(attrs).get('data-number')}"
+            number = dict(attrs).get("data-number")
+            if number is None or not number.isdecimal():
+                self.unnumbered = self.unnumbered or (self.getpos()[0], number)
+            self._section = f"art{number}"
         elif tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
             self._in_heading += 1
         elif tag in ("p", "li") and self._section is not None:
@@ -319,10 +325,19 @@ class _Declaration(HTMLParser):
 
 
 def read_declaration(path: Path) -> dict[str, list[str]]:
-    """Section ("preamble", "art1", …) -> its non-empty units, whitespace normalised."""
+    """Section ("preamble", "art1", …) -> its non-empty units, whitespace normalised.
+
+    Every ``<article>`` needs a decimal ``data-number``: segment ids and article ranges are
+    built from it."""
     parser = _Declaration()
-    parser.feed(read_text(path))
-    parser.close()
+    try:
+        parser.feed(read_text(path))
+        parser.close()
+    except AssertionError as e:  # html.parser's way of rejecting e.g. "<![foo["
+        raise InputError(f"{path}:{parser.getpos()[0]}: not readable as HTML ({e})") from None
+    if parser.unnumbered is not None:
+        line, number = parser.unnumbered
+        raise InputError(f"{path}:{line}: <article> with data-number {number!r}, not a number")
     sections = {}
     for section, units in parser.units.items():
         texts = [" ".join("".join(unit).split()) for unit in units]

@@ -87,7 +87,7 @@ def parse_entities(output: str) -> Parsed:
         return Parsed([], False)
     try:
         obj, _ = json.JSONDecoder().raw_decode(text, start)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # also an int over 4300 digits, or nesting too deep
         return Parsed([], False)
     results = obj.get("Results") if isinstance(obj, dict) else None
     if not isinstance(results, list):

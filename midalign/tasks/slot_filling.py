@@ -298,7 +298,7 @@ def read_massive_jsonl(paths: Sequence[Path], langs: Sequence[str], split: str) 
     examples = []
     for path in paths:
         for where, lineno, row in jsonl_rows(path):
-            if not isinstance(row, dict) or "locale" not in row:
+            if not isinstance(row, dict) or not isinstance(row.get("locale"), str):
                 raise InputError(f"{where}: expected an object with 'locale' and 'annot_utt'")
             if row.get("partition", part) != part:
                 continue

@@ -169,12 +169,16 @@ def _read_alma_json(path: Path, xx: str) -> list[tuple[str, str]]:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except (ValueError, RecursionError):  # an int over 4300 digits, or nesting too deep
+        raise InputError(f"{path}: invalid JSON (a number too long or nesting too deep)") from None
     if not isinstance(data, list):
         raise InputError(f"{path}: expected a JSON list of {{'translation': {{...}}}}")
     pairs = []
     for n, row in enumerate(data, 1):
         pair = row.get("translation") if isinstance(row, dict) else None
-        if not isinstance(pair, dict) or not pair.get(xx) or not pair.get("en"):
+        if not isinstance(pair, dict) or not all(
+            isinstance(pair.get(c), str) and pair[c] for c in (xx, "en")
+        ):
             raise InputError(f"{path}: item {n} lacks translation.{xx} or translation.en")
         pairs.append((pair[xx].strip(), pair["en"].strip()))
     return pairs

@@ -1,0 +1,361 @@
+"""Every CLI command × every class of bad input: one line naming the file (and line) or the
+option, exit code 2, and nothing left behind.
+
+Each case builds its files in a fresh folder, runs ``midalign <command>`` in-process, and checks:
+- the exit code is 2 and stderr ends in exactly one ``midalign <command>: error: …`` line that
+  contains every expected fragment (a file name, ``:line``, or an option);
+- the output does not exist afterwards (or, where it existed before, is unchanged), and no
+  temporary sibling (``.name.tmp-*``) is left in its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import tiny_model, tiny_tokenizer
+
+from midalign.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EN = ["the people are free", "all is equal", "a person has rights", "the law", "born free"]
+DE = ["die leute sind frei", "alles ist gleich", "eine person hat rechte", "das recht", "frei"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny-gemma3"
+    tiny_model("gemma3", n_layers=4).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def lines(path: Path, rows: list[str], encoding: str = "utf-8") -> Path:
+    path.write_bytes("".join(r + "\n" for r in rows).encode(encoding))
+    return path
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    return lines(path, [json.dumps(r, ensure_ascii=False) for r in rows])
+
+
+def massive_row(i: int, annot: str, locale: str = "en-US") -> dict:
+    utt = annot.replace("[", "").replace("]", "")
+    return {"id": str(i), "locale": locale, "partition": "test", "utt": utt, "annot_utt": annot}
+
+
+def iob2(path: Path, rows: list[str]) -> Path:
+    return lines(path, ["# sent_id = s1", "# text = Ole bor i Oslo", *rows, ""])
+
+
+def adapter(path: Path, base: str = "base-a", r: int = 2) -> Path:
+    """A minimal PEFT LoRA adapter folder over one 4×4 projection."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    config = {
+        "peft_type": "LORA",
+        "base_model_name_or_path": base,
+        "r": r,
+        "lora_alpha": 2 * r,
+        "target_modules": ["q_proj"],
+        "task_type": "CAUSAL_LM",
+    }
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file(
+        {f"{prefix}.lora_A.weight": torch.ones(r, 4), f"{prefix}.lora_B.weight": torch.ones(4, r)},
+        path / "adapter_model.safetensors",
+    )
+    return path
+
+
+@dataclass
+class Case:
+    id: str
+    build: Callable[[Path, Path], list[str]]  # (folder, model dir) -> argv; makes the files
+    expect: tuple[str, ...]  # fragments of the one error line
+    out: str = "out"  # what must not exist afterwards (relative to the folder)
+    existing_out: bool = False  # the output existed before and must be unchanged
+
+
+def probe_argv(d: Path, model: Path, data: str, *extra: str) -> list[str]:
+    langs = [] if "--langs" in extra else ["--langs", "en,de"]
+    out = ["--out", str(d / "out"), "--no-progress"]
+    return ["probe", "--model", str(model), "--data", data, *langs, *out, *extra]
+
+
+def eval_argv(d: Path, model: Path, task: str, data: str, langs: str) -> list[str]:
+    out = ["--out", str(d / "out"), "--no-progress"]
+    return ["eval", "--model", str(model), "--task", task, "--data", data, "--langs", langs, *out]
+
+
+def prepare_argv(d: Path, task: str, data: str, langs: str, *extra: str) -> list[str]:
+    out = ["--out", str(d / "out")]
+    return ["data", "prepare", "--task", task, "--source", data, "--langs", langs, *out, *extra]
+
+
+def plain(d: Path, en: list[str] = EN, de: list[str] = DE, encoding: str = "utf-8") -> str:
+    lines(d / "t.en", en, encoding)
+    lines(d / "t.de", de)
+    return f"parallel:{d / 't.en'},{d / 't.de'}"
+
+
+def massive(d: Path, rows: list[str], encoding: str = "utf-8") -> str:
+    (d / "massive").mkdir(exist_ok=True)
+    lines(d / "massive" / "en-US.jsonl", rows, encoding)
+    return f"massive:{d / 'massive'}"
+
+
+GOOD_MASSIVE = [
+    json.dumps(massive_row(1, "play [music_genre : jazz]")),
+    json.dumps(massive_row(2, "wake me up at [time : five am]")),
+]
+FLORES = f"flores:{FIXTURES / 'data' / 'flores'}"
+
+
+def uner(d: Path, rows: list[str]) -> str:
+    iob2(d / "da_ddt-ud-test.iob2", rows)
+    return f"uner:{d}"
+
+
+def train_argv(d: Path, model: Path, *extra: str, task: list[str] | None = None) -> list[str]:
+    """A valid one-step `midalign train` on the tiny model, changed by ``extra`` options."""
+    rows = (
+        task
+        if task is not None
+        else [
+            json.dumps({"prompt": "all is equal", "response": "the people"}),
+            json.dumps({"prompt": "a person has", "response": "rights"}),
+        ]
+    )
+    task_file = lines(d / "task.jsonl", rows)
+    (d / "tatoeba").mkdir(exist_ok=True)
+    lines(d / "tatoeba" / "tatoeba.deu-eng.deu", DE)
+    lines(d / "tatoeba" / "tatoeba.deu-eng.eng", EN)
+    return [
+        "train", "--model", str(model), "--data.task_data", str(task_file),
+        "--data.align_data", f"tatoeba:{d / 'tatoeba'}", "--data.align_langs", "deu",
+        "--data.align_dev_pairs", "0", "--optim.max_steps", "1", "--align-batch-pairs", "2",
+        "--out", str(d / "out"), "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def merge_argv(d: Path, weights: str = "0.5,0.5", base_b: str = "base-a") -> list[str]:
+    a = d / "a" if (d / "a").exists() else adapter(d / "a")
+    b = adapter(d / "b", base_b)
+    out = ["--out", str(d / "out")]
+    return ["merge", "--adapters", f"task={a}", f"align={b}", "--weights", weights, *out]
+
+
+def recipe_argv(d: Path, text: str) -> list[str]:
+    (d / "recipe.yaml").write_text(text)
+    return ["run", str(d / "recipe.yaml"), "--out", str(d / "out"), "--dry-run"]
+
+
+def existing(d: Path, argv: list[str]) -> list[str]:
+    (d / "out").mkdir(exist_ok=True)
+    (d / "out" / "keep.txt").write_text("earlier results\n")
+    return argv
+
+
+def unwritable(d: Path, argv: list[str]) -> list[str]:
+    """--out inside /proc, where no user (root included) can create anything."""
+    return [a if a != str(d / "out") else "/proc/midalign-test/out" for a in argv]
+
+
+def broken_adapter_config(d: Path) -> list[str]:
+    (adapter(d / "a") / "adapter_config.json").write_text('{"r": 2,\n')
+    return merge_argv(d)
+
+
+def missing_adapter(d: Path) -> list[str]:
+    argv = merge_argv(d)
+    return [a.replace(f"task={d / 'a'}", f"task={d / 'nope'}") for a in argv]
+
+
+def latin1_massive(d: Path, m: Path) -> list[str]:
+    row = json.dumps(massive_row(2, "play [music_genre : café]"), ensure_ascii=False)
+    return eval_argv(d, m, "slots", massive(d, [GOOD_MASSIVE[0], row], "latin-1"), "en")
+
+
+def latin1_task(d: Path, m: Path) -> list[str]:
+    bad = lines(d / "bad.jsonl", ['{"prompt": "café", "response": "x"}'], "latin-1")
+    return train_argv(d, m, "--data.task_data", str(bad))
+
+
+def bad_xsid(d: Path) -> list[str]:
+    shutil.copy(FIXTURES / "tasks" / "xsid_bad.conll", d / "de.test.conll")
+    return prepare_argv(d, "slots", f"xsid:{d}", "de", "--split", "test")
+
+
+def config_file(d: Path, *rows: str) -> str:
+    return str(lines(d / "c.yaml", list(rows)))
+
+
+PROC = "/proc/midalign-test"
+LATIN1 = ["the people", "all is égal", *EN[2:]]
+NOT_B = ["1\tOle\tX-PER", "2\tbor\tO", "3\ti\tO", "4\tOslo\tB-LOC"]
+COLUMNS = ["1\tOle\tB-PER", "2 bor O", "3\ti\tO", "4\tOslo\tB-LOC"]
+CASES = [
+    # ---------------------------------------------------------------- probe
+    Case("probe/missing file",
+         lambda d, m: probe_argv(d, m, f"parallel:{d / 'nope.en'},{lines(d / 't.de', DE)}"),
+         ("nope.en", "not found")),
+    Case("probe/empty file", lambda d, m: probe_argv(d, m, plain(d, en=[])), ("t.en", "empty")),
+    Case("probe/latin-1 bytes", lambda d, m: probe_argv(d, m, plain(d, LATIN1, encoding="latin-1")),
+         ("t.en:2", "UTF-8")),
+    Case("probe/ragged files", lambda d, m: probe_argv(d, m, plain(d, de=DE[:2])),
+         ("t.en", "5 lines", "t.de", "2")),
+    Case("probe/empty line", lambda d, m: probe_argv(d, m, plain(d, en=[EN[0], "", *EN[2:]])),
+         ("t.en:2", "empty line")),
+    Case("probe/duplicate sentences",
+         lambda d, m: probe_argv(d, m, plain(d, en=[*EN[:4], EN[1]])),
+         ("eng_Latn", "sentence 5 repeats sentence 2")),
+    Case("probe/unknown language code",
+         lambda d, m: probe_argv(d, m, FLORES, "--langs", "eng,xx-nonsense"),
+         ("--langs", "xx-nonsense")),
+    Case("probe/language absent", lambda d, m: probe_argv(d, m, FLORES, "--langs", "eng,fra"),
+         ("fra", "flores")),
+    Case("probe/k >= n", lambda d, m: probe_argv(d, m, plain(d), "--k", "5"), ("--k", "5")),
+    Case("probe/layer out of range", lambda d, m: probe_argv(d, m, plain(d), "--layers", "9"),
+         ("--layers", "9")),
+    Case("probe/malformed scores JSON",
+         lambda d, m: probe_argv(d, m, plain(d), "--scores", str(lines(d / "s.json", ["{"]))),
+         ("s.json:", "JSON")),
+    Case("probe/scores not numbers",
+         lambda d, m: probe_argv(d, m, plain(d), "--scores", config_file(d, "eng,high")),
+         ("--scores", "c.yaml", "no scores")),
+    Case("probe/output exists", lambda d, m: existing(d, probe_argv(d, m, plain(d))),
+         ("--out", "exists", "--overwrite"), existing_out=True),
+    Case("probe/unwritable output", lambda d, m: unwritable(d, probe_argv(d, m, plain(d))),
+         ("--out", PROC), out=PROC),
+    # ---------------------------------------------------------------- eval
+    Case("eval/missing data",
+         lambda d, m: eval_argv(d, m, "slots", f"massive:{d / 'nope'}", "en"),
+         ("nope", "not found")),
+    Case("eval/empty file", lambda d, m: eval_argv(d, m, "slots", massive(d, []), "en"),
+         ("en-US.jsonl", "empty")),
+    Case("eval/latin-1 bytes", latin1_massive, ("en-US.jsonl:2", "UTF-8")),
+    Case("eval/malformed JSON",
+         lambda d, m: eval_argv(d, m, "slots", massive(d, [GOOD_MASSIVE[0], '{"id": 2,']), "en"),
+         ("en-US.jsonl:2", "JSON")),
+    Case("eval/malformed MASSIVE annotation",
+         lambda d, m: eval_argv(d, m, "slots", massive(d, [GOOD_MASSIVE[0], json.dumps(
+             massive_row(2, "wake me at [time : five"))]), "en"),
+         ("en-US.jsonl:2",)),
+    Case("eval/IOB2 unknown tag", lambda d, m: eval_argv(d, m, "ner", uner(d, NOT_B), "da"),
+         ("da_ddt-ud-test.iob2:3", "X-PER")),
+    Case("eval/IOB2 wrong column count",
+         lambda d, m: eval_argv(d, m, "ner", uner(d, COLUMNS), "da"),
+         ("da_ddt-ud-test.iob2:4", "tab-separated")),
+    Case("eval/unknown language code",
+         lambda d, m: eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "en,qq-nonsense"),
+         ("--langs", "qq-nonsense")),
+    Case("eval/language absent",
+         lambda d, m: eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "de"),
+         ("massive", "deu")),
+    Case("eval/output exists",
+         lambda d, m: existing(d, eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "en")),
+         ("--out", "exists"), existing_out=True),
+    Case("eval/unwritable output",
+         lambda d, m: unwritable(d, eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "en")),
+         ("--out", PROC), out=PROC),
+    # ---------------------------------------------------------------- data prepare
+    Case("data/missing data", lambda d, m: prepare_argv(d, "ner", f"uner:{d / 'nope'}", "da"),
+         ("nope", "not found")),
+    Case("data/malformed xSID", lambda d, m: bad_xsid(d), ("de.test.conll:4",)),
+    Case("data/output exists",
+         lambda d, m: existing(d, prepare_argv(d, "slots", massive(d, GOOD_MASSIVE), "en")),
+         ("--out", "exists"), existing_out=True),
+    # ---------------------------------------------------------------- train
+    Case("train/missing task data",
+         lambda d, m: train_argv(d, m, "--data.task_data", str(d / "nope.jsonl")),
+         ("nope.jsonl", "not found")),
+    Case("train/empty task data", lambda d, m: train_argv(d, m, task=[]), ("task.jsonl", "empty")),
+    Case("train/malformed JSON",
+         lambda d, m: train_argv(d, m, task=[json.dumps({"prompt": "a", "response": "b"}), "{"]),
+         ("task.jsonl:2", "JSON")),
+    Case("train/latin-1 bytes", latin1_task, ("bad.jsonl:1", "UTF-8")),
+    Case("train/temperature <= 0", lambda d, m: train_argv(d, m, "--temperature", "0"),
+         ("--temperature", "positive")),
+    Case("train/layer out of range", lambda d, m: train_argv(d, m, "--align-layers", "9"),
+         ("--align-layers", "9")),
+    Case("train/unknown language code",
+         lambda d, m: train_argv(d, m, "--data.align_langs", "zz-nonsense"), ("zz-nonsense",)),
+    Case("train/language absent", lambda d, m: train_argv(d, m, "--data.align_langs", "fra"),
+         ("tatoeba", "fra")),
+    Case("train/malformed YAML config",
+         lambda d, m: train_argv(d, m, "--config", config_file(d, "optim:", "  lr: [1, 2")),
+         ("c.yaml:",)),
+    Case("train/unknown config key",
+         lambda d, m: train_argv(d, m, "--config", config_file(d, "optim:", "  learning_rat: 1")),
+         ("c.yaml", "learning_rat")),
+    Case("train/output exists", lambda d, m: existing(d, train_argv(d, m)),
+         ("--out", "exists"), existing_out=True),
+    Case("train/unwritable output", lambda d, m: unwritable(d, train_argv(d, m)),
+         ("--out", PROC), out=PROC),
+    # ---------------------------------------------------------------- merge
+    Case("merge/negative weights", lambda d, m: merge_argv(d, "1.5,-0.5"),
+         ("--weights", "non-negative")),
+    Case("merge/weights not summing to 1", lambda d, m: merge_argv(d, "0.5,0.4"),
+         ("--weights", "sum to 1")),
+    Case("merge/different base models", lambda d, m: merge_argv(d, base_b="base-b"),
+         ("--adapters", "base-a", "base-b")),
+    Case("merge/missing adapter",
+         lambda d, m: missing_adapter(d),
+         ("nope", "not found")),
+    Case("merge/malformed adapter config", lambda d, m: broken_adapter_config(d),
+         ("adapter_config.json:", "JSON")),
+    Case("merge/output exists", lambda d, m: existing(d, merge_argv(d)),
+         ("--out", "exists"), existing_out=True),
+    Case("merge/unwritable output", lambda d, m: unwritable(d, merge_argv(d)),
+         ("--out", PROC), out=PROC),
+    # ---------------------------------------------------------------- run
+    Case("run/missing recipe",
+         lambda d, m: ["run", str(d / "nope.yaml"), "--out", str(d / "out")],
+         ("nope.yaml", "not found")),
+    Case("run/malformed YAML", lambda d, m: recipe_argv(d, "name: x\nseeds: [1, 2\n"),
+         ("recipe.yaml:",)),
+    Case("run/unknown key", lambda d, m: recipe_argv(d, "name: x\nmodle: default\n"),
+         ("recipe.yaml", "modle")),
+    Case("run/empty recipe", lambda d, m: recipe_argv(d, ""), ("recipe.yaml", "empty")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture):
+    argv = case.build(tmp_path, model_dir)
+    out = tmp_path / case.out
+    before = sorted(p.name for p in out.iterdir()) if case.existing_out else None
+    command = " ".join(argv[:2]) if argv[0] == "data" else argv[0]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert err, "no error message"
+    errors = [line for line in err if line.startswith(f"midalign {argv[0]}")]
+    assert len(errors) == 1 and errors[0] == err[-1], err
+    line = errors[0]
+    assert line.startswith(f"midalign {command}: error: ") or line.startswith(
+        f"midalign {argv[0]}: error: "
+    ), line
+    for fragment in case.expect:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    if case.existing_out:
+        assert sorted(p.name for p in out.iterdir()) == before
+        assert (out / "keep.txt").read_text() == "earlier results\n"
+    else:
+        assert not out.exists(), f"{out} was left behind"
+    leftovers = [p.name for p in out.parent.glob(f".{out.name}.*")] if out.parent.is_dir() else []
+    assert not leftovers, leftovers
+
+
+def test_the_matrix_covers_every_command():
+    commands = {c.id.split("/")[0] for c in CASES}
+    assert commands == {"probe", "eval", "data", "train", "merge", "run"}
+    assert len(CASES) >= 45
