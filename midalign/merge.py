@@ -14,7 +14,6 @@ factors for the others, so every module has the same rank and the result is a pl
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from midalign.data.reading import read_json
 from midalign.errors import InputError
 from midalign.io import atomic_output_dir, write_json
 
@@ -36,10 +36,9 @@ def read_adapter(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
     for file in (config_file, weights_file):
         if not file.is_file():
             raise InputError(f"--adapters: {file} not found (not a PEFT LoRA adapter folder)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"--adapters: {config_file}:{e.lineno}: invalid JSON ({e.msg})") from e
+    config = read_json(config_file, "--adapters")
+    if not isinstance(config, dict):
+        raise InputError(f"--adapters: {config_file}: expected a JSON object")
     if config.get("peft_type") != "LORA":
         raise InputError(f"--adapters: {path} is a {config.get('peft_type')} adapter, not LoRA")
     for option in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from safetensors.torch import save_file
 from midalign.cli import add_model_options, positive_int
 from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
-from midalign.data.reading import read_text
+from midalign.data.reading import parse_json, read_text
 from midalign.errors import InputError
 from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.languages import parse_langs
@@ -130,10 +129,7 @@ def read_scores(path: Path) -> dict[str, float]:
     """Per-language scores from JSON ({lang: score} or {"per_language": {...}}) or CSV."""
     text = read_text(path)
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--scores: {path}:{e.lineno}: invalid JSON ({e.msg})") from e
+        data = parse_json(text, f"--scores: {path}")
         data = data.get("per_language", data) if isinstance(data, dict) else data
         if not isinstance(data, dict):
             raise InputError(f"--scores: {path} must hold an object {{lang: score}}")

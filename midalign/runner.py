@@ -81,7 +81,7 @@ class Recipe:
     task: str
     train_data: DataSpec
     dev_data: DataSpec | None
-    test_data: DataSpec
+    test_data: list[DataSpec]  # one or more sources, e.g. ALMA's test sets + WMT23's
     groups: dict[str, list[str]]
     probe: dict[str, Any] | None
     train: dict[str, Any]
@@ -131,6 +131,9 @@ def parse_recipe(values: Any, where: str) -> Recipe:
     seeds = r.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise InputError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
+    tests = task.get("test") if isinstance(task.get("test"), list) else [task.get("test")]
+    if not tests:
+        raise InputError(f"{where}: task.test must be a data source or a list of them")
     groups = task.get("groups") or {}
     if not isinstance(groups, dict):
         raise InputError(f"{where}: task.groups must map a group name to languages")
@@ -193,7 +196,10 @@ def parse_recipe(values: Any, where: str) -> Recipe:
         task=task["name"],
         train_data=_data_spec(task.get("train"), f"{where}: task.train", "train"),
         dev_data=_data_spec(task["dev"], f"{where}: task.dev", "dev") if task.get("dev") else None,
-        test_data=_data_spec(task.get("test"), f"{where}: task.test", "test"),
+        test_data=[
+            _data_spec(t, f"{where}: task.test" + (f"[{i}]" if len(tests) > 1 else ""), "test")
+            for i, t in enumerate(tests)
+        ],
         groups={str(k): _langs(v, f"{where}: task.groups.{k}") for k, v in groups.items()},
         probe=probe,
         train=train,
@@ -303,7 +309,16 @@ class Runner:
         self.out = Path(options.out)
         self.steps = Steps(self.out, options.dry_run)
         self.task = get_task(recipe.task)
-        self.test_keys = self.task.languages(",".join(recipe.test_data.langs))
+        self.test_keys: list[str] = []
+        for i, spec in enumerate(recipe.test_data):
+            keys = self.task.languages(",".join(spec.langs))
+            twice = [k for k in keys if k in self.test_keys]
+            if twice:
+                raise InputError(
+                    f"{recipe.path}: task.test[{i}]: {', '.join(twice)} already read from an "
+                    "earlier test source; a language is scored on one test set"
+                )
+            self.test_keys += keys
         self.groups = {
             name: self.task.languages(",".join(codes)) for name, codes in recipe.groups.items()
         }
@@ -407,19 +422,20 @@ class Runner:
         from midalign.eval_cli import evaluate, probe_scores, write_outputs
         from midalign.models import load_model
 
-        spec_t = self.recipe.test_data
+        tests = self.recipe.test_data
         spec = {
             "model": self.recipe.model,
             "adapter": adapter["step"] if adapter else None,
             "task": self.task.name,
-            "test": vars(spec_t),
+            # a single source hashes as it did before test sources could be listed
+            "test": vars(tests[0]) if len(tests) == 1 else [vars(t) for t in tests],
             "zero_shot": system.zero_shot,
             "eval": self.recipe.eval,
             "groups": self.groups,
         }
 
         def work(folder: Path) -> dict:
-            examples = self.task.read(spec_t.source, self.test_keys, spec_t.split, spec_t.limit)
+            examples = self.test_examples()
             model, tokenizer = load_model(self.recipe.model, adapter and adapter["adapter"])
             results = evaluate(
                 model,
@@ -448,6 +464,16 @@ class Runner:
 
         suffix = f"-seed{seed}" if seed is not None else ""
         return self.steps.run(f"eval-{system.name}{suffix}", spec, work)
+
+    def test_examples(self) -> list:
+        """Every test source's examples, in the recipe's order."""
+        return [
+            ex
+            for t in self.recipe.test_data
+            for ex in self.task.read(
+                t.source, self.task.languages(",".join(t.langs)), t.split, t.limit
+            )
+        ]
 
     def probe(self, name: str, adapter: dict | None) -> dict:
         """Retrieval per layer and language on the recipe's parallel text (model + adapter)."""
@@ -499,6 +525,8 @@ class Runner:
 
     def run(self) -> dict:
         r = self.recipe
+        if not self.opt.dry_run:  # a missing test set fails now, not after hours of training
+            self.test_examples()
         data = {"train": self.prepare(r.train_data, "train")}
         if r.dev_data is not None:
             data["dev"] = self.prepare(r.dev_data, "dev")

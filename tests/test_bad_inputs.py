@@ -174,6 +174,11 @@ def broken_adapter_config(d: Path) -> list[str]:
     return merge_argv(d)
 
 
+def adapter_config_text(d: Path, text: str) -> list[str]:
+    (adapter(d / "a") / "adapter_config.json").write_text(text)
+    return merge_argv(d)
+
+
 def missing_adapter(d: Path) -> list[str]:
     argv = merge_argv(d)
     return [a.replace(f"task={d / 'a'}", f"task={d / 'nope'}") for a in argv]
@@ -228,6 +233,10 @@ CASES = [
     Case("probe/malformed scores JSON",
          lambda d, m: probe_argv(d, m, plain(d), "--scores", str(lines(d / "s.json", ["{"]))),
          ("s.json:", "JSON")),
+    Case("probe/scores nested too deeply",
+         lambda d, m: probe_argv(d, m, plain(d), "--scores",
+                                 str(lines(d / "s.json", ["[" * 100_000 + "]" * 100_000]))),
+         ("--scores", "s.json", "nested too deeply")),
     Case("probe/scores not numbers",
          lambda d, m: probe_argv(d, m, plain(d), "--scores", config_file(d, "eng,high")),
          ("--scores", "c.yaml", "no scores")),
@@ -312,6 +321,11 @@ CASES = [
          ("nope", "not found")),
     Case("merge/malformed adapter config", lambda d, m: broken_adapter_config(d),
          ("adapter_config.json:", "JSON")),
+    Case("merge/adapter config with a 5000-digit number",
+         lambda d, m: adapter_config_text(d, '{"r": ' + "9" * 5000 + "}"),
+         ("--adapters", "adapter_config.json", "4300 digits")),
+    Case("merge/adapter config not an object", lambda d, m: adapter_config_text(d, "[1, 2]"),
+         ("--adapters", "adapter_config.json", "JSON object")),
     Case("merge/output exists", lambda d, m: existing(d, merge_argv(d)),
          ("--out", "exists"), existing_out=True),
     Case("merge/unwritable output", lambda d, m: unwritable(d, merge_argv(d)),

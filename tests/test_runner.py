@@ -179,6 +179,33 @@ def test_changed_system_reruns_only_what_depends_on_it(recipe_file: Path, tmp_pa
     ]
 
 
+def test_test_sources_can_be_listed_and_a_missing_one_fails_first(tmp_path: Path) -> None:
+    data = _write_sib200(tmp_path / "sib200")
+    values = _recipe(tmp_path / "model", data)
+    sib = f"sib200:{data}"
+    values["task"]["test"] = [
+        {"source": sib, "langs": ["eng", "deu"], "split": "test", "limit": 4},
+        {"source": sib, "langs": ["fra"], "split": "dev", "limit": 3},
+    ]
+    runner = Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+    assert runner.test_keys == ["eng_Latn", "deu_Latn", "fra_Latn"]
+    examples = runner.test_examples()
+    assert [ex.lang for ex in examples] == ["eng_Latn"] * 4 + ["deu_Latn"] * 4 + ["fra_Latn"] * 3
+    dev_fra = (data / "fra_Latn" / "dev.tsv").read_text().splitlines()[1].split("\t")[2]
+    assert examples[8].text == dev_fra  # the second source's own split
+
+    values["task"]["test"][1]["langs"] = ["fra", "deu"]
+    with pytest.raises(InputError, match=r"task.test\[1\]: deu_Latn already read"):
+        Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+
+    # a test set that is not there stops the run before any step
+    values["task"]["test"][1] = {"source": f"sib200:{tmp_path / 'nowhere'}", "langs": ["fra"]}
+    runner = Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run2"))
+    with pytest.raises(InputError, match="nowhere"):
+        runner.run()
+    assert runner.steps.ran == [] and not (tmp_path / "run2" / "steps").exists()
+
+
 def test_report_written_for_a_dry_outcome(tmp_path: Path, recipe_file: Path) -> None:
     recipe = load_recipe(recipe_file)
     outcome = {

@@ -58,6 +58,13 @@ def test_alma_readers_both_directions() -> None:
         ("Danke schön.", "Thank you very much."),
         ("Wo ist der Bahnhof?", "Where is the station?"),
     ]
+    # ALMA's test sets are one file per direction: en→de has one, de→en none here
+    test = TASK.read(src, ["eng_Latn-deu_Latn"], "test")
+    assert [(ex.text, ex.reference, ex.key) for ex in test] == [
+        ("I am reading a book.", "Ich lese ein Buch.", "eng_Latn-deu_Latn")
+    ]
+    with pytest.raises(InputError, match=r"deen/test\.de-en\.json"):
+        TASK.read(src, ["deu_Latn-eng_Latn"], "test")
     with pytest.raises(InputError, match="English"):
         TASK.read(src, ["deu_Latn-jpn_Jpan"], "train")
 

@@ -62,6 +62,26 @@ def read_yaml(path: Path) -> Any:
         raise InputError(f"{path}: YAML nested too deeply") from None
 
 
+def parse_json(text: str, where: str, lines: bool = True) -> Any:
+    """``json.loads`` whose every failure is an InputError naming ``where`` (and the line when
+    ``lines``): bad syntax, nesting deeper than the interpreter recurses, an integer of over
+    4300 digits (which Python refuses to convert)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"{where}:{e.lineno}" if lines else where
+        raise InputError(f"{at}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply") from None
+    except ValueError:
+        raise InputError(f"{where}: a JSON number has more than 4300 digits") from None
+
+
+def read_json(path: Path, option: str | None = None) -> Any:
+    """A JSON file's value; errors name the file (after ``option``, e.g. ``--scores``)."""
+    return parse_json(read_text(path), f"{option}: {path}" if option else str(path))
+
+
 def split_lines(text: str) -> list[str]:
     """Lines of a line-aligned file: split on ``\\n`` only (``str.splitlines`` also splits on
     U+2028 and friends, which occur inside sentences and would shift the alignment)."""
@@ -95,15 +115,7 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, int, object]]:
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg})") from None
-        except RecursionError:
-            raise InputError(f"{where}: JSON nested too deeply") from None
-        except ValueError:  # Python refuses to convert an integer of over 4300 digits
-            raise InputError(f"{where}: a JSON number has more than 4300 digits") from None
-        yield where, lineno, value
+        yield where, lineno, parse_json(line, where, lines=False)
 
 
 def conll_sentences(path: Path) -> Iterator[tuple[dict[str, str], list[tuple[int, list[str]]]]]:

@@ -13,13 +13,12 @@ these data sets is one line, so a translation is one line: generation stops at a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from midalign.data import load_parallel
-from midalign.data.reading import read_sentences, read_text
+from midalign.data.reading import read_json, read_sentences
 from midalign.errors import InputError
 from midalign.languages import iso639_1, language_name, to_flores
 from midalign.tasks.base import Example, Parsed, Task, split_source
@@ -135,8 +134,9 @@ def _two_letter(code: str) -> str:
 
 def read_alma(root: Path, keys: Sequence[str], split: str) -> list[Example]:
     """ALMA human-written data: ``DIR/<xx>en/train.<xx>-en.{xx,en}`` (line-aligned, split
-    ``train``) and ``DIR/<xx>en/valid.<xx>-en.json`` (a JSON list of ``{"translation": {xx,
-    en}}``, split ``valid``/``dev``). Either direction is read from the same files."""
+    ``train``), ``DIR/<xx>en/valid.<xx>-en.json`` (a JSON list of ``{"translation": {xx,
+    en}}``, split ``valid``/``dev``; either direction reads it) and, split ``test``, the
+    WMT22 test sets ALMA ships one per direction: ``DIR/<xx>en/test.<src>-<tgt>.json``."""
     examples = []
     for key in keys:
         src, tgt = key.split("-", 1)
@@ -156,8 +156,11 @@ def read_alma(root: Path, keys: Sequence[str], split: str) -> list[Example]:
             pairs = list(zip(texts[xx], texts["en"], strict=True))
         elif split in ("valid", "dev", "validation"):
             pairs = _read_alma_json(folder / f"valid.{xx}-en.json", xx)
+        elif split == "test":
+            s, t = _two_letter(src), _two_letter(tgt)
+            pairs = _read_alma_json(folder / f"test.{s}-{t}.json", xx)
         else:
-            raise InputError(f"alma:{root}: split {split!r} (ALMA has train and valid)")
+            raise InputError(f"alma:{root}: split {split!r} (ALMA has train, valid and test)")
         for n, (x, en) in enumerate(pairs, 1):
             source, reference = (en, x) if src == PIVOT else (x, en)
             examples.append(_example(n, src, tgt, source, reference))
@@ -165,12 +168,7 @@ def read_alma(root: Path, keys: Sequence[str], split: str) -> list[Example]:
 
 
 def _read_alma_json(path: Path, xx: str) -> list[tuple[str, str]]:
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    except (ValueError, RecursionError):  # an int over 4300 digits, or nesting too deep
-        raise InputError(f"{path}: invalid JSON (a number too long or nesting too deep)") from None
+    data = read_json(path)
     if not isinstance(data, list):
         raise InputError(f"{path}: expected a JSON list of {{'translation': {{...}}}}")
     pairs = []
@@ -229,7 +227,7 @@ class Translation(Task):
     stop = "newline"
     max_new_tokens = 256
     source_help = (
-        "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json) | "
+        "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json, test.<s>-<t>.json) | "
         "wmt23:DIR (generaltest2023.<s>-<t>.{src.<s>,ref.refA.<t>}) | "
         "udhr or udhr:DIR (UDHR paragraphs; train/dev/test = articles 1-16/17-20/21-30)"
     )
