@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
+from midalign.errors import InputError
 from midalign.runner import Runner, RunOptions, load_recipe, write_report
 
 
@@ -31,12 +33,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="list the steps and whether each is already done, without running any",
     )
+    p.add_argument(
+        "--seeds",
+        help="comma-separated subset of the recipe's seeds to run and report, e.g. 1 for a "
+        "first look; its steps are the full run's, so a later run without --seeds reuses them",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _seeds(value: str, recipe_seeds: list[int]) -> list[int]:
+    try:
+        seeds = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--seeds: expected comma-separated integers, got {value!r}") from None
+    missing = [s for s in seeds if s not in recipe_seeds]
+    if not seeds or missing:
+        raise InputError(
+            f"--seeds: {value!r} is not a subset of the recipe's seeds "
+            f"{', '.join(map(str, recipe_seeds))}"
+        )
+    return list(dict.fromkeys(seeds))
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.time()
     recipe = load_recipe(args.recipe)
+    if args.seeds is not None:
+        recipe = dataclasses.replace(recipe, seeds=_seeds(args.seeds, recipe.seeds))
     out = args.out or Path("runs") / recipe.name
     runner = Runner(
         recipe, RunOptions(out=out, progress=not args.no_progress, dry_run=args.dry_run)

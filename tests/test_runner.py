@@ -179,6 +179,24 @@ def test_changed_system_reruns_only_what_depends_on_it(recipe_file: Path, tmp_pa
     ]
 
 
+def test_seeds_option_runs_a_subset_with_the_full_runs_steps(
+    recipe_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+
+    def steps(*options: str) -> list[str]:
+        assert main(["run", str(recipe_file), "--out", str(out), "--dry-run", *options]) == 0
+        return [line.split()[-1] for line in capsys.readouterr().out.splitlines()]
+
+    subset, full = steps("--seeds", "2"), steps()
+    # seed 2's steps and the seedless ones (data, base probe, base eval), named and hashed alike
+    assert subset == [name for name in full if "-seed1-" not in name]
+    assert any("-seed2-" in name for name in subset)
+    for bad in ("3", "1,x", ","):
+        assert main(["run", str(recipe_file), "--out", str(out), "--seeds", bad]) == 2
+        assert "--seeds:" in capsys.readouterr().err
+
+
 def test_test_sources_can_be_listed_and_a_missing_one_fails_first(tmp_path: Path) -> None:
     data = _write_sib200(tmp_path / "sib200")
     values = _recipe(tmp_path / "model", data)
