@@ -36,7 +36,10 @@ class ModelConfig:
         "base model: default (Gemma 3 270M, offline), an HF folder, a .gguf file or a hub id",
         default="default",
     )
-    dtype: str = _help("weights dtype: float32 (CPU), bfloat16 or float16", default="float32")
+    dtype: str = _help(
+        "weights dtype: float32 (CPU), bfloat16, float16 or float64 (exact reference runs)",
+        default="float32",
+    )
 
 
 @dataclass

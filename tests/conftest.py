@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,59 @@ TINY_FAMILIES = {
 }
 
 
-def tiny_model(family: str, n_layers: int = 2, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised causal LM with ``n_layers`` decoder layers (float32, eval mode)."""
+def tiny_model(
+    family: str, n_layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
+    """A randomly initialised causal LM with ``n_layers`` decoder layers (eval mode). The weights
+    are drawn in float32 and then cast, so a float64 model is the float32 one, exactly."""
     model_cls, config_cls = TINY_FAMILIES[family]
     extra = {"head_dim": 8} if family == "gemma3" else {}
     torch.manual_seed(seed)
-    return model_cls(config_cls(num_hidden_layers=n_layers, **_COMMON, **extra)).eval()
+    return model_cls(config_cls(num_hidden_layers=n_layers, **_COMMON, **extra)).eval().to(dtype)
+
+
+# Two routes to the same numbers (early exit vs full forward, response_loss vs the model's loss,
+# 1 vs 2 processes, merged vs stacked adapters) agree up to rounding, and rounding depends on the
+# order in which a CPU's kernels sum: it differs between AMD and Intel (AMX) machines, thread
+# counts and process counts. So they are compared per tensor by the norm-relative error
+# ‖a − b‖ / ‖b‖, never element-wise (an element near zero makes any rtol a lottery):
+# - float64 checks the mathematics: these tiny models' float64 rounding is ~1e-15 relative, so
+#   1e-10 holds on any IEEE CPU, whatever the order, and still fails on any real mistake
+#   (a wrong mask, a missing term or scale are >= 1e-3 relative).
+# - float32 keeps the production dtype covered. Largest norm-relative difference between two
+#   float32 routes measured in these tests (AMD EPYC, 1 and 2 threads; ROUTE_ERRORS=FILE logs
+#   them): 6.1e-7 (gradient through the early exit, Gemma 3), 2.4e-7 (response_loss), 1.8e-7
+#   (gathered negatives), 9e-8 (merged adapter logits). Another CPU sums in another order but
+#   makes rounding errors of the same size (float32's 6e-8 unit roundoff times the same sums),
+#   so the bound is 25x the largest: 1.5e-5, far below an algorithmic slip (measured on the
+#   tiny models: one token dropped from a mean 0.10, mean vs mean-all 0.36, a wrong layer 0.63).
+ROUTE_REL = {torch.float64: 1e-10, torch.float32: 1.5e-5}
+ROUTE_DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+
+
+def precision(family: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype whose rounding a tiny ``family`` model in ``dtype`` really has: Gemma 3's
+    RMSNorm computes in float32 whatever the model dtype (``x.float()`` in transformers'
+    Gemma3RMSNorm), so a float64 Gemma 3 is only float32-exact (measured: 5e-8 relative)."""
+    return torch.float32 if family == "gemma3" else dtype
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """‖actual − expected‖ / ‖expected‖ in float64 (0 when both are 0)."""
+    a, b = actual.detach().double(), expected.detach().double()
+    norm = b.norm().item()
+    return (a - b).norm().item() / norm if norm else a.norm().item()
+
+
+def assert_same_numbers(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """``actual`` equals ``expected`` up to the rounding of ``dtype`` (see ROUTE_REL)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    err = rel_error(actual, expected)
+    if os.environ.get("ROUTE_ERRORS"):  # measuring the noise floor: keep every error seen
+        with open(os.environ["ROUTE_ERRORS"], "a") as f:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            f.write(f"{test}\t{dtype}\t{err:.3e}\n")
+    assert err <= ROUTE_REL[dtype], f"relative error {err:.3g} > {ROUTE_REL[dtype]:g} ({dtype})"
 
 
 @pytest.fixture(params=["llama", "qwen2", "gemma3"])

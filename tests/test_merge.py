@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import assert_same_numbers, tiny_model
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from midalign.errors import InputError
@@ -45,6 +45,7 @@ def test_merged_update_equals_weighted_sum_of_updates(tmp_path):
     touched = 0
     for key, d in d_merged.items():
         expected = 0.9 * d_task[key] + 0.1 * d_align[key]
+        # |ΔW| < 0.2 here, so float32 rounding of base + ΔW is < 2e-8: 1e-6 is the mathematics
         torch.testing.assert_close(d, expected, atol=1e-6, rtol=0)
         touched += bool(expected.abs().sum() > 0)
     assert touched == 2 * 4  # 4 target kinds × 2 layers
@@ -62,7 +63,7 @@ def test_merged_model_outputs_equal_base_with_both_weighted_updates(tmp_path):
     merged = PeftModel.from_pretrained(tiny_model("llama", n_layers=2), tmp_path / "merged").eval()
     ids = torch.randint(3, 128, (2, 9))
     with torch.no_grad():
-        torch.testing.assert_close(merged(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-5)
+        assert_same_numbers(merged(ids).logits, reference(ids).logits, torch.float32)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ way: ``deu_Latn``, ``cmn_Hans``, ``deu``, ``ara``).
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,10 +44,20 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+# PyYAML's scanner takes time quadratic in the depth of unclosed flow brackets ("[" * 2000
+# takes 2 s before it hits the recursion limit), so a depth no config has is refused up front.
+MAX_YAML_DEPTH = 64
+_FLOW = re.compile(r"[\[\]{}]")
+_FLOW_DEPTH = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file's value through ``yaml.safe_load``: plain data only, so a ``!!python/...``
     tag is an error, never code that runs. Every failure names the file (and line)."""
     text = read_text(path)
+    depth = max(itertools.accumulate(_FLOW_DEPTH[c] for c in _FLOW.findall(text)), default=0)
+    if depth > MAX_YAML_DEPTH:
+        raise InputError(f"{path}: YAML nested too deeply ({depth} > {MAX_YAML_DEPTH} levels)")
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
