@@ -43,7 +43,8 @@ EVAL_KEYS = ("batch_size", "max_new_tokens")
 
 @dataclass
 class DataSpec:
-    """A task split to read: ``source`` as ``midalign eval --data`` takes it."""
+    """A task split to read: ``source`` as ``midalign eval --data`` takes it; ``limit``
+    examples per language, the seeded sample of :func:`midalign.tasks.base.limit_per_key`."""
 
     source: str
     langs: list[str]

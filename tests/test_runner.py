@@ -209,8 +209,11 @@ def test_test_sources_can_be_listed_and_a_missing_one_fails_first(tmp_path: Path
     assert runner.test_keys == ["eng_Latn", "deu_Latn", "fra_Latn"]
     examples = runner.test_examples()
     assert [ex.lang for ex in examples] == ["eng_Latn"] * 4 + ["deu_Latn"] * 4 + ["fra_Latn"] * 3
-    dev_fra = (data / "fra_Latn" / "dev.tsv").read_text().splitlines()[1].split("\t")[2]
-    assert examples[8].text == dev_fra  # the second source's own split
+    # the second source's own split: 3 of fra dev's 4 rows (ids 10-13), sampled by id
+    dev_fra = dict(line.split("\t")[::2] for line in (data / "fra_Latn" / "dev.tsv").open())
+    assert [(ex.id, ex.text) for ex in examples[8:]] == [
+        (i, dev_fra[i].strip()) for i in ("10", "11", "12")
+    ]
 
     values["task"]["test"][1]["langs"] = ["fra", "deu"]
     with pytest.raises(InputError, match=r"task.test\[1\]: deu_Latn already read"):
