@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from midalign import runner as runner_module
 from midalign.cli import main
 from midalign.errors import InputError
 from midalign.runner import (
@@ -177,6 +178,22 @@ def test_changed_system_reruns_only_what_depends_on_it(recipe_file: Path, tmp_pa
         "probe-merged-seed1",
         "train-align-only-seed1",
     ]
+
+
+def test_a_new_reading_of_the_data_redoes_every_step(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps whose data settings now read other examples (runner.READING) are not reused."""
+
+    def steps() -> list[str]:
+        runner = Runner(load_recipe(recipe_file), RunOptions(out=tmp_path / "run", dry_run=True))
+        runner.run()
+        return runner.steps.ran
+
+    before = steps()
+    monkeypatch.setattr(runner_module, "READING", runner_module.READING + 1)
+    after = steps()
+    assert len(after) == len(before) > 10 and not set(after) & set(before)
 
 
 def test_seeds_option_runs_a_subset_with_the_full_runs_steps(
