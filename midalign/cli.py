@@ -21,6 +21,11 @@ COMMANDS = {
     "train": "midalign.train_cli",
     "run": "midalign.run_cli",
 }
+# --limit of eval, data prepare and merge --search (midalign.tasks.base.limit_per_key)
+LIMIT_HELP = (
+    "N examples per language, a seeded sample spread over the file, in file order (the same "
+    "rows on every run; the same sentences in every language of a parallel data set)"
+)
 
 
 class Parser(argparse.ArgumentParser):

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from midalign.cli import positive_int
+from midalign.cli import LIMIT_HELP, positive_int
 from midalign.errors import InputError
 from midalign.io import write_text_atomic
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms
@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "de-en,en-de (a bare code means both directions with English)",
     )
     q.add_argument("--split", default="train", help="data split (default: %(default)s)")
-    q.add_argument("--limit", type=positive_int, help="keep the first N examples per language")
+    q.add_argument("--limit", type=positive_int, metavar="N", help=LIMIT_HELP)
     q.add_argument(
         "--zero-shot",
         action="store_true",

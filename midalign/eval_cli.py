@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from midalign.cli import add_model_options, positive_int
+from midalign.cli import LIMIT_HELP, add_model_options, positive_int
 from midalign.errors import InputError
 from midalign.generate import generate
 from midalign.io import atomic_output_dir, check_output_dir, write_json
@@ -171,7 +171,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "de-en,en-ja (a bare code means both directions with English)",
     )
     p.add_argument("--split", default="test", help="data split (default: %(default)s)")
-    p.add_argument("--limit", type=positive_int, help="evaluate the first N examples per language")
+    p.add_argument("--limit", type=positive_int, metavar="N", help=LIMIT_HELP)
     p.add_argument(
         "--zero-shot",
         action="store_true",

@@ -7,7 +7,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from midalign.cli import positive_int
+from midalign.cli import LIMIT_HELP, positive_int
 from midalign.errors import InputError
 from midalign.io import check_output_dir, write_json
 from midalign.merge import merge_adapters
@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev-data", help="--search: the task's data (as `midalign eval --data`)")
     p.add_argument("--langs", help="--search: languages (or mt directions) to score on")
     p.add_argument("--split", default="dev", help="--search: data split (default: %(default)s)")
-    p.add_argument("--limit", type=positive_int, help="--search: first N examples per language")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="--search: " + LIMIT_HELP)
     p.add_argument(
         "--batch-size", type=positive_int, default=16, help="--search: prompts per batch"
     )

@@ -36,6 +36,10 @@ DATA_KEYS = ("source", "langs", "split", "limit")
 PROBE_KEYS = ("data", "langs", "split", "max_sentences", "layers", "pool", "k", "report_layer")
 SYSTEM_KEYS = ("name", "train", "merge", "zero_shot", "evaluate", "probe")
 EVAL_KEYS = ("batch_size", "max_new_tokens")
+# Part of the hash of every step that reads data (prepare, evaluate, probe), raised when the
+# same settings come to read other examples, so that no run reuses a step read the old way.
+# 2: SIB-200's CSV quoting undone; ``limit`` a seeded sample instead of the first N rows.
+READING = 2
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -43,7 +47,8 @@ EVAL_KEYS = ("batch_size", "max_new_tokens")
 
 @dataclass
 class DataSpec:
-    """A task split to read: ``source`` as ``midalign eval --data`` takes it."""
+    """A task split to read: ``source`` as ``midalign eval --data`` takes it; ``limit``
+    examples per language, the seeded sample of :func:`midalign.tasks.base.limit_per_key`."""
 
     source: str
     langs: list[str]
@@ -342,7 +347,9 @@ class Runner:
             write_instructions(path, self.task, examples)
             return {"path": str(path.resolve()), "examples": len(examples)}
 
-        return self.steps.run(f"data-{name}", {"task": self.task.name, **vars(spec)}, work)
+        return self.steps.run(
+            f"data-{name}", {"task": self.task.name, **vars(spec), "reading": READING}, work
+        )
 
     # ----------------------------------------------------------------- train and merge
 
@@ -432,6 +439,7 @@ class Runner:
             "zero_shot": system.zero_shot,
             "eval": self.recipe.eval,
             "groups": self.groups,
+            "reading": READING,
         }
 
         def work(folder: Path) -> dict:
@@ -484,7 +492,12 @@ class Runner:
         from midalign.retrieval import summarize
 
         p = self.recipe.probe or {}
-        spec = {"model": self.recipe.model, "adapter": adapter["step"] if adapter else None, **p}
+        spec = {
+            "model": self.recipe.model,
+            "adapter": adapter["step"] if adapter else None,
+            **p,
+            "reading": READING,
+        }
 
         def work(folder: Path) -> dict:
             corpus = load_parallel(

@@ -11,6 +11,7 @@ import pytest
 from conftest import shared_data
 
 from midalign.data import load_parallel
+from midalign.data.reading import read_tsv, split_lines
 from midalign.errors import InputError
 from midalign.languages import PRESETS
 
@@ -140,6 +141,85 @@ def test_sib200_bad_tsv_names_file_and_line(tmp_path: Path, content: bytes, mess
         load_parallel(f"sib200:{root}", ["en", "de"])
 
 
+def test_tsv_fields_are_csv_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "d.tsv"
+    path.write_text(
+        "index_id\ttext\n"
+        '1\t"He said ""yes""."\n'  # quoted, its quotes doubled
+        '2\tTake the "night" train.\n'  # a quote inside an unquoted field is text
+        '3\t"a tab\there, a line break\nthere"\n'  # quoted across two lines
+        '4\t""""\n'  # a field that is one quote
+        "5\t\n",
+        encoding="utf-8",
+    )
+    assert read_tsv(path, ("index_id", "text")) == [
+        (2, {"index_id": "1", "text": 'He said "yes".'}),
+        (3, {"index_id": "2", "text": 'Take the "night" train.'}),
+        (4, {"index_id": "3", "text": "a tab\there, a line break\nthere"}),
+        (6, {"index_id": "4", "text": '"'}),
+        (7, {"index_id": "5", "text": ""}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('index_id\ttext\n1\tA.\n2\t"B" said.\n', r":3: not valid TSV \('\\t' expected"),
+        ('index_id\ttext\n1\tA.\n2\t"B.\n3\tC.\n', r":3: not valid TSV \(unexpected end"),
+        ("index_id\ttext\n1\tA.\n\n2\tB.\n", ":3: empty line"),
+    ],
+)
+def test_tsv_bad_quoting_names_the_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "d.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=f"^{path}{message}"):
+        read_tsv(path, ("index_id", "text"))
+
+
+def test_sib200_real_quoted_row_reads_as_meant() -> None:
+    root = shared_data("sib200")
+    (line,) = [
+        x for x in (root / "eng_Latn" / "test.tsv").open(encoding="utf-8") if x[:3] == "61\t"
+    ]
+    assert line.startswith('61\tscience/technology\t"During his 2 hour speech he stated that ""')
+    corpus = load_parallel(f"sib200:{root}", ["en", "de"], split="test")
+    text = corpus.texts["eng_Latn"][corpus.ids["eng_Latn"].index("61")]
+    assert text == (
+        'During his 2 hour speech he stated that "Today Apple is going to reinvent the phone, '
+        'We are going to make history today".'
+    )
+
+
+def test_sib200_every_real_file_reads_whole_and_aligned() -> None:
+    """All 123 files: the CSV reading keeps every row (41,164, 1,669 of them quoted in the
+    file), and every language lists the same (index_id, category) rows in the same order.
+    441 texts, none English, still start and end with a quote: FLoRes-200's own lines, which
+    SIB-200 copies verbatim (389 of them a second CSV layer from its translation files)."""
+    root = shared_data("sib200")
+    files = sorted(root.glob("*/*.tsv"))
+    assert len(files) == 123
+    rows, unquoted, wrapped, order = 0, 0, {}, {}
+    for path in files:
+        raw = [line.split("\t") for line in split_lines(path.read_text(encoding="utf-8"))[1:]]
+        read = read_tsv(path, ("index_id", "category", "text"))
+        assert len(read) == len(raw)
+        rows += len(read)
+        unquoted += sum(r[2] != row["text"] for r, (_, row) in zip(raw, read, strict=True))
+        wrapped[path.parent.name] = wrapped.get(path.parent.name, 0) + sum(
+            len(t) > 1 and t[0] == t[-1] == '"' for t in (row["text"] for _, row in read)
+        )
+        order.setdefault(path.stem, set()).add(
+            tuple((row["index_id"], row["category"]) for _, row in read)
+        )
+    assert (rows, unquoted, sum(wrapped.values())) == (41_164, 1_669, 441)
+    assert wrapped["eng_Latn"] == 0 and wrapped["heb_Hebr"] == 117
+    assert {split: len(orders) for split, orders in order.items()} == {
+        "dev": 1,
+        "test": 1,
+        "train": 1,
+    }
+
+
 def test_sib200_real_dev_split() -> None:
     root = shared_data("sib200")
     langs = list(dict.fromkeys(PRESETS["paper35"] + PRESETS["uner"]))
@@ -148,7 +228,7 @@ def test_sib200_real_dev_split() -> None:
     assert {len(texts) for texts in corpus.texts.values()} == {99}
     for lang in ("eng_Latn", "deu_Latn"):
         with open(root / lang / "dev.tsv", encoding="utf-8", newline="") as f:
-            first = next(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            first = next(csv.DictReader(f, dialect="excel-tab"))
         assert corpus.texts[lang][0] == first["text"]
         assert corpus.ids[lang][0] == first["index_id"]
     assert corpus.texts["deu_Latn"][0].startswith("Durch den Wechsel vom Viertelmeilen-")

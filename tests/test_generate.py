@@ -253,16 +253,18 @@ def test_data_prepare_writes_the_training_contract(tmp_path: Path) -> None:
                 "--split",
                 "test",
                 "--limit",
-                "1",
+                "2",
                 "--out",
                 str(ner),
             ]
         )
         == 0
     )
-    (row,) = [json.loads(x) for x in ner.read_text(encoding="utf-8").splitlines()]
-    assert row["system"] is None and row["task"] == "ner"
-    assert json.loads(row["response"])["Results"][1]["Text"] == "Rusland"
+    # --limit samples by id (tasks.base.limit_per_key): 2 of test-0..2, in file order
+    rows = [json.loads(x) for x in ner.read_text(encoding="utf-8").splitlines()]
+    assert [row["id"] for row in rows] == ["test-1", "test-2"]
+    assert rows[0]["system"] is None and rows[0]["task"] == "ner"
+    assert json.loads(rows[0]["response"])["Results"][1]["Text"] == "Novo Nordisk"
     assert (
         main(
             [

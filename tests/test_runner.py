@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from midalign import runner as runner_module
 from midalign.cli import main
 from midalign.errors import InputError
 from midalign.runner import (
@@ -179,6 +180,22 @@ def test_changed_system_reruns_only_what_depends_on_it(recipe_file: Path, tmp_pa
     ]
 
 
+def test_a_new_reading_of_the_data_redoes_every_step(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps whose data settings now read other examples (runner.READING) are not reused."""
+
+    def steps() -> list[str]:
+        runner = Runner(load_recipe(recipe_file), RunOptions(out=tmp_path / "run", dry_run=True))
+        runner.run()
+        return runner.steps.ran
+
+    before = steps()
+    monkeypatch.setattr(runner_module, "READING", runner_module.READING + 1)
+    after = steps()
+    assert len(after) == len(before) > 10 and not set(after) & set(before)
+
+
 def test_seeds_option_runs_a_subset_with_the_full_runs_steps(
     recipe_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -209,8 +226,11 @@ def test_test_sources_can_be_listed_and_a_missing_one_fails_first(tmp_path: Path
     assert runner.test_keys == ["eng_Latn", "deu_Latn", "fra_Latn"]
     examples = runner.test_examples()
     assert [ex.lang for ex in examples] == ["eng_Latn"] * 4 + ["deu_Latn"] * 4 + ["fra_Latn"] * 3
-    dev_fra = (data / "fra_Latn" / "dev.tsv").read_text().splitlines()[1].split("\t")[2]
-    assert examples[8].text == dev_fra  # the second source's own split
+    # the second source's own split: 3 of fra dev's 4 rows (ids 10-13), sampled by id
+    dev_fra = dict(line.split("\t")[::2] for line in (data / "fra_Latn" / "dev.tsv").open())
+    assert [(ex.id, ex.text) for ex in examples[8:]] == [
+        (i, dev_fra[i].strip()) for i in ("10", "11", "12")
+    ]
 
     values["task"]["test"][1]["langs"] = ["fra", "deu"]
     with pytest.raises(InputError, match=r"task.test\[1\]: deu_Latn already read"):

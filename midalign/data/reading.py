@@ -1,13 +1,15 @@
 """Reading the user's files so that every failure names the file and line to fix.
 
-Shared by all readers: strict UTF-8, line-aligned text, TSV with a header, and matching the
-languages a user asked for against the languages a data set has (each set names them its own
-way: ``deu_Latn``, ``cmn_Hans``, ``deu``, ``ara``).
+Shared by all readers: strict UTF-8, line-aligned text, CSV-quoted TSV with a header, and
+matching the languages a user asked for against the languages a data set has (each set names
+them its own way: ``deu_Latn``, ``cmn_Hans``, ``deu``, ``ara``).
 """
 
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import itertools
 import json
 import logging
@@ -152,25 +154,45 @@ def conll_sentences(path: Path) -> Iterator[tuple[dict[str, str], list[tuple[int
 
 
 def read_tsv(path: Path, columns: Iterable[str]) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a tab-separated file with a header that must name ``columns``, with line numbers.
+    """Rows of a tab-separated file with a header that must name ``columns``, each with the line
+    it starts on.
 
-    No quoting: SIB-200 and FLoRes-derived TSVs hold raw text with quote characters in it.
+    Fields are CSV-quoted as Python's ``csv`` and pandas write them with a tab delimiter (the
+    ``excel-tab`` dialect): a field holding a quote, a tab or a line break is written ``"…"``
+    with its own quotes doubled, so ``"He said ""yes""."`` reads ``He said "yes".``; a quote
+    anywhere but a field's start is text. SIB-200 is such a file (pandas ``to_csv``), and 4 %
+    of its rows are quoted.
     """
-    lines = split_lines(read_text(path))
-    if not lines:
+    rows: list[tuple[int, dict[str, str]]] = []
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), "excel-tab", strict=True)
+    header: list[str] | None = None
+    start = 1
+    try:
+        for fields in reader:
+            if header is None:
+                header = fields
+                missing = [c for c in columns if c not in header]
+                if missing:
+                    raise InputError(
+                        f"{path}:1: header lacks column(s) {', '.join(missing)} (has {header})"
+                    )
+            elif not fields:
+                raise InputError(f"{path}:{start}: empty line")
+            elif len(fields) != len(header):
+                raise InputError(
+                    f"{path}:{start}: {len(fields)} tab-separated fields, header has {len(header)}"
+                )
+            else:
+                rows.append((start, dict(zip(header, fields, strict=True))))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        problem = str(e).replace("\t", "\\t")  # csv names the tab it expected as a raw tab
+        raise InputError(
+            f"{path}:{start}: not valid TSV ({problem}); a field that starts with a quote must end "
+            'with one, and the quotes inside it must be doubled ("")'
+        ) from None
+    if header is None:
         raise InputError(f"{path}: empty file (expected a header line)")
-    header = lines[0].split("\t")
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise InputError(f"{path}:1: header lacks column(s) {', '.join(missing)} (has {header})")
-    rows = []
-    for lineno, line in enumerate(lines[1:], 2):
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise InputError(
-                f"{path}:{lineno}: {len(fields)} tab-separated fields, header has {len(header)}"
-            )
-        rows.append((lineno, dict(zip(header, fields, strict=True))))
     return rows
 
 

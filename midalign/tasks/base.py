@@ -9,7 +9,10 @@ data (``midalign data prepare``) and evaluation share one prompt and one target 
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
+import reprlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +21,10 @@ from typing import Any
 
 from midalign.errors import InputError
 from midalign.languages import parse_langs
+
+log = logging.getLogger(__name__)
+
+LIMIT_SEED = 0  # the seed of every ``limit`` sample; a constant, so all runs read the same rows
 
 
 @dataclass(frozen=True)
@@ -65,13 +72,15 @@ class Task(ABC):
         self, source: str, langs: Sequence[str], split: str, limit: int | None = None
     ) -> list[Example]:
         """Examples of ``langs`` (any code form, or keys as :meth:`languages` gives them; none
-        means all a local data set has) from ``source``, the first ``limit`` of each key; a
-        language without examples is an error, since it would silently vanish from the
-        averages."""
+        means all a local data set has) from ``source``, ``limit`` of each key sampled by
+        :func:`limit_per_key`; a language without examples is an error, since it would silently
+        vanish from the averages."""
         keys = self.languages(",".join(langs)) if langs else []
         examples = self.load(source, keys, split)
         check_found(examples, keys, source)
-        return limit_per_key(examples, limit)
+        examples = limit_per_key(examples, limit)
+        warn_one_reference(examples, f"{source} ({split})")
+        return examples
 
     @abstractmethod
     def load(self, source: str, keys: Sequence[str], split: str) -> list[Example]:
@@ -112,16 +121,49 @@ def is_hub_id(source: str) -> bool:
 
 
 def limit_per_key(examples: list[Example], limit: int | None) -> list[Example]:
-    """The first ``limit`` examples of every key, order kept (a sample of each language)."""
+    """``limit`` examples of every key (all when it has no more), in file order: a seeded
+    sample spread over the file, not its first rows, since data sets sort by label (SIB-200's
+    test split lists its 51 science/technology sentences first).
+
+    An example ranks by the SHA-256 of ``LIMIT_SEED`` and its id, and a key keeps its ``limit``
+    lowest. So every run, system and seed reads the same rows; a smaller limit keeps a subset
+    of a larger one; and a parallel data set, which gives a sentence the same id in every
+    language (SIB-200's index_id, xSID and MASSIVE ids), keeps the same sentences in every
+    language, so per-language scores compare like with like. (Translation ids name their
+    direction, so each direction draws its own sample.)
+    """
     if limit is None:
         return examples
-    seen: dict[str, int] = {}
-    kept = []
+    positions: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        positions.setdefault(ex.key, []).append(i)
+    kept: set[int] = set()
+    for found in positions.values():
+        kept.update(sorted(found, key=lambda i: (_rank(examples[i].id), i))[:limit])
+    return [ex for i, ex in enumerate(examples) if i in kept]
+
+
+def _rank(id_: str) -> bytes:
+    return hashlib.sha256(f"{LIMIT_SEED}:{id_}".encode()).digest()
+
+
+def warn_one_reference(examples: Sequence[Example], where: str) -> None:
+    """Warn (one line per key) when two or more examples of a key all have the same reference:
+    a score on them measures only how often a model gives that one answer (the first 24 rows
+    of SIB-200's test split are all science/technology)."""
+    references: dict[str, list[Any]] = {}
     for ex in examples:
-        seen[ex.key] = seen.get(ex.key, 0) + 1
-        if seen[ex.key] <= limit:
-            kept.append(ex)
-    return kept
+        references.setdefault(ex.key, []).append(ex.reference)
+    for key, refs in references.items():
+        if len(refs) > 1 and all(r == refs[0] for r in refs):
+            log.warning(
+                "%s: all %d %s examples have the reference %s; their score measures only how "
+                "often a model answers that",
+                where,
+                len(refs),
+                key,
+                reprlib.repr(refs[0]),
+            )
 
 
 def check_found(examples: list[Example], keys: Sequence[str], where: str) -> None:
