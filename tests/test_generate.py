@@ -282,3 +282,23 @@ def test_data_prepare_writes_the_training_contract(tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+def test_data_prepare_overwrites_only_its_own_files(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "slots.jsonl"
+    source = f"massive:{FIXTURES / 'massive'}"
+    argv = ["data", "prepare", "--task", "slots", "--source", source, "--langs", "en"]
+    argv += ["--split", "test", "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"midalign data: error: --out: {out} already exists (pass --overwrite to replace it)\n"
+    )
+    assert main([*argv, "--overwrite"]) == 0
+    out.write_text('{"prompt": "mine"}\n')  # JSON lines, but not an instruction file
+    assert main([*argv, "--overwrite"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--out: {out} exists and is not an instruction .jsonl file midalign wrote; give a new "
+        "file (--overwrite replaces only midalign's own outputs)\n"
+    )
+    assert out.read_text() == '{"prompt": "mine"}\n'
