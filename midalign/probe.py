@@ -15,10 +15,10 @@ from midalign.models import pooled_states
 from midalign.retrieval import all_pairs_accuracy, pair_accuracy
 
 MAX_TOKENS = 2048
-"""Longest sentence embedded, in tokens (``--max-tokens``): 8× the longest SIB-200 sentence in
-Gemma 3's tokens (247, Khmer). A longer line is a file without its line breaks, whose one forward
-would need tens of gigabytes; it is an error naming the file and line, never truncated, since a
-cut sentence no longer translates its partner."""
+"""Longest sentence embedded, in tokens (``--max-tokens``): about 8× the longest SIB-200
+sentence in Gemma 3's tokens (247, Khmer). A longer line is nearly always a file without its line
+breaks, whose one forward would need tens of gigabytes; it is an error naming the file and line,
+never truncated, since a cut sentence no longer translates its partner."""
 CHARS_PER_TOKEN = 32
 """More characters per token than any tokenizer averages (Gemma 3's longest token has 31), so a
 line of over ``CHARS_PER_TOKEN × max_tokens`` characters is too long whatever the model: it is
