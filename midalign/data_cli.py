@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from midalign.cli import LIMIT_HELP, positive_int
-from midalign.errors import InputError
-from midalign.io import write_text_atomic
+from midalign.io import check_output_file, write_text_atomic
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,17 @@ def instruction_record(task: Task, example: Example, zero_shot: bool = False) ->
         "id": example.id,
         "task": task.name,
     }
+
+
+def is_instruction_file(path: Path) -> bool:
+    """Whether ``path`` starts like a file :func:`write_instructions` wrote: its first line is
+    an :func:`instruction_record` (only that line is read)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            row = json.loads(f.readline(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(row, dict) and {"prompt", "response", "task"} <= row.keys()
 
 
 def write_instructions(
@@ -87,10 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if out.exists() and not args.overwrite:
-        raise InputError(f"--out: {out} already exists (pass --overwrite to replace it)")
-    if out.is_dir():
-        raise InputError(f"--out: {out} is a directory (give a .jsonl file)")
+    check_output_file(out, args.overwrite, is_instruction_file, "an instruction .jsonl file")
     task = get_task(args.task)
     keys = task.languages(args.langs)
     examples = task.read(args.source, keys, args.split, args.limit)

@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     results["seconds"] = round(time.time() - start, 1)
     with atomic_output_dir(args.out, args.overwrite) as tmp:
         write_outputs(tmp, results, predictions, args.model, args.adapter)
-    _print_table(results, args.out)
+    _print_table(results, predictions, args.out)
     return 0
 
 
@@ -328,7 +328,7 @@ def _plot(results: dict[str, Any], path: Path, model: str, adapter: str | None) 
     plt.close(fig)
 
 
-def _print_table(results: dict[str, Any], out: Path) -> None:
+def _print_table(results: dict[str, Any], predictions: Sequence[dict[str, Any]], out: Path) -> None:
     metric = results["metric"]
     print(f"\n{'language':<20} {metric:>9} {'n':>6} {'unparseable':>12}")
     for key, s in results["per_language"].items():
@@ -336,4 +336,10 @@ def _print_table(results: dict[str, Any], out: Path) -> None:
     print(f"{'average':<20} {results['average']:9.4f}")
     for name, g in results["groups"].items():
         print(f"{name:<20} {g[metric]:9.4f}  ({', '.join(g['languages'])})")
+    bad = [p for p in predictions if not p["ok"]]
+    if bad:  # a score of 0 with every answer unreadable is a format problem, not a bad model
+        print(
+            f"{len(bad)} of {len(predictions)} answers could not be parsed and scored as empty; "
+            f"the first ({bad[0]['key']}, id {bad[0]['id']}): {bad[0]['output'][:200]!r}"
+        )
     print(f"results in {out}/")

@@ -10,6 +10,7 @@ equal one-prompt-at-a-time answers (tests/test_generate.py checks that).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
@@ -17,6 +18,8 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria
 
 from midalign.tasks.json_ner import json_complete
+
+log = logging.getLogger(__name__)
 
 STOP_RULES: dict[str, Callable[[str], bool] | None] = {
     "newline": lambda text: "\n" in text.lstrip("\n"),
@@ -82,7 +85,9 @@ def generate(
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     answers: list[str] = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress)
+    desc = f"generating (up to {max_new_tokens} new tokens)"  # the cap sets how long a row can take
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
+    capped = 0  # answers that ran to max_new_tokens without finishing
     for first in range(0, len(order), batch_size):
         rows = order[first : first + batch_size]
         width = max(len(prompts[i]) for i in rows)
@@ -99,9 +104,20 @@ def generate(
             generation_config=config,
             stopping_criteria=criteria,
         )  # [B, T + new]
-        texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        for i, text in zip(rows, texts, strict=True):
+        new = out[:, width:]  # [B, new]
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        for r, (i, text) in enumerate(zip(rows, texts, strict=True)):
             answers[i] = text
+            if new.shape[1] == max_new_tokens and not set(new[r].tolist()) & set(eos):
+                capped += done is None or not done(text)
         bar.update(len(rows))
     bar.close()
+    if capped:
+        log.warning(
+            "%d of %d answers ran to the cap of %d new tokens without finishing; they take most "
+            "of the time (--max-new-tokens sets the cap)",
+            capped,
+            len(prompts),
+            max_new_tokens,
+        )
     return answers

@@ -14,6 +14,38 @@ from midalign.errors import InputError
 from midalign.models import pooled_states
 from midalign.retrieval import all_pairs_accuracy, pair_accuracy
 
+MAX_TOKENS = 2048
+"""Longest sentence embedded, in tokens (``--max-tokens``): about 8× the longest SIB-200
+sentence in Gemma 3's tokens (247, Khmer). A longer line is nearly always a file without its line
+breaks, whose one forward would need tens of gigabytes; it is an error naming the file and line,
+never truncated, since a cut sentence no longer translates its partner."""
+CHARS_PER_TOKEN = 32
+"""More characters per token than any tokenizer averages (Gemma 3's longest token has 31), so a
+line of over ``CHARS_PER_TOKEN × max_tokens`` characters is too long whatever the model: it is
+refused before the model loads."""
+
+
+def check_languages(corpus: ParallelCorpus, option: str) -> None:
+    """Retrieval pairs one language with another: one language alone leaves nothing to score."""
+    if len(corpus.languages) < 2:
+        raise InputError(
+            f"{option}: the probe needs at least 2 distinct languages; got "
+            f"{len(corpus.languages)} ({', '.join(corpus.languages)})"
+        )
+
+
+def check_characters(corpus: ParallelCorpus, max_tokens: int) -> None:
+    """Refuse a sentence too long for ``max_tokens`` whatever the tokenizer (see
+    :data:`CHARS_PER_TOKEN`), before any model is loaded."""
+    limit = CHARS_PER_TOKEN * max_tokens
+    for side, texts in corpus.texts.items():
+        for i, text in enumerate(texts):
+            if len(text) > limit:
+                raise InputError(
+                    f"{corpus.where(side, i)}: sentence of {len(text)} characters, too long for "
+                    f"--max-tokens {max_tokens} (a missing line break?)"
+                )
+
 
 def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """BOS/EOS/PAD/CLS/SEP ids: the tokens ``--pool mean`` leaves out of the average."""
@@ -46,7 +78,6 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list
     return batches
 
 
-@torch.inference_mode()
 def extract_embeddings(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -62,6 +93,20 @@ def extract_embeddings(
     Tokenised once, sorted by length, batched by token budget, right-padded.
     """
     encoded = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
+    return embed_ids(model, tokenizer, encoded, layers, pool, batch_tokens, progress)
+
+
+@torch.inference_mode()
+def embed_ids(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    pool: str = "mean",
+    batch_tokens: int = 1024,
+    progress: bool = True,
+) -> torch.Tensor:
+    """:func:`extract_embeddings` of sentences already tokenised: [len(layers), n, d]."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     special = special_token_ids(tokenizer)
@@ -95,15 +140,26 @@ def embed_corpus(
     pool: str = "mean",
     batch_tokens: int = 1024,
     progress: bool = True,
+    max_tokens: int = MAX_TOKENS,
 ) -> dict[str, torch.Tensor]:
     """Embeddings of every side of ``corpus``: side -> [len(layers), n_side, d].
 
     All sides go through one length-sorted pass, so batches mix languages and padding stays
-    minimal across the whole corpus.
+    minimal across the whole corpus. A sentence of more than ``max_tokens`` tokens is an error
+    naming its file and line, raised before the first forward.
     """
+    check_characters(corpus, max_tokens)
     sides = list(corpus.texts)
-    flat = [s for side in sides for s in corpus.texts[side]]
-    emb = extract_embeddings(model, tokenizer, flat, layers, pool, batch_tokens, progress)
+    where = [(side, i) for side in sides for i in range(len(corpus.texts[side]))]
+    flat = [corpus.texts[side][i] for side, i in where]
+    encoded = tokenizer(flat, add_special_tokens=True)["input_ids"]
+    for (side, i), ids in zip(where, encoded, strict=True):
+        if len(ids) > max_tokens:
+            raise InputError(
+                f"{corpus.where(side, i)}: sentence of {len(ids)} tokens, over --max-tokens "
+                f"{max_tokens}"
+            )
+    emb = embed_ids(model, tokenizer, encoded, layers, pool, batch_tokens, progress)
     result, start = {}, 0
     for side in sides:
         n = len(corpus.texts[side])

@@ -20,7 +20,15 @@ from midalign.errors import InputError
 from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.languages import parse_langs
 from midalign.models import POOL_MODES, load_model, num_layers, parse_layers
-from midalign.probe import default_batch_tokens, embed_corpus, score_corpus
+from midalign.probe import (
+    CHARS_PER_TOKEN,
+    MAX_TOKENS,
+    check_characters,
+    check_languages,
+    default_batch_tokens,
+    embed_corpus,
+    score_corpus,
+)
 from midalign.report import plot_accuracy_by_layer, plot_language_heatmap, plot_pair_matrix
 from midalign.retrieval import MARGINS, check_options, correlate, summarize
 
@@ -84,6 +92,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="token budget per forward batch (rows × longest row); default: 1024 on CPU, "
         "where small batches stay in cache and run fastest, 16384 on GPU",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=MAX_TOKENS,
+        help="longest sentence, in tokens; a longer one is an error naming its file and line, "
+        f"never truncated (a line over {CHARS_PER_TOKEN}× as many characters is refused before "
+        "the model loads) (default: %(default)s)",
     )
     p.add_argument(
         "--dtype",
@@ -167,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
     scores = read_scores(args.scores) if args.scores else None
     langs = parse_langs(args.langs)
     corpus = load_parallel(args.data, langs, args.split, args.max_sentences, unique=True)
+    check_languages(corpus, f"--langs {args.langs}")
+    check_characters(corpus, args.max_tokens)
     check_options(min(len(t) for t in corpus.texts.values()), args.k, args.margin)
     model, tokenizer = load_model(args.model, args.adapter, args.dtype)
     if args.batch_tokens is None:
@@ -180,7 +198,14 @@ def run(args: argparse.Namespace) -> int:
         layers,
     )
     embeddings = embed_corpus(
-        model, tokenizer, corpus, layers, args.pool, args.batch_tokens, not args.no_progress
+        model,
+        tokenizer,
+        corpus,
+        layers,
+        args.pool,
+        args.batch_tokens,
+        not args.no_progress,
+        args.max_tokens,
     )
     acc = score_corpus(embeddings, corpus, args.k, args.margin)  # [L, P]
     summary = summarize(acc, layers, corpus, groups=groups)
@@ -199,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         "margin": args.margin,
         "k": args.k,
         "batch_tokens": args.batch_tokens,
+        "max_tokens": args.max_tokens,
         "dtype": args.dtype,
     }
     results = {"config": config, **summary}

@@ -23,7 +23,7 @@ from midalign.config import (
     validate,
 )
 from midalign.errors import InputError
-from midalign.io import check_output_dir, write_json, write_text_atomic
+from midalign.io import check_output_dir, mark_output_dir, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
                 out.mkdir(parents=True)
             except OSError as e:
                 raise InputError(f"--out: cannot create {out} ({e.strerror})") from None
+            mark_output_dir(out)
             write_text_atomic(out / CONFIG_FILE, config.to_yaml())
         state.wait_for_everyone()
 

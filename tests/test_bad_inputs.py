@@ -169,6 +169,17 @@ def unwritable(d: Path, argv: list[str]) -> list[str]:
     return [a if a != str(d / "out") else "/proc/midalign-test/out" for a in argv]
 
 
+def out_at(d: Path, name: str, argv: list[str]) -> list[str]:
+    """``argv`` writing to ``d/name`` instead of ``d/out``."""
+    return [a if a != str(d / "out") else str(d / name) for a in argv]
+
+
+def a_file_as_out(d: Path, argv: list[str], text: str = "my notes\n") -> list[str]:
+    """--out naming a file the user already has (``d/notes.txt``)."""
+    (d / "notes.txt").write_text(text)
+    return out_at(d, "notes.txt", argv)
+
+
 def broken_adapter_config(d: Path) -> list[str]:
     (adapter(d / "a") / "adapter_config.json").write_text('{"r": 2,\n')
     return merge_argv(d)
@@ -206,6 +217,16 @@ def config_file(d: Path, *rows: str) -> str:
 PROC = "/proc/midalign-test"
 LATIN1 = ["the people", "all is égal", *EN[2:]]
 NOT_B = ["1\tOle\tX-PER", "2\tbor\tO", "3\ti\tO", "4\tOslo\tB-LOC"]
+FOO = ["1\tOle\tB-FOO", "2\tbor\tO", "3\ti\tO", "4\tOslo\tB-LOC"]
+LONG = "all " * 40 + "free"  # 164 characters: more than 32 per token for --max-tokens 4
+NOT_OURS = (
+    "exists and holds files midalign did not write (no .midalign in it); give a new folder "
+    "(--overwrite replaces only midalign's own outputs)"
+)
+NER_FORMS = (
+    "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2) | aya:FILE/DIR (templated_uner_llm "
+    "parquet) | aya:CohereForAI/aya_collection or hub id"
+)
 COLUMNS = ["1\tOle\tB-PER", "2 bor O", "3\ti\tO", "4\tOslo\tB-LOC"]
 CASES = [
     # ---------------------------------------------------------------- probe
@@ -244,6 +265,29 @@ CASES = [
          ("--out", "exists", "--overwrite"), existing_out=True),
     Case("probe/unwritable output", lambda d, m: unwritable(d, probe_argv(d, m, plain(d))),
          ("--out", PROC), out=PROC),
+    Case("probe/NUL byte", lambda d, m: probe_argv(d, m, plain(d, en=[EN[0], "all\0", *EN[2:]])),
+         ("t.en:2: NUL byte (UTF-16 or binary?); convert the file to UTF-8",)),
+    Case("probe/one language",
+         lambda d, m: probe_argv(d, m, f"parallel:{lines(d / 't.en', EN)}", "--langs", "en"),
+         ("error: --langs en: the probe needs at least 2 distinct languages; got 1 (eng_Latn)",)),
+    Case("probe/one language twice", lambda d, m: probe_argv(d, m, FLORES, "--langs", "eng,eng"),
+         ("error: --langs eng,eng: the probe needs at least 2 distinct languages; got 1 "
+          "(eng_Latn)",)),
+    Case("probe/line too long for --max-tokens",
+         lambda d, m: probe_argv(d, m, plain(d, en=[EN[0], LONG, *EN[2:]]), "--max-tokens", "4"),
+         ("t.en:2: sentence of 164 characters, too long for --max-tokens 4 (a missing line "
+          "break?)",)),
+    Case("probe/sentence over --max-tokens",
+         lambda d, m: probe_argv(d, m, plain(d), "--max-tokens", "4"),
+         ("t.en:1: sentence of 5 tokens, over --max-tokens 4",)),
+    Case("probe/output is a file", lambda d, m: a_file_as_out(d, probe_argv(d, m, plain(d))),
+         ("notes.txt is a file; give a folder that does not exist yet",)),
+    Case("probe/output is a file, --overwrite",
+         lambda d, m: a_file_as_out(d, probe_argv(d, m, plain(d), "--overwrite")),
+         ("notes.txt is a file; give a folder that does not exist yet",)),
+    Case("probe/--overwrite of a folder midalign did not write",
+         lambda d, m: existing(d, probe_argv(d, m, plain(d), "--overwrite")),
+         ("/out " + NOT_OURS,), existing_out=True),
     # ---------------------------------------------------------------- eval
     Case("eval/missing data",
          lambda d, m: eval_argv(d, m, "slots", f"massive:{d / 'nope'}", "en"),
@@ -275,6 +319,15 @@ CASES = [
     Case("eval/unwritable output",
          lambda d, m: unwritable(d, eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "en")),
          ("--out", PROC), out=PROC),
+    Case("eval/IOB2 unknown entity type", lambda d, m: eval_argv(d, m, "ner", uner(d, FOO), "da"),
+         ("da_ddt-ud-test.iob2:3: unknown tag B-FOO (expected O, or B-/I- with PER, ORG, LOC or "
+          "OTH)",)),
+    Case("eval/not a data set", lambda d, m: eval_argv(d, m, "ner", "nonsense", "da"),
+         (f"error: 'nonsense': not a NER data set ({NER_FORMS})",)),
+    Case("eval/--overwrite of a folder midalign did not write",
+         lambda d, m: existing(d, [*eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "en"),
+                                   "--overwrite"]),
+         ("/out " + NOT_OURS,), existing_out=True),
     # ---------------------------------------------------------------- data prepare
     Case("data/missing data", lambda d, m: prepare_argv(d, "ner", f"uner:{d / 'nope'}", "da"),
          ("nope", "not found")),
@@ -282,6 +335,13 @@ CASES = [
     Case("data/output exists",
          lambda d, m: existing(d, prepare_argv(d, "slots", massive(d, GOOD_MASSIVE), "en")),
          ("--out", "exists"), existing_out=True),
+    Case("data/--source not a data set", lambda d, m: prepare_argv(d, "ner", "nonsense", "da"),
+         (f"error: 'nonsense': not a NER data set ({NER_FORMS})",)),
+    Case("data/--overwrite of a file midalign did not write",
+         lambda d, m: a_file_as_out(
+             d, prepare_argv(d, "slots", massive(d, GOOD_MASSIVE), "en", "--overwrite")),
+         ("notes.txt exists and is not an instruction .jsonl file midalign wrote; give a new file "
+          "(--overwrite replaces only midalign's own outputs)",)),
     # ---------------------------------------------------------------- train
     Case("train/missing task data",
          lambda d, m: train_argv(d, m, "--data.task_data", str(d / "nope.jsonl")),
@@ -309,6 +369,9 @@ CASES = [
          ("--out", "exists"), existing_out=True),
     Case("train/unwritable output", lambda d, m: unwritable(d, train_argv(d, m)),
          ("--out", PROC), out=PROC),
+    Case("train/--overwrite of a folder midalign did not write",
+         lambda d, m: existing(d, train_argv(d, m, "--overwrite")),
+         ("/out " + NOT_OURS,), existing_out=True),
     # ---------------------------------------------------------------- merge
     Case("merge/negative weights", lambda d, m: merge_argv(d, "1.5,-0.5"),
          ("--weights", "non-negative")),
@@ -330,6 +393,9 @@ CASES = [
          ("--out", "exists"), existing_out=True),
     Case("merge/unwritable output", lambda d, m: unwritable(d, merge_argv(d)),
          ("--out", PROC), out=PROC),
+    Case("merge/--overwrite of a folder midalign did not write",
+         lambda d, m: existing(d, [*merge_argv(d), "--overwrite"]),
+         ("/out " + NOT_OURS,), existing_out=True),
     # ---------------------------------------------------------------- run
     Case("run/missing recipe",
          lambda d, m: ["run", str(d / "nope.yaml"), "--out", str(d / "out")],

@@ -415,6 +415,8 @@ def test_hf_hub_id_uses_flores_plus_configs(monkeypatch: pytest.MonkeyPatch) -> 
         return datasets.Dataset.from_dict({"id": [1, 2], "text": texts})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("midalign.data.hub.hub_offline", lambda: False)
+    monkeypatch.setattr("midalign.data.hub.hub_unreachable", lambda: None)  # the hub answers
     corpus = load_parallel("hf:flores_plus", ["en", "zh"], split="devtest")
     assert calls == [
         ("openlanguagedata/flores_plus", "eng_Latn", "devtest"),

@@ -284,3 +284,66 @@ def test_data_prepare_writes_the_training_contract(tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+class _Planned(torch.nn.Module):
+    """A "model" whose answer to a prompt is fixed by the prompt's last token."""
+
+    PLAN = {10: [4, 5, 6, 7], 11: [4, 2, 0, 0], 12: [29, 5, 6, 7]}  # a b c d | a <eos> | z b c d
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, input_ids, attention_mask, generation_config, stopping_criteria):
+        new = torch.tensor([self.PLAN[int(row[-1])] for row in input_ids])
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_answers_that_run_to_the_cap_are_counted_and_the_cap_shown(monkeypatch, caplog, capsys):
+    monkeypatch.setitem(gen.STOP_RULES, "z", lambda text: "z" in text.split())
+    prompts = [[1, 10], [1, 11], [1, 12]]
+    answers = gen.generate(_Planned(), tiny_tokenizer(), prompts, max_new_tokens=4, stop="z")
+    assert answers == ["a b c d", "a", "z b c d"]
+    # only the first ran to the cap: the second ended with EOS, the third at its stop rule
+    assert [r.getMessage() for r in caplog.records if r.name == "midalign.generate"] == [
+        "1 of 3 answers ran to the cap of 4 new tokens without finishing; they take most of the "
+        "time (--max-new-tokens sets the cap)"
+    ]
+    assert "generating (up to 4 new tokens): 100%" in capsys.readouterr().err
+
+
+def test_eval_summary_counts_unparseable_answers_and_shows_the_first(
+    tiny_model_dir, tmp_path, capsys
+):
+    out = tmp_path / "eval"
+    data = f"sib200:{FIXTURES / 'sib200'}"
+    argv = ["eval", "--model", str(tiny_model_dir), "--task", "topic", "--data", data]
+    assert main([*argv, "--langs", "de,ja", "--max-new-tokens", "3", "--out", str(out)]) == 0
+    predictions = [json.loads(x) for x in (out / "predictions.jsonl").open(encoding="utf-8")]
+    first = predictions[0]
+    assert not any(p["ok"] for p in predictions)  # a random model names no topic
+    assert (
+        "5 of 5 answers could not be parsed and scored as empty; the first "
+        f"(deu_Latn, id {first['id']}): {first['output']!r}\n"
+    ) in capsys.readouterr().out
+
+
+def test_data_prepare_overwrites_only_its_own_files(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "slots.jsonl"
+    source = f"massive:{FIXTURES / 'massive'}"
+    argv = ["data", "prepare", "--task", "slots", "--source", source, "--langs", "en"]
+    argv += ["--split", "test", "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"midalign data: error: --out: {out} already exists (pass --overwrite to replace it)\n"
+    )
+    assert main([*argv, "--overwrite"]) == 0
+    out.write_text('{"prompt": "mine"}\n')  # JSON lines, but not an instruction file
+    assert main([*argv, "--overwrite"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--out: {out} exists and is not an instruction .jsonl file midalign wrote; give a new "
+        "file (--overwrite replaces only midalign's own outputs)\n"
+    )
+    assert out.read_text() == '{"prompt": "mine"}\n'

@@ -1,13 +1,23 @@
-"""Atomic outputs are as readable as any other file the user writes (umask), not private."""
+"""Atomic outputs are as readable as any other file the user writes (umask), not private; and
+``--overwrite`` replaces only a folder midalign wrote, never the current folder or a file."""
 
 from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from midalign.io import atomic_output_dir, write_text_atomic
+from midalign import __version__
+from midalign.errors import InputError
+from midalign.io import (
+    MARKER,
+    atomic_output_dir,
+    check_output_dir,
+    mark_output_dir,
+    write_text_atomic,
+)
 
 
 @pytest.fixture
@@ -31,3 +41,85 @@ def test_failed_output_dir_leaves_nothing(tmp_path) -> None:
         (tmp / "half.txt").write_text("half")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_carry_the_marker_and_overwrite_replaces_only_marked_folders(tmp_path) -> None:
+    out = tmp_path / "out"
+    with atomic_output_dir(out) as tmp:
+        (tmp / "a.txt").write_text("1\n")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "a.txt"]
+    assert (out / MARKER).read_text() == (
+        f"written by midalign {__version__}; `--overwrite` may delete this folder\n"
+    )
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("2\n")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "b.txt"]
+
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("\\chapter{}\n")
+    message = (
+        f"--out: {mine} exists and holds files midalign did not write (no .midalign in it); give "
+        "a new folder (--overwrite replaces only midalign's own outputs)"
+    )
+    for overwrite in (False, True):
+        with pytest.raises(InputError) as e:
+            check_output_dir(mine, overwrite)
+        assert str(e.value) == message
+    assert (mine / "thesis.tex").read_text() == "\\chapter{}\n"
+
+    empty = tmp_path / "empty"  # nothing to lose: replaced like one of ours
+    empty.mkdir()
+    with pytest.raises(InputError, match=r"already exists \(pass --overwrite to replace it\)$"):
+        check_output_dir(empty, False)
+    with atomic_output_dir(empty, overwrite=True) as tmp:
+        (tmp / "c.txt").write_text("3\n")
+    assert (empty / "c.txt").read_text() == "3\n"
+
+
+def test_a_file_as_out_is_one_message_with_or_without_overwrite(tmp_path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    for overwrite in (False, True):
+        with pytest.raises(InputError) as e:
+            check_output_dir(notes, overwrite)
+        assert str(e.value) == f"--out: {notes} is a file; give a folder that does not exist yet"
+    assert notes.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("out", [".", "..", "/"])
+def test_the_current_folder_and_its_parents_are_refused_up_front(tmp_path, monkeypatch, out):
+    here = tmp_path / "a" / "b"
+    here.mkdir(parents=True)
+    mark_output_dir(here)  # even a marked folder: a folder in use cannot be renamed away
+    monkeypatch.chdir(here)
+    for overwrite in (False, True):
+        with pytest.raises(InputError) as e:
+            check_output_dir(Path(out), overwrite)
+        assert str(e.value) == (
+            f"--out: {out} is the current folder or holds it, which cannot be replaced; give a "
+            "new folder"
+        )
+
+
+def test_probe_out_dot_overwrite_fails_before_any_work(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    from midalign.cli import main
+
+    for lang, text in (("en", "the law\nall is equal\n"), ("de", "das recht\nalles ist gleich\n")):
+        (tmp_path / f"t.{lang}").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("midalign.probe_cli.load_model", _never)
+    argv = ["probe", "--model", str(tiny_model_dir), "--data", "parallel:t.en,t.de"]
+    code = main([*argv, "--langs", "en,de", "--k", "1", "--out", ".", "--overwrite"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "midalign probe: error: --out: . is the current folder or holds it, which cannot be "
+        "replaced; give a new folder\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.de", "t.en", "tiny-gemma3"]
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the model was loaded")

@@ -96,13 +96,44 @@ def test_probe_writes_results_csvs_plots_and_embeddings(tiny_model_dir, tmp_path
 
 def test_existing_out_is_refused_without_overwrite(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
+    assert _probe(tiny_model_dir, _files(tmp_path), out, "--layers", "1") == 0
+    capsys.readouterr()
     assert _probe(tiny_model_dir, _files(tmp_path), out) == 2
-    assert "already exists (pass --overwrite" in capsys.readouterr().err
-    assert (out / "keep.txt").exists()
+    assert capsys.readouterr().err == (
+        f"midalign probe: error: --out: {out} already exists (pass --overwrite to replace it)\n"
+    )
+    assert (out / "pairs_layer1.csv").exists()
     assert _probe(tiny_model_dir, _files(tmp_path), out, "--overwrite", "--layers", "2") == 0
-    assert not (out / "keep.txt").exists() and (out / "pairs_layer2.csv").exists()
+    assert not (out / "pairs_layer1.csv").exists() and (out / "pairs_layer2.csv").exists()
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+
+
+def test_a_megabyte_line_is_refused_before_the_model_loads(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    """A file without its line breaks: one forward of it would need tens of gigabytes."""
+    monkeypatch.setattr("midalign.probe_cli.load_model", _never)
+    long = dict(SENTENCES, deu_Latn=["frei " * 209_715, *SENTENCES["deu_Latn"][1:]])
+    assert _probe(tiny_model_dir, _files(tmp_path, long), tmp_path / "run") == 2
+    assert capsys.readouterr().err == (
+        f"midalign probe: error: {tmp_path / 'text.deu_Latn'}:1: sentence of 1048574 characters, "
+        "too long for --max-tokens 2048 (a missing line break?)\n"
+    )
+
+
+def test_one_language_is_refused_before_the_model_loads(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr("midalign.probe_cli.load_model", _never)
+    one = _files(tmp_path, {"eng_Latn": SENTENCES["eng_Latn"]})
+    assert _probe(tiny_model_dir, one, tmp_path / "run", "--langs", "eng") == 2
+    assert capsys.readouterr().err == (
+        "midalign probe: error: --langs eng: the probe needs at least 2 distinct languages; "
+        "got 1 (eng_Latn)\n"
+    )
 
 
 @pytest.mark.parametrize(

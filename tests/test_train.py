@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from midalign.cli import main
 from midalign.config import TrainConfig
 from midalign.errors import InputError
+from midalign.io import MARKER
 from midalign.losses import info_nce
 from midalign.models import _masked_mean, pooled_states, pooling_mask
 from midalign.train import AlignmentTrainer, last_checkpoint, read_log, train
@@ -369,6 +370,9 @@ def test_cli_outputs_a_loadable_adapter_and_refuses_reuse(tmp_path, capsys):
     assert _cli(tmp_path, "--resume", "--temperature", "0.5") == 2
     err = capsys.readouterr().err
     assert "different config (align.temperature: 0.1 -> 0.5)" in err
+    assert (out / MARKER).is_file()  # so --overwrite may replace it
+    assert _cli(tmp_path, "--overwrite", "--max-steps", "2") == 0
+    assert json.loads((out / "train_result.json").read_text())["global_step"] == 2
 
 
 @pytest.mark.parametrize(

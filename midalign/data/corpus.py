@@ -22,10 +22,16 @@ class ParallelCorpus:
     pairs: list[tuple[str, str]]  # ordered (source side, target side)
     source: str = ""  # where the text came from, for results.json
     ids: dict[str, list[str]] = field(default_factory=dict)  # side -> segment ids, if known
+    # side -> the file it was read from, one sentence a line (its ids are then line numbers)
+    files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def multiway(
-        cls, texts: dict[str, list[str]], source: str = "", ids: list[str] | None = None
+        cls,
+        texts: dict[str, list[str]],
+        source: str = "",
+        ids: list[str] | None = None,
+        files: dict[str, str] | None = None,
     ) -> ParallelCorpus:
         """One side per language, all M·(M−1) ordered pairs."""
         sides = list(texts)
@@ -35,7 +41,16 @@ class ParallelCorpus:
             pairs=list(permutations(sides, 2)),
             source=source,
             ids={s: list(ids) for s in sides} if ids is not None else {},
+            files=dict(files or {}),
         )
+
+    def where(self, side: str, i: int) -> str:
+        """Where sentence ``i`` of ``side`` came from, for an error message: ``file:line``, or
+        the data set, side and segment id."""
+        ids = self.ids.get(side) or [str(n) for n in range(1, len(self.texts[side]) + 1)]
+        if side in self.files:
+            return f"{self.files[side]}:{ids[i]}"
+        return f"{self.source}: {side} sentence {ids[i]}"
 
     @property
     def languages(self) -> list[str]:
@@ -64,4 +79,5 @@ class ParallelCorpus:
             pairs=list(self.pairs),
             source=self.source,
             ids={s: i[:max_sentences] for s, i in self.ids.items()},
+            files=dict(self.files),
         )

@@ -10,8 +10,9 @@ FLoRes-200's ``zho_Hans``) with splits ``dev`` and ``devtest``, stored as
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.reading import align_by_id, by_language, read_text, select
@@ -20,6 +21,7 @@ from midalign.errors import InputError
 if TYPE_CHECKING:
     from datasets import Dataset
 
+HUB_TIMEOUT = 5.0  # seconds the hub has to answer one request before it counts as unreachable
 FLORES_PLUS = "openlanguagedata/flores_plus"
 # FLoRes-200 code -> flores_plus config, where they differ.
 _HUB_CONFIG = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant"}
@@ -71,17 +73,74 @@ def _load_file(path: Path, split: str) -> Dataset:
         raise InputError(f"{path}: cannot be read as {builder} ({type(e).__name__}: {e})") from e
 
 
-def _load_hub(repo: str, lang: str, split: str) -> tuple[str, Dataset]:
-    from datasets import load_dataset
+class HubUnreachable(InputError):
+    """The hub cannot be reached (offline mode, or no answer): the reader adds the forms of
+    its data that read a local copy instead."""
 
+
+def hub_offline() -> bool:
+    """Offline mode: ``HF_HUB_OFFLINE`` (or ``HF_DATASETS_OFFLINE``, ``TRANSFORMERS_OFFLINE``)
+    as the environment says now, or as huggingface_hub read it at import."""
+    from huggingface_hub import constants
+
+    names = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = any(os.environ.get(n, "").upper() in ("1", "ON", "YES", "TRUE") for n in names)
+    return env or constants.HF_HUB_OFFLINE
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub does not answer, or None: one request with a :data:`HUB_TIMEOUT`, no retries
+    (``datasets`` retries for half a minute and logs a warning for each try)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT)
+    except Exception as e:  # the HTTP client's own error types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return f"{type(e).__name__}: {first}"
+    return None
+
+
+def load_from_hub(where: str, *args: Any, **kwargs: Any) -> Dataset:
+    """``datasets.load_dataset(*args, **kwargs)`` of a hub data set, every failure one line
+    naming ``where``. Offline, only the local cache is tried; when the hub does not answer, the
+    error comes at once rather than after datasets' retries."""
+    from datasets import config, load_dataset
+
+    offline = hub_offline()
+    if offline and not config.HF_HUB_OFFLINE:  # set after datasets read it: it would go online
+        raise HubUnreachable(f"{where}: HF_HUB_OFFLINE is set; give a local copy instead")
+    if not offline:
+        reason = hub_unreachable()
+        if reason is not None:
+            raise HubUnreachable(
+                f"{where}: the hub is unreachable ({reason}); give a local copy instead, or set "
+                "HF_HUB_OFFLINE=1 to use one cached earlier"
+            )
+    try:
+        return load_dataset(*args, **kwargs)
+    except Exception as e:  # datasets raises many types for the same user mistakes
+        if offline:
+            raise HubUnreachable(
+                f"{where}: not in the local cache and HF_HUB_OFFLINE is set; give a local copy "
+                "instead"
+            ) from e
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise InputError(f"{where}: cannot load ({type(e).__name__}: {first})") from e
+
+
+def _load_hub(repo: str, lang: str, split: str) -> tuple[str, Dataset]:
     config = _HUB_CONFIG.get(lang, lang)
     where = f"hf:{repo} config {config} split {split}"
     try:
-        return where, load_dataset(repo, config, split=split)
-    except Exception as e:  # offline, gated, unknown config or split: all fixable by the user
+        return where, load_from_hub(where, repo, config, split=split)
+    except HubUnreachable as e:
+        raise InputError(f"{e}: hf:DIR, a folder laid out like the repo") from None
+    except InputError as e:  # gated, unknown config or split: all fixable by the user
         raise InputError(
-            f"{where}: cannot load ({type(e).__name__}: {e}). flores_plus is gated: accept its "
-            "terms on the hub and log in, or download it and pass hf:DIR"
+            f"{e}. flores_plus is gated: accept its terms on the hub and log in, or download it "
+            "and pass hf:DIR"
         ) from e
 
 

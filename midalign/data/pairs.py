@@ -22,6 +22,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from midalign.data import load_parallel
+from midalign.data.hub import HubUnreachable, load_from_hub
 from midalign.errors import InputError
 from midalign.languages import iso639_1, to_flores
 
@@ -73,9 +74,9 @@ def _hf_tatoeba(source: str, langs: list[str]) -> Pairs:
             code = iso639_1(lang) or lang[:3]
             where = f"hf:{repo} en-{code}"
             try:
-                table = load_dataset(repo, lang1="en", lang2=code, split="train")
-            except Exception as e:  # offline, unknown pair: all fixable by the user
-                raise InputError(f"{where}: cannot load ({type(e).__name__}: {e})") from e
+                table = load_from_hub(where, repo, lang1="en", lang2=code, split="train")
+            except HubUnreachable as e:
+                raise InputError(f"{e}: hf-tatoeba:DIR or tatoeba:DIR") from None
             tables[lang] = (where, code, table)
     missing = [lang for lang in langs if lang not in tables]
     if missing:

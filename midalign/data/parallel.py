@@ -45,7 +45,10 @@ def read_flores_dir(root: Path, langs: list[str], split: str) -> ParallelCorpus:
     sentences = {lang: texts[path] for lang, path in paths.items()}
     n = len(next(iter(sentences.values())))
     return ParallelCorpus.multiway(
-        sentences, source=f"flores:{root} ({split})", ids=[str(i) for i in range(1, n + 1)]
+        sentences,
+        source=f"flores:{root} ({split})",
+        ids=[str(i) for i in range(1, n + 1)],
+        files={lang: str(path) for lang, path in paths.items()},
     )
 
 
@@ -90,6 +93,7 @@ def read_tatoeba(root: Path, langs: list[str]) -> ParallelCorpus:
         )
     texts: dict[str, list[str]] = {}
     lang_of: dict[str, str] = {}
+    files: dict[str, str] = {}
     pairs: list[tuple[str, str]] = []
     for lang, x_path in select(wanted, available, f"tatoeba: {root}").items():
         eng_path = x_path.with_suffix(".eng")
@@ -98,9 +102,10 @@ def read_tatoeba(root: Path, langs: list[str]) -> ParallelCorpus:
         eng_side = f"{ENGLISH}@{lang}"
         texts[lang], texts[eng_side] = both[x_path], both[eng_path]
         lang_of[lang], lang_of[eng_side] = lang, ENGLISH
+        files[lang], files[eng_side] = str(x_path), str(eng_path)
         pairs += [(lang, eng_side), (eng_side, lang)]
     ids = {side: [str(i) for i in range(1, len(t) + 1)] for side, t in texts.items()}
-    return ParallelCorpus(texts, lang_of, pairs, source=f"tatoeba:{root}", ids=ids)
+    return ParallelCorpus(texts, lang_of, pairs, source=f"tatoeba:{root}", ids=ids, files=files)
 
 
 def read_plain(files: list[Path], langs: list[str]) -> ParallelCorpus:
@@ -130,4 +135,5 @@ def read_plain(files: list[Path], langs: list[str]) -> ParallelCorpus:
         {lang: texts[path] for lang, path in zip(langs, files, strict=True)},
         source="parallel:" + ",".join(map(str, files)),
         ids=[str(i) for i in range(1, n + 1)],
+        files={lang: str(path) for lang, path in zip(langs, files, strict=True)},
     )

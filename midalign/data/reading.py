@@ -28,7 +28,9 @@ T = TypeVar("T")
 
 
 def read_text(path: Path) -> str:
-    """The whole file as text; invalid UTF-8 is reported with its line (a BOM is dropped)."""
+    """The whole file as text; invalid UTF-8 is reported with its line (a BOM is dropped), and
+    so is a NUL byte: valid UTF-8, but never in text (a UTF-16 or binary file), and a model
+    given one embeds garbage without a word."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -37,6 +39,10 @@ def read_text(path: Path) -> str:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise InputError(f"{path}:{line}: NUL byte (UTF-16 or binary?); convert the file to UTF-8")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

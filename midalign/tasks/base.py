@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midalign.data.hub import HubUnreachable, load_from_hub
 from midalign.errors import InputError
 from midalign.languages import parse_langs
 
@@ -76,7 +77,10 @@ class Task(ABC):
         :func:`limit_per_key`; a language without examples is an error, since it would silently
         vanish from the averages."""
         keys = self.languages(",".join(langs)) if langs else []
-        examples = self.load(source, keys, split)
+        try:
+            examples = self.load(source, keys, split)
+        except HubUnreachable as e:
+            raise InputError(f"{e}: {self.source_help}") from None
         check_found(examples, keys, source)
         examples = limit_per_key(examples, limit)
         warn_one_reference(examples, f"{source} ({split})")
@@ -176,9 +180,12 @@ def check_found(examples: list[Example], keys: Sequence[str], where: str) -> Non
 
 def load_hf_table(where: str, *args: Any, **kwargs: Any) -> Any:
     """``datasets.load_dataset(*args, **kwargs)`` with failures as one-line InputErrors (offline,
-    unknown config or split, unreadable file: all fixable by the user)."""
+    unknown config or split, unreadable file: all fixable by the user). Without ``data_files``
+    it is a hub data set, and an unreachable hub fails at once (:func:`load_from_hub`)."""
     from datasets import load_dataset
 
+    if "data_files" not in kwargs:
+        return load_from_hub(where, *args, **kwargs)
     try:
         return load_dataset(*args, **kwargs)
     except Exception as e:  # datasets raises many types for the same user mistakes

@@ -11,7 +11,6 @@ prompt's categories): UNER's OTH spans are left out of the references.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from midalign.tasks.base import (
 )
 
 TYPES = ("PER", "ORG", "LOC")
+UNER_TYPES = (*TYPES, "OTH")  # every type UNER v1 tags; a tag of any other type is an error
 Entity = tuple[str, str, int, int]  # (type, text, start, end)
 
 
@@ -156,7 +156,9 @@ def _entities_from_iob2(
 
 def read_iob2(path: Path, lang: str) -> list[Example]:
     """UNER v1 IOB2: ``# text = ...`` header, then ``idx token tag ...`` lines (tab-separated,
-    tag in the third column: O, B-X, I-X). Without ``# text`` the tokens are joined by spaces."""
+    tag in the third column: O, B-X or I-X with X one of :data:`UNER_TYPES`; any other tag is an
+    error rather than a gold entity silently dropped). Without ``# text`` the tokens are joined
+    by spaces."""
     examples: list[Example] = []
     for header, lines in conll_sentences(path):
         rows: list[tuple[int, str, str]] = []
@@ -167,8 +169,11 @@ def read_iob2(path: Path, lang: str) -> list[Example]:
                     f"{path}:{lineno}: expected tab-separated index, token, IOB2 tag; got {line!r}"
                 )
             tag = fields[2]
-            if tag != "O" and not re.fullmatch(r"[BI]-[A-Z]+", tag):
-                raise InputError(f"{path}:{lineno}: tag {tag!r} is not O, B-TYPE or I-TYPE")
+            if tag != "O" and not (tag[:2] in ("B-", "I-") and tag[2:] in UNER_TYPES):
+                raise InputError(
+                    f"{path}:{lineno}: unknown tag {tag} (expected O, or B-/I- with "
+                    f"{', '.join(UNER_TYPES[:-1])} or {UNER_TYPES[-1]})"
+                )
             rows.append((lineno, fields[1], tag))
         text = header.get("text") or " ".join(token for _, token, _ in rows)
         text, entities = _entities_from_iob2(path, text, rows)
@@ -266,7 +271,7 @@ class JsonNER(Task):
         elif kind == "aya":
             examples = read_aya(rest, langs, split)
         else:
-            raise InputError(f"--data {source!r}: not a NER data set ({self.source_help})")
+            raise InputError(f"{source!r}: not a NER data set ({self.source_help})")
         return examples
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:

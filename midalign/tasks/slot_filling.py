@@ -469,7 +469,7 @@ class SlotFilling(Task):
         elif kind == "hf":
             examples = read_massive_table(rest, langs, split)
         else:
-            raise InputError(f"--data {source!r}: not a slot-filling data set ({self.source_help})")
+            raise InputError(f"{source!r}: not a slot-filling data set ({self.source_help})")
         return examples
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:

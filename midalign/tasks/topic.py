@@ -148,7 +148,7 @@ class Topic(Task):
         elif kind == "hf":
             examples = read_sib200_hub(rest, langs, split)
         else:
-            raise InputError(f"--data {source!r}: not a topic data set ({self.source_help})")
+            raise InputError(f"{source!r}: not a topic data set ({self.source_help})")
         return examples
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:

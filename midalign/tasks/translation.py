@@ -245,7 +245,7 @@ class Translation(Task):
         if kind is None and root.is_dir():
             kind = "wmt23" if any(root.glob("generaltest2023.*")) else "alma"
         if kind is None or not root.is_dir():
-            raise InputError(f"--data {source!r}: not a translation data set ({self.source_help})")
+            raise InputError(f"{source!r}: not a translation data set ({self.source_help})")
         if not langs:
             raise InputError("--langs: give translation directions, e.g. de-en,en-de")
         examples = read_alma(root, langs, split) if kind == "alma" else read_wmt23(root, langs)
