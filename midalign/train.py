@@ -74,7 +74,7 @@ from midalign.data.pairs import (
     split_dev,
 )
 from midalign.errors import InputError
-from midalign.io import write_json, write_text_atomic
+from midalign.io import follow_umask, write_json, write_text_atomic
 from midalign.losses import info_nce
 from midalign.models import load_model, num_layers, parse_layers, pooled_states, response_loss
 from midalign.probe import extract_embeddings, special_token_ids
@@ -362,6 +362,7 @@ class AlignmentTrainer(Trainer):
             write_json(folder / STREAM_FILE, {"align_position": self.align_position})
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
+            follow_umask(folder)
             write_text_atomic(folder / COMPLETE_FILE, f"{self.state.global_step}\n")
             rotate_checkpoints(
                 self._get_output_dir(trial),
@@ -704,6 +705,7 @@ def save_adapter(model: torch.nn.Module, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=out))
     try:
         model.save_pretrained(tmp)
+        follow_umask(tmp)
         for name in ADAPTER_FILES:
             os.replace(tmp / name, out / name)
     finally:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -118,6 +120,13 @@ def test_merge_command(tmp_path, capsys):
         == 0
     )
     assert "merged 0.9·task + 0.1·align" in capsys.readouterr().out
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()}
+    umask = os.umask(0)
+    os.umask(umask)
+    shared = oct(0o666 & ~umask)  # 0o644 under the usual umask 022; safetensors alone makes 0600
+    assert modes == dict.fromkeys(
+        ["adapter_config.json", "adapter_model.safetensors", "merge.json"], shared
+    )
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
     assert (
         main(["merge", "--adapters", str(a), str(b), "--weights", "0.9,x", "--out", str(out)]) == 2

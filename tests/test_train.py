@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import stat
 
 import pytest
 import torch
@@ -343,6 +345,11 @@ def test_cli_outputs_a_loadable_adapter_and_refuses_reuse(tmp_path, capsys):
         "train_result.json",
     ):
         assert (out / name).is_file(), name
+    umask = os.umask(0)
+    os.umask(umask)
+    # every file as readable as the umask makes it (safetensors alone writes 0600)
+    modes = {oct(stat.S_IMODE(p.stat().st_mode)) for p in out.rglob("*") if p.is_file()}
+    assert modes == {oct(0o666 & ~umask)}
     result = json.loads((out / "train_result.json").read_text())
     assert result["align_layers"] == [2] and result["global_step"] == 4
     # what --out holds is the adapter of the best checkpoint
