@@ -62,6 +62,8 @@ def lora_scale(config: dict) -> float:
 
 
 def check_weights(weights: Sequence[float]) -> None:
+    if not all(math.isfinite(w) for w in weights):  # NaN passes both checks below
+        raise InputError(f"--weights must be finite numbers, got {list(weights)}")
     if any(w < 0 for w in weights):
         raise InputError(f"--weights must be non-negative, got {list(weights)}")
     if abs(sum(weights) - 1.0) > 1e-6:

@@ -326,6 +326,12 @@ CASES = [
          ("--adapters", "adapter_config.json", "4300 digits")),
     Case("merge/adapter config not an object", lambda d, m: adapter_config_text(d, "[1, 2]"),
          ("--adapters", "adapter_config.json", "JSON object")),
+    Case("merge/weights not finite", lambda d, m: merge_argv(d, "nan,0.1"),
+         ("midalign merge: error: --weights must be finite numbers, got [nan, 0.1]",)),
+    Case("merge/duplicate adapter names",
+         lambda d, m: [a.replace("align=", "task=") for a in merge_argv(d)],
+         ("midalign merge: error: --adapters: two adapters are named 'task'; give each its own "
+          "name, e.g. task=DIR align=DIR",)),
     Case("merge/output exists", lambda d, m: existing(d, merge_argv(d)),
          ("--out", "exists"), existing_out=True),
     Case("merge/unwritable output", lambda d, m: unwritable(d, merge_argv(d)),

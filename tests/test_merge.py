@@ -73,6 +73,8 @@ def test_merged_model_outputs_equal_base_with_both_weighted_updates(tmp_path):
         ([0.9, 0.2], "must sum to 1"),
         ([1.5, -0.5], "must be non-negative"),
         ([1.0], "1 weights for 2 adapters"),
+        ([float("nan"), 0.1], r"must be finite numbers, got \[nan, 0.1\]"),
+        ([float("inf"), 0.0], r"must be finite numbers, got \[inf, 0.0\]"),
     ],
 )
 def test_bad_weights(tmp_path, weights, message):
