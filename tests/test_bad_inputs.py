@@ -240,6 +240,11 @@ CASES = [
     Case("probe/scores not numbers",
          lambda d, m: probe_argv(d, m, plain(d), "--scores", config_file(d, "eng,high")),
          ("--scores", "c.yaml", "no scores")),
+    Case("probe/adapter of another base model",
+         lambda d, m: probe_argv(d, m, plain(d), "--adapter", str(adapter(d / "a", "base-b"))),
+         ("midalign probe: error: --adapter: ", "/a was trained on base-b, not on --model ",
+          "/tiny-gemma3 (if they are the same model, set base_model_name_or_path in its "
+          "adapter_config.json)")),
     Case("probe/output exists", lambda d, m: existing(d, probe_argv(d, m, plain(d))),
          ("--out", "exists", "--overwrite"), existing_out=True),
     Case("probe/unwritable output", lambda d, m: unwritable(d, probe_argv(d, m, plain(d))),

@@ -85,14 +85,32 @@ def test_bad_weights(tmp_path, weights, message):
     assert not (tmp_path / "m").exists()
 
 
-def test_adapters_of_different_base_models_are_refused(tmp_path):
+def _set_base(adapter, base):
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+
+
+def test_adapters_of_different_base_models_are_refused(tmp_path, monkeypatch):
+    """The rule `--adapter` applies too (midalign.models.same_base): one folder spelled two
+    ways is one base; an adapter that names none fits any."""
     a = _adapter(tmp_path / "a", 1, 2, 4, ["q_proj"])
     b = _adapter(tmp_path / "b", 2, 2, 4, ["q_proj"])
-    config = json.loads((b / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "some/other-model"
-    (b / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="different base models"):
-        merge_adapters([a, b], [0.5, 0.5], tmp_path / "m")
+    c = _adapter(tmp_path / "c", 3, 2, 4, ["q_proj"])
+    (tmp_path / "models" / "llama").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    _set_base(a, "some/model")
+    _set_base(b, "some/other-model")
+    with pytest.raises(
+        InputError,
+        match="^--adapters: adapters of different base models: some/model, some/other-model$",
+    ):
+        merge_adapters([c, a, b], [0.4, 0.3, 0.3], tmp_path / "m")
+    _set_base(a, "models/llama")
+    _set_base(b, str(tmp_path / "models" / "llama"))
+    _set_base(c, None)
+    config = merge_adapters([c, a, b], [0.4, 0.3, 0.3], tmp_path / "m")
+    assert config["base_model_name_or_path"] == "models/llama"
 
 
 def test_missing_adapter_names_the_file(tmp_path):
