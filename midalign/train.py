@@ -56,8 +56,11 @@ from transformers import (
     DataCollatorForSeq2Seq,
     EarlyStoppingCallback,
     PreTrainedTokenizerBase,
+    PrinterCallback,
+    ProgressCallback,
     Trainer,
     TrainerCallback,
+    TrainerState,
     TrainingArguments,
     set_seed,
 )
@@ -408,6 +411,34 @@ class JsonlLog(TrainerCallback):
             f.write(json.dumps(row, allow_nan=True) + "\n")
 
 
+def log_line(state: TrainerState, logs: dict[str, Any]) -> str:
+    """A log event as one line, numbers at 4 significant digits: ``step 10/200: loss 2.345,
+    learning_rate 0.0005, ...`` (the Trainer's own printers show the dict, numbers as strings).
+    log.jsonl keeps the full numbers."""
+    shown = (
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in logs.items()
+        if k != "total_flos"
+    )
+    return f"step {state.global_step}/{state.max_steps}: " + ", ".join(shown)
+
+
+class PrintLog(TrainerCallback):
+    """Without a progress bar: each log event as a line on stdout."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer API
+        if state.is_world_process_zero and logs:
+            print(log_line(state, logs), flush=True)
+
+
+class ProgressLog(ProgressCallback):
+    """The Trainer's progress bars, each log event written above them as a line."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer API
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(log_line(state, logs))
+
+
 class StopOnSignal(TrainerCallback):
     """SIGINT/SIGTERM: finish the current optimizer step, save a checkpoint, stop. A second
     signal interrupts at once."""
@@ -672,6 +703,8 @@ def train(
         has_task_dev=dev_set is not None,
         keep_checkpoints=c.optim.keep_checkpoints,
     )
+    trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
+    trainer.add_callback(ProgressLog() if progress else PrintLog())
     if resume_from is not None:
         position = json.loads((resume_from / STREAM_FILE).read_text())["align_position"]
         trainer.align_position = position

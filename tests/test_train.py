@@ -357,8 +357,27 @@ def test_cli_outputs_a_loadable_adapter_and_refuses_reuse(tmp_path, capsys):
     saved = load_file(str(best_dir / "adapter_model.safetensors"))
     final = _adapter(out)
     assert all(torch.equal(saved[n], final[n]) for n in final)
-    evals = [r for r in read_log(out / "log.jsonl") if "eval_task_loss" in r]
+    rows = read_log(out / "log.jsonl")
+    evals = [r for r in rows if "eval_task_loss" in r]
     assert [r["step"] for r in evals] == [2, 4] and all("eval_align_loss" in r for r in evals)
+    # log.jsonl holds numbers; stdout shows each of its rows as one line, 4 significant digits
+    assert all(isinstance(v, int | float) for r in rows for v in r.values())
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (
+        f"step 1/4: loss {rows[0]['loss']:.4g}, grad_norm {rows[0]['grad_norm']:.4g}, "
+        f"learning_rate 0, task_loss {rows[0]['task_loss']:.4g}, "
+        f"align_loss {rows[0]['align_loss']:.4g}, epoch 0.2"
+    )
+    hidden = ("step", "epoch", "lr", "total_flos")  # the Trainer logs the epoch last
+    assert printed[:-1] == [
+        f"step {r['step']}/4: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if k not in hidden)
+        + f", epoch {r['epoch']:.4g}"
+        for r in rows
+    ]
+    assert printed[-1] == f"trained 4 steps, best dev {result['best_metric']:.4f} at " + (
+        f"{best_dir.name}; adapter in {out}"
+    )
     model = PeftModel.from_pretrained(tiny_model("gemma3", n_layers=4), str(out))
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
