@@ -11,6 +11,7 @@ Defaults are the paper's (Liu & Niehues 2025, SPEC §2).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -305,6 +306,38 @@ def diff(a: TrainConfig, b: TrainConfig) -> list[str]:
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s].get(k)]
 
 
+def no_learning(lr_scheduler: str, warmup_ratio: float, steps: int) -> bool:
+    """Whether the learning rate is 0 at every one of ``steps`` optimizer steps, as the
+    Trainer's scheduler gives it. A transformers warm-up starts at 0 (lr at step s, counted
+    from 0, is peak · s / warmup), so the first step never moves the weights, and a one-step
+    run with any warm-up (⌈1 · ratio⌉ = 1 step) trains nothing: every lora_B stays 0. A longer
+    run has lr > 0 from its second step, since ⌈n · ratio⌉ < n. The scheduler is asked rather
+    than a list kept of which schedules warm up (constant and reduce_lr_on_plateau do not)."""
+    import torch
+    from transformers import get_scheduler
+
+    warmup = math.ceil(steps * warmup_ratio)  # TrainingArguments.get_warmup_steps, ratio < 1
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        scheduler = get_scheduler(lr_scheduler, optimizer, warmup, steps)
+    except (ValueError, TypeError):  # a schedule that needs options midalign does not pass
+        return False
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    return lambdas is not None and all(lambdas[0](step) == 0 for step in range(steps))
+
+
+def no_learning_message(
+    lr_scheduler: str, warmup_ratio: float, steps: int, warmup_name: str, steps_name: str
+) -> str:
+    """The refusal of a run that :func:`no_learning` finds, naming the options to change."""
+    return (
+        f"{warmup_name} {warmup_ratio:g} over {steps} optimizer step{'s' if steps > 1 else ''} "
+        f"({steps_name}): the {lr_scheduler} schedule's learning rate is 0 throughout (its "
+        f"warm-up starts at 0), so training would not change the adapter; set {warmup_name} 0 "
+        "or train more steps"
+    )
+
+
 def validate(config: TrainConfig) -> None:
     """Reject values that cannot work before any model is loaded, naming the option."""
     opt = option_names()
@@ -354,6 +387,16 @@ def validate(config: TrainConfig) -> None:
         raise InputError(f"{opt['optim.learning_rate'][0]} must be positive")
     if not 0 <= o.warmup_ratio < 1:
         raise InputError(f"{opt['optim.warmup_ratio'][0]} must be in [0, 1)")
+    if o.max_steps > 0 and no_learning(o.lr_scheduler, o.warmup_ratio, o.max_steps):
+        raise InputError(
+            no_learning_message(
+                o.lr_scheduler,
+                o.warmup_ratio,
+                o.max_steps,
+                opt["optim.warmup_ratio"][0],
+                f"{opt['optim.max_steps'][0]} {o.max_steps}",
+            )
+        )
     if not 0 <= lora.dropout < 1:
         raise InputError(f"{opt['lora.dropout'][0]} must be in [0, 1)")
     if o.save_steps % o.eval_steps:

@@ -64,9 +64,9 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import EvalLoopOutput, rotate_checkpoints
+from transformers.trainer_utils import EvalLoopOutput, SchedulerType, rotate_checkpoints
 
-from midalign.config import TrainConfig
+from midalign.config import TrainConfig, no_learning, no_learning_message
 from midalign.data.instructions import load_task_dataset
 from midalign.data.pairs import (
     AlignBatches,
@@ -347,7 +347,28 @@ class AlignmentTrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_align_loss"] = self.dev_align_loss()
         return output
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ schedule and checkpoints
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> Any:
+        """The Trainer's scheduler, unless the learning rate would be 0 at every step
+        (:func:`midalign.config.no_learning`). ``validate`` refuses that when --max-steps is
+        given; a run counted in epochs has its steps known only here."""
+        args = self.args
+        schedule = SchedulerType(args.lr_scheduler_type).value
+        if no_learning(schedule, args.warmup_steps, num_training_steps):
+            counted = (
+                f"--max-steps {args.max_steps}"
+                if args.max_steps > 0
+                else f"--epochs {args.num_train_epochs:g}"
+            )
+            raise InputError(
+                no_learning_message(
+                    schedule, args.warmup_steps, num_training_steps, "--warmup-ratio", counted
+                )
+            )
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """The Trainer's checkpoint, plus the alignment stream position; a completion marker is

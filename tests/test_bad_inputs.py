@@ -125,7 +125,8 @@ def uner(d: Path, rows: list[str]) -> str:
 
 
 def train_argv(d: Path, model: Path, *extra: str, task: list[str] | None = None) -> list[str]:
-    """A valid one-step `midalign train` on the tiny model, changed by ``extra`` options."""
+    """A valid one-step `midalign train` on the tiny model, changed by ``extra`` options (no
+    warm-up: its one step would have learning rate 0)."""
     rows = (
         task
         if task is not None
@@ -142,7 +143,7 @@ def train_argv(d: Path, model: Path, *extra: str, task: list[str] | None = None)
         "train", "--model", str(model), "--data.task_data", str(task_file),
         "--data.align_data", f"tatoeba:{d / 'tatoeba'}", "--data.align_langs", "deu",
         "--data.align_dev_pairs", "0", "--optim.max_steps", "1", "--align-batch-pairs", "2",
-        "--out", str(d / "out"), "--no-progress", *extra,
+        "--optim.warmup_ratio", "0", "--out", str(d / "out"), "--no-progress", *extra,
     ]  # fmt: skip
 
 
@@ -310,6 +311,11 @@ CASES = [
     Case("train/unknown config key",
          lambda d, m: train_argv(d, m, "--config", config_file(d, "optim:", "  learning_rat: 1")),
          ("c.yaml", "learning_rat")),
+    Case("train/every step in warm-up",
+         lambda d, m: train_argv(d, m, "--optim.warmup_ratio", "0.03"),
+         ("midalign train: error: --warmup-ratio 0.03 over 1 optimizer step (--max-steps 1): the "
+          "inverse_sqrt schedule's learning rate is 0 throughout (its warm-up starts at 0), so "
+          "training would not change the adapter; set --warmup-ratio 0 or train more steps",)),
     Case("train/output exists", lambda d, m: existing(d, train_argv(d, m)),
          ("--out", "exists"), existing_out=True),
     Case("train/unwritable output", lambda d, m: unwritable(d, train_argv(d, m)),

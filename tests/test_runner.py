@@ -79,7 +79,10 @@ def _recipe(model: Path, data: Path) -> dict:
             {"name": "align-mid", "train": {"align": {"schedule": "alternate"}}},
             {
                 "name": "align-only",
-                "train": {"align": {"schedule": "align"}, "optim": {"max_steps": 1}},
+                "train": {
+                    "align": {"schedule": "align"},
+                    "optim": {"max_steps": 1, "warmup_ratio": 0.0},  # lr 0 in a warm-up step
+                },
                 "evaluate": False,
                 "probe": False,
             },

@@ -460,3 +460,23 @@ def test_dev_task_loss_equals_the_models_own_loss_on_the_dev_batches(tmp_path):
             total += model(**batch).loss.item() * len(rows)
             count += len(rows)
     assert logged[0] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_an_epoch_run_of_one_warm_up_step_is_refused(tmp_path):
+    """validate refuses --max-steps 1 with a warm-up; a run counted in epochs learns its step
+    count only in the Trainer, which refuses it there, before any step."""
+    config = _config(tmp_path, optim__max_steps=-1, optim__epochs=1.0, optim__warmup_ratio=0.03)
+    config.data.task_data = str(_task_file(tmp_path / "two.jsonl", 2, seed=1))  # one batch
+    with pytest.raises(InputError) as e:
+        _run(config, tmp_path / "run")
+    assert str(e.value) == (
+        "--warmup-ratio 0.03 over 1 optimizer step (--epochs 1): the inverse_sqrt schedule's "
+        "learning rate is 0 throughout (its warm-up starts at 0), so training would not change "
+        "the adapter; set --warmup-ratio 0 or train more steps"
+    )
+    assert last_checkpoint(tmp_path / "run") is None
+    config.optim.warmup_ratio = 0.0
+    result = _run(config, tmp_path / "run")
+    assert result.global_step == 1
+    b = [t for k, t in _adapter(tmp_path / "run").items() if "lora_B" in k]
+    assert b and all(t.abs().sum() > 0 for t in b)  # every B moved off its 0 init
