@@ -87,6 +87,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
+TRAINER_STATE = "trainer_state.json"  # in a checkpoint: the Trainer's state
 COMPLETE_FILE = "midalign_complete"  # written last: a checkpoint without it is ignored
 LOG_FILE = "log.jsonl"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -386,6 +387,7 @@ class AlignmentTrainer(Trainer):
             write_json(folder / STREAM_FILE, {"align_position": self.align_position})
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
+            _best_relative(folder / TRAINER_STATE)
             follow_umask(folder)
             write_text_atomic(folder / COMPLETE_FILE, f"{self.state.global_step}\n")
             rotate_checkpoints(
@@ -393,6 +395,35 @@ class AlignmentTrainer(Trainer):
                 save_total_limit=self.keep_checkpoints,
                 best_model_checkpoint=self.state.best_model_checkpoint,
             )
+
+
+def _best_relative(state_file: Path) -> None:
+    """Name the best checkpoint in a checkpoint's trainer_state.json relative to the run folder
+    (``checkpoints/checkpoint-N``): the Trainer writes the path it was given, which a run
+    moved, or resumed from another working directory, would no longer find."""
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    best = state.get("best_model_checkpoint")
+    if best is not None:
+        state["best_model_checkpoint"] = f"{CHECKPOINTS}/{Path(best).name}"
+        write_text_atomic(state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def _best_absolute(checkpoint: Path, run_dir: Path) -> None:
+    """Before a resume, name the best checkpoint in ``checkpoint``'s trainer_state.json by its
+    absolute path in this run's folder. The Trainer checks that path from the working directory
+    as it loads the state, and forgets a best checkpoint it cannot find (the final adapter is
+    then the last one, not the best). Any form is read by its folder name: relative to the run
+    (as saved), absolute (an earlier resume, perhaps elsewhere), or relative to the working
+    directory of an older run. The next checkpoint saved names it relative again."""
+    state_file = checkpoint / TRAINER_STATE
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    best = state.get("best_model_checkpoint")
+    if best is None:
+        return
+    found = Path(run_dir).absolute() / CHECKPOINTS / Path(best).name
+    if found.is_dir() and str(found) != best:
+        state["best_model_checkpoint"] = str(found)
+        write_text_atomic(state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -569,7 +600,7 @@ def _dev_batches(
 class TrainResult:
     interrupted: bool
     global_step: int
-    best_checkpoint: str | None
+    best_checkpoint: str | None  # relative to the run folder: checkpoints/checkpoint-N
     best_metric: float | None
     align_layers: list[int]
     auto_layer_retrieval: dict[str, float] | None
@@ -661,7 +692,8 @@ def train(
     if has_eval and metric == "align_loss" and (align is None or not align.dev_batches):
         raise InputError("--metric-for-best-model align_loss needs held-out alignment pairs")
     args = TrainingArguments(
-        output_dir=str(out / CHECKPOINTS),
+        # absolute: the Trainer keeps this path in its state (the best checkpoint's)
+        output_dir=str(out.absolute() / CHECKPOINTS),
         per_device_train_batch_size=1 if schedule == "align" else c.optim.batch_size,
         per_device_eval_batch_size=c.optim.batch_size,
         gradient_accumulation_steps=trainer_ga,
@@ -729,6 +761,8 @@ def train(
     if resume_from is not None:
         position = json.loads((resume_from / STREAM_FILE).read_text())["align_position"]
         trainer.align_position = position
+        with args.main_process_first(desc="resolving the best checkpoint"):
+            _best_absolute(resume_from, out)
         if args.should_save:
             _truncate_log(out / LOG_FILE, int(resume_from.name.split("-")[-1]))
     stopper.install()
@@ -743,7 +777,11 @@ def train(
     result = TrainResult(
         interrupted=interrupted,
         global_step=trainer.state.global_step,
-        best_checkpoint=trainer.state.best_model_checkpoint,
+        best_checkpoint=(
+            f"{CHECKPOINTS}/{Path(trainer.state.best_model_checkpoint).name}"
+            if trainer.state.best_model_checkpoint
+            else None
+        ),
         best_metric=trainer.state.best_metric,
         align_layers=layers,
         auto_layer_retrieval=auto_retrieval,

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -480,3 +481,35 @@ def test_an_epoch_run_of_one_warm_up_step_is_refused(tmp_path):
     assert result.global_step == 1
     b = [t for k, t in _adapter(tmp_path / "run").items() if "lora_B" in k]
     assert b and all(t.abs().sum() > 0 for t in b)  # every B moved off its 0 init
+
+
+def test_resume_from_another_directory_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    """trainer_state.json names the best checkpoint relative to the run folder, so a run
+    started with a relative --out resumes from any working directory. Here the dev loss is
+    5.026, 4.676, 4.761 at steps 1, 2, 3 (evaluated every step, saved every 2): early stopping
+    ends the run at step 3, which saves nothing, and the adapter kept is checkpoint-2's, also
+    when the run was stopped at step 2 and resumed from elsewhere (before, the Trainer could
+    not find the best checkpoint from there, dropped it, and kept step 3's adapter)."""
+    config = _config(
+        tmp_path,
+        optim__max_steps=8,
+        optim__learning_rate=5e-2,
+        optim__eval_steps=1,
+        optim__early_stopping_patience=1,
+    )
+    straight = _run(config, tmp_path / "straight")
+    assert (straight.global_step, straight.best_checkpoint) == (3, "checkpoints/checkpoint-2")
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    assert _run(config, Path("run"), callbacks=[_InterruptAt(2)]).interrupted
+    state = json.loads(Path("run/checkpoints/checkpoint-2/trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == "checkpoints/checkpoint-2"
+    monkeypatch.chdir(tmp_path / "b")
+    run = Path("../a/run")
+    result = train(config, run, last_checkpoint(run), progress=False)
+    assert (result.global_step, result.best_checkpoint) == (3, "checkpoints/checkpoint-2")
+    assert result.best_metric == straight.best_metric
+    a, b = _adapter(tmp_path / "straight"), _adapter(tmp_path / "a" / "run")
+    assert all(torch.equal(a[n], b[n]) for n in a)
