@@ -147,6 +147,18 @@ def train_argv(d: Path, model: Path, *extra: str, task: list[str] | None = None)
     ]  # fmt: skip
 
 
+def resumed(d: Path, *options: str) -> list[str]:
+    """`train --resume` of a run folder holding a valid config.yaml, with ``options``."""
+    from midalign.config import TrainConfig
+
+    config = TrainConfig()
+    config.data.task_data, config.data.align_data = str(d / "task.jsonl"), f"tatoeba:{d}"
+    config.data.align_langs = ["deu"]
+    existing(d, [])
+    (d / "out" / "config.yaml").write_text(config.to_yaml())
+    return ["train", "--out", str(d / "out"), "--resume", "--no-progress", *options]
+
+
 def merge_argv(d: Path, weights: str = "0.5,0.5", base_b: str = "base-a") -> list[str]:
     a = d / "a" if (d / "a").exists() else adapter(d / "a")
     b = adapter(d / "b", base_b)
@@ -316,6 +328,10 @@ CASES = [
          ("midalign train: error: --warmup-ratio 0.03 over 1 optimizer step (--max-steps 1): the "
           "inverse_sqrt schedule's learning rate is 0 throughout (its warm-up starts at 0), so "
           "training would not change the adapter; set --warmup-ratio 0 or train more steps",)),
+    Case("train/resume with a changed option", lambda d, m: resumed(d, "--temperature", "0.05"),
+         ("midalign train: error: --resume: ",
+          "/out was trained with a different config (align.temperature: 0.1 -> 0.05)"),
+         existing_out=True),
     Case("train/output exists", lambda d, m: existing(d, train_argv(d, m)),
          ("--out", "exists"), existing_out=True),
     Case("train/unwritable output", lambda d, m: unwritable(d, train_argv(d, m)),

@@ -66,8 +66,7 @@ def test_yaml_then_command_line_precedence(tmp_path):
         "--align-langs",
         "swh,tgl",
     )
-    config, given = resolve_config(args)
-    assert given
+    config = resolve_config(args)
     assert config.align.temperature == 0.5  # command line beats YAML
     assert config.align.symmetric is True  # YAML beats default
     assert config.align.layers == "9,18"

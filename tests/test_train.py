@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 from pathlib import Path
@@ -513,3 +514,22 @@ def test_resume_from_another_directory_keeps_the_best_checkpoint(tmp_path, monke
     assert result.best_metric == straight.best_metric
     a, b = _adapter(tmp_path / "straight"), _adapter(tmp_path / "a" / "run")
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_resume_reads_the_runs_config_and_reports_a_changed_option(tmp_path, capsys):
+    """`--resume` with options lays them on the run's config.yaml (not on the defaults, which
+    lack --task-data): an unchanged value resumes, a changed one is named as a difference."""
+    assert _cli(tmp_path) == 0
+    out = tmp_path / "run"
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")  # as if killed after checkpoint-2
+    capsys.readouterr()
+    resume = ["train", "--out", str(out), "--resume", "--no-progress"]
+    assert main([*resume, "--temperature", "0.05"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"midalign train: error: --resume: {out} was trained with a different config "
+        "(align.temperature: 0.1 -> 0.05)"
+    )
+    assert main([*resume, "--temperature", "0.1", "--lora-r", "8"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("step 3/4: loss ")
+    assert printed[-1].startswith("trained 4 steps, best dev ")
