@@ -171,6 +171,21 @@ def recipe_argv(d: Path, text: str) -> list[str]:
     return ["run", str(d / "recipe.yaml"), "--out", str(d / "out"), "--dry-run"]
 
 
+def recipe_with(
+    d: Path, task: str = "topic", langs: str = "eng", temperature: float = 0.1
+) -> list[str]:
+    """A recipe that passes `run --dry-run` (whose data is never read), changed in one place."""
+    data = f"{{source: sib200:{d}, langs: [{langs}]}}"
+    return recipe_argv(
+        d,
+        (
+            f"name: x\ntask: {{name: {task}, train: {data}, test: {data}}}\n"
+            "train: {data: {align_data: udhr, align_langs: [deu]}}\n"
+            f"systems:\n  - {{name: aligned, train: {{align: {{temperature: {temperature}}}}}}}\n"
+        ),
+    )
+
+
 def existing(d: Path, argv: list[str]) -> list[str]:
     (d / "out").mkdir(exist_ok=True)
     (d / "out" / "keep.txt").write_text("earlier results\n")
@@ -372,6 +387,15 @@ CASES = [
     Case("run/unknown key", lambda d, m: recipe_argv(d, "name: x\nmodle: default\n"),
          ("recipe.yaml", "modle")),
     Case("run/empty recipe", lambda d, m: recipe_argv(d, ""), ("recipe.yaml", "empty")),
+    Case("run/system temperature <= 0", lambda d, m: recipe_with(d, temperature=-1),
+         ("midalign run: error: ", "/recipe.yaml: system aligned: train.align.temperature must be "
+          "positive, not -1.0")),
+    Case("run/unknown task", lambda d, m: recipe_with(d, task="sentiment"),
+         ("midalign run: error: ", "/recipe.yaml: task.name: unknown task 'sentiment' (one of "
+          "slots, mt, ner, topic)")),
+    Case("run/unknown language code", lambda d, m: recipe_with(d, langs="eng, xx"),
+         ("midalign run: error: ", "/recipe.yaml: task.train.langs: unknown language code 'xx' "
+          "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn)")),
 ]  # fmt: skip
 
 
