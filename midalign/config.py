@@ -11,6 +11,7 @@ Defaults are the paper's (Liu & Niehues 2025, SPEC §2).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,7 @@ import yaml
 
 from midalign.data.reading import read_yaml
 from midalign.errors import InputError
+from midalign.languages import to_flores
 
 SCHEDULES = ("alternate", "joint", "task", "align")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -232,28 +234,29 @@ def parse_value(text: Any, tp: Any, where: str) -> Any:
         raise InputError(f"{where}: expected {name}, got {text!r}") from None
 
 
-def from_dict(values: dict[str, Any], where: str) -> TrainConfig:
-    """A config from nested ``{section: {field: value}}``; unknown keys are errors."""
+def from_dict(values: dict[str, Any], where: str, prefix: str = "") -> TrainConfig:
+    """A config from nested ``{section: {field: value}}``; unknown keys are errors, naming the
+    field as ``{where}: {prefix}section.field`` (a recipe's prefix is ``train.``)."""
     if not isinstance(values, dict):
         raise InputError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)})")
     config = TrainConfig()
     for section, entries in values.items():
+        shown = repr(f"{prefix}{section}")  # 'optim', or a recipe's 'train.optim'
         if section not in SECTIONS:
-            raise InputError(
-                f"{where}: unknown section {section!r} (sections: {', '.join(SECTIONS)})"
-            )
+            raise InputError(f"{where}: unknown section {shown} (sections: {', '.join(SECTIONS)})")
         if entries is None:
             continue
         if not isinstance(entries, dict):
-            raise InputError(f"{where}: section {section!r} must be a mapping")
+            raise InputError(f"{where}: section {shown} must be a mapping")
         target = getattr(config, section)
         known = {f.name: f for f in fields(target)}
         for key, value in entries.items():
             if key not in known:
                 raise InputError(
-                    f"{where}: unknown key {section}.{key} (known: {', '.join(known)})"
+                    f"{where}: unknown key {prefix}{section}.{key} (known: {', '.join(known)})"
                 )
-            setattr(target, key, parse_value(value, known[key].type, f"{where}: {section}.{key}"))
+            field_name = f"{where}: {prefix}{section}.{key}"
+            setattr(target, key, parse_value(value, known[key].type, field_name))
     return config
 
 
@@ -308,39 +311,81 @@ def diff(a: TrainConfig, b: TrainConfig) -> list[str]:
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s].get(k)]
 
 
-def validate(config: TrainConfig) -> None:
-    """Reject values that cannot work before any model is loaded, naming the option."""
-    opt = option_names()
+def no_learning(lr_scheduler: str, warmup_ratio: float, steps: int) -> bool:
+    """Whether the learning rate is 0 at every one of ``steps`` optimizer steps, as the
+    Trainer's scheduler gives it. A transformers warm-up starts at 0 (lr at step s, counted
+    from 0, is peak · s / warmup), so the first step never moves the weights, and a one-step
+    run with any warm-up (⌈1 · ratio⌉ = 1 step) trains nothing: every lora_B stays 0. A longer
+    run has lr > 0 from its second step, since ⌈n · ratio⌉ < n. The scheduler is asked rather
+    than a list kept of which schedules warm up (constant and reduce_lr_on_plateau do not)."""
+    import torch
+    from transformers import get_scheduler
+
+    warmup = math.ceil(steps * warmup_ratio)  # TrainingArguments.get_warmup_steps, ratio < 1
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        scheduler = get_scheduler(lr_scheduler, optimizer, warmup, steps)
+    except (ValueError, TypeError):  # a schedule that needs options midalign does not pass
+        return False
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    return lambdas is not None and all(lambdas[0](step) == 0 for step in range(steps))
+
+
+def no_learning_message(
+    lr_scheduler: str, warmup_ratio: float, steps: int, warmup_name: str, steps_name: str
+) -> str:
+    """The refusal of a run that :func:`no_learning` finds, naming the options to change."""
+    return (
+        f"{warmup_name} {warmup_ratio:g} over {steps} optimizer step{'s' if steps > 1 else ''} "
+        f"({steps_name}): the {lr_scheduler} schedule's learning rate is 0 throughout (its "
+        f"warm-up starts at 0), so training would not change the adapter; set {warmup_name} 0 "
+        "or train more steps"
+    )
+
+
+def validate(config: TrainConfig, where: str | None = None) -> None:
+    """Reject values that cannot work before any model is loaded, naming the option; with
+    ``where`` (a recipe's ``recipe.yaml: system NAME``), naming the field by its path in the
+    recipe instead: ``recipe.yaml: system NAME: train.align.temperature must be positive``."""
+    options = option_names()
+
+    def name(key: str) -> str:
+        return options[key][0] if where is None else f"train.{key}"
+
+    def error(message: str) -> InputError:
+        return InputError(message if where is None else f"{where}: {message}")
+
     a, o, d, lora = config.align, config.optim, config.data, config.lora
     if a.schedule not in SCHEDULES:
-        raise InputError(f"{opt['align.schedule'][0]} must be one of {', '.join(SCHEDULES)}")
-    if a.temperature <= 0:
-        raise InputError(f"{opt['align.temperature'][0]} must be positive, not {a.temperature}")
+        raise error(f"{name('align.schedule')} must be one of {', '.join(SCHEDULES)}")
+    if not a.temperature > 0:  # NaN too
+        raise error(f"{name('align.temperature')} must be positive, not {a.temperature}")
     if a.pool not in ("mean", "mean-all"):
-        raise InputError(f"{opt['align.pool'][0]} must be mean or mean-all, not {a.pool!r}")
+        raise error(f"{name('align.pool')} must be mean or mean-all, not {a.pool!r}")
     if a.schedule != "align" and not d.task_data:
-        raise InputError(f"{opt['data.task_data'][0]} is required by the {a.schedule} schedule")
+        raise error(f"{name('data.task_data')} is required by the {a.schedule} schedule")
     if a.schedule != "task":
         if not d.align_data:
-            raise InputError(
-                f"{opt['data.align_data'][0]} is required by the {a.schedule} schedule"
-            )
+            raise error(f"{name('data.align_data')} is required by the {a.schedule} schedule")
         if not d.align_langs:
-            raise InputError(f"{opt['data.align_langs'][0]}: give at least one language")
+            raise error(f"{name('data.align_langs')}: give at least one language")
         if a.batch_pairs < 2:
-            raise InputError(
-                f"{opt['align.batch_pairs'][0]} must be at least 2 (in-batch negatives)"
-            )
+            raise error(f"{name('align.batch_pairs')} must be at least 2 (in-batch negatives)")
+    for lang in d.align_langs:
+        try:
+            to_flores(lang)
+        except InputError as e:
+            raise error(f"{name('data.align_langs')}: {e}") from None
     if a.schedule == "align" and o.max_steps <= 0:
-        raise InputError(f"{opt['optim.max_steps'][0]} must be given (> 0) for the align schedule")
+        raise error(f"{name('optim.max_steps')} must be given (> 0) for the align schedule")
     if a.schedule == "alternate" and o.gradient_accumulation_steps % 2:
-        raise InputError(
-            f"{opt['optim.gradient_accumulation_steps'][0]} must be even for the alternate "
+        raise error(
+            f"{name('optim.gradient_accumulation_steps')} must be even for the alternate "
             "schedule (half task, half alignment micro-batches), "
             f"not {o.gradient_accumulation_steps}"
         )
-    if a.weight < 0:
-        raise InputError(f"{opt['align.weight'][0]} must be non-negative, not {a.weight}")
+    if not a.weight >= 0:
+        raise error(f"{name('align.weight')} must be non-negative, not {a.weight}")
     for key, value in (
         ("optim.batch_size", o.batch_size),
         ("optim.gradient_accumulation_steps", o.gradient_accumulation_steps),
@@ -352,29 +397,36 @@ def validate(config: TrainConfig) -> None:
         ("data.align_max_length", d.align_max_length),
     ):
         if value < 1:
-            raise InputError(f"{opt[key][0]} must be positive, not {value}")
-    if o.learning_rate <= 0:
-        raise InputError(f"{opt['optim.learning_rate'][0]} must be positive")
+            raise error(f"{name(key)} must be positive, not {value}")
+    if not o.learning_rate > 0:
+        raise error(f"{name('optim.learning_rate')} must be positive")
     if not 0 <= o.warmup_ratio < 1:
-        raise InputError(f"{opt['optim.warmup_ratio'][0]} must be in [0, 1)")
+        raise error(f"{name('optim.warmup_ratio')} must be in [0, 1)")
+    if o.max_steps > 0 and no_learning(o.lr_scheduler, o.warmup_ratio, o.max_steps):
+        raise error(
+            no_learning_message(
+                o.lr_scheduler,
+                o.warmup_ratio,
+                o.max_steps,
+                name("optim.warmup_ratio"),
+                f"{name('optim.max_steps')} {o.max_steps}",
+            )
+        )
     if not 0 <= lora.dropout < 1:
-        raise InputError(f"{opt['lora.dropout'][0]} must be in [0, 1)")
+        raise error(f"{name('lora.dropout')} must be in [0, 1)")
     if o.save_steps % o.eval_steps:
-        raise InputError(
-            f"{opt['optim.save_steps'][0]} ({o.save_steps}) must be a multiple of "
-            f"{opt['optim.eval_steps'][0]} ({o.eval_steps}): the best checkpoint is chosen at "
+        raise error(
+            f"{name('optim.save_steps')} ({o.save_steps}) must be a multiple of "
+            f"{name('optim.eval_steps')} ({o.eval_steps}): the best checkpoint is chosen at "
             "evaluations"
         )
     if o.metric_for_best_model not in ("auto", "task_loss", "align_loss"):
-        raise InputError(
-            f"{opt['optim.metric_for_best_model'][0]} must be auto, task_loss or align_loss"
-        )
+        raise error(f"{name('optim.metric_for_best_model')} must be auto, task_loss or align_loss")
     if o.metric_for_best_model == "task_loss" and a.schedule == "align":
-        raise InputError(
-            f"{opt['optim.metric_for_best_model'][0]} task_loss: the align schedule has no task"
+        raise error(
+            f"{name('optim.metric_for_best_model')} task_loss: the align schedule has no task"
         )
     if o.metric_for_best_model == "align_loss" and a.schedule == "task":
-        raise InputError(
-            f"{opt['optim.metric_for_best_model'][0]} align_loss: the task schedule has no "
-            "alignment"
+        raise error(
+            f"{name('optim.metric_for_best_model')} align_loss: the task schedule has no alignment"
         )

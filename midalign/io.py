@@ -80,6 +80,17 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: Path) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the modes a plain ``open`` or
+    ``mkdir`` would: safetensors writes its files 0600 and ``mkdtemp`` makes 0700 folders, but
+    an adapter or an embedding file is a result to share like any other."""
+    path = Path(path)
+    mask = _umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():  # chmod would change what it points to
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
     """Yield a temp dir beside ``out``, marked as ours; on success it becomes ``out``, on error
@@ -91,10 +102,10 @@ def atomic_output_dir(out: Path, overwrite: bool = False, option: str = "--out")
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as e:
         raise InputError(f"{option}: cannot create {out} ({e.strerror})") from None
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
     try:
         mark_output_dir(tmp)
         yield tmp
+        follow_umask(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             try:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from midalign.data.reading import read_json
 from midalign.errors import InputError
 from midalign.io import atomic_output_dir, write_json
+from midalign.models import same_base
 
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>[AB])\.weight$")
 
@@ -62,6 +63,8 @@ def lora_scale(config: dict) -> float:
 
 
 def check_weights(weights: Sequence[float]) -> None:
+    if not all(math.isfinite(w) for w in weights):  # NaN passes both checks below
+        raise InputError(f"--weights must be finite numbers, got {list(weights)}")
     if any(w < 0 for w in weights):
         raise InputError(f"--weights must be non-negative, got {list(weights)}")
     if abs(sum(weights) - 1.0) > 1e-6:
@@ -76,11 +79,10 @@ def merge_adapters(
         raise InputError(f"--weights: {len(weights)} weights for {len(adapters)} adapters")
     check_weights(weights)
     loaded = [read_adapter(Path(a)) for a in adapters]
-    bases = {c.get("base_model_name_or_path") for c, _ in loaded}
-    if len(bases) > 1:
-        raise InputError(
-            f"--adapters: adapters of different base models: {sorted(map(str, bases))}"
-        )
+    bases = [b for b in (c.get("base_model_name_or_path") for c, _ in loaded) if b]
+    other = next((b for b in bases if not same_base(bases[0], b)), None)
+    if other is not None:
+        raise InputError(f"--adapters: adapters of different base models: {bases[0]}, {other}")
     modules = sorted(set().union(*(f.keys() for _, f in loaded)))
     merged: dict[str, torch.Tensor] = {}
     for module in modules:
@@ -109,6 +111,7 @@ def merge_adapters(
         t = c.get("target_modules") or []
         targets |= {t} if isinstance(t, str) else set(t)
     config.update(
+        base_model_name_or_path=bases[0] if bases else config.get("base_model_name_or_path"),
         r=rank,
         lora_alpha=rank,  # PEFT scale α / r = 1: the weights and scales are folded into B
         use_rslora=False,

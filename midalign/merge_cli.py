@@ -105,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
     names, paths = [], []
     for spec in args.adapters:
         name, sep, path = spec.rpartition("=")
-        names.append(name if sep else Path(spec).name)
+        name = name if sep else Path(spec).name
+        if name in names:
+            raise InputError(
+                f"--adapters: two adapters are named {name!r}; give each its own name, "
+                "e.g. task=DIR align=DIR"
+            )
+        names.append(name)
         paths.append(Path(path))
     if (args.weights is None) == (args.search is None):
         raise InputError("give either --weights or --search")

@@ -152,12 +152,32 @@ def load_model(
     return model, tokenizer
 
 
+def _base_key(name: str | None) -> str | None:
+    """What a base-model name points at: a local folder by its resolved path (``models/x`` and
+    ``./models/x`` are one model), anything else (a hub id) as written; None for no name."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def same_base(a: str | None, b: str | None) -> bool:
+    """The one rule for "trained on this base" that ``merge`` (adapter against adapter) and
+    ``--adapter`` (adapter against ``--model``) share: PEFT's ``base_model_name_or_path`` and
+    the model's ``name_or_path`` must name the same model. A side that names none (a model built
+    in memory) cannot be checked and fits; shapes are then the only check."""
+    key_a, key_b = _base_key(a), _base_key(b)
+    return key_a is None or key_b is None or key_a == key_b
+
+
 def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
     """Put a PEFT adapter on ``model``; a clear error if it was trained for another base.
 
     Only ``adapter_model.safetensors`` is read: an adapter folder may come from anyone, and a
     pickled ``adapter_model.bin`` is code as much as data."""
     from peft import PeftModel
+
+    from midalign.data.reading import read_json
 
     config_file = Path(adapter) / "adapter_config.json"
     if not config_file.is_file():
@@ -167,10 +187,19 @@ def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
             f"--adapter: {adapter} has no adapter_model.safetensors (a pickled "
             "adapter_model.bin is not loaded: save the adapter as safetensors)"
         )
+    config = read_json(config_file, "--adapter")
+    if not isinstance(config, dict):
+        raise InputError(f"--adapter: {config_file}: expected a JSON object")
+    base = config.get("base_model_name_or_path")
+    if not same_base(base, model.name_or_path):
+        raise InputError(
+            f"--adapter: {adapter} was trained on {base}, not on --model {model.name_or_path} "
+            "(if they are the same model, set base_model_name_or_path in its "
+            "adapter_config.json)"
+        )
     try:
         return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as e:
-        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
         first = str(e).strip().splitlines()[0][:300]
         raise InputError(
             f"--adapter: {adapter} does not fit this model (trained for {base!r}?): {first}"

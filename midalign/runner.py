@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midalign.config import TrainConfig
 from midalign.data.reading import read_yaml
 from midalign.errors import InputError
 from midalign.io import write_json, write_text_atomic
@@ -152,6 +153,8 @@ def parse_recipe(values: Any, where: str) -> Recipe:
             raise InputError(f"{where}: systems[{i}].name is required")
         if s.get("train") is not None and s.get("merge") is not None:
             raise InputError(f"{where}: system {s['name']} has both train and merge")
+        if s.get("train") is not None and not isinstance(s["train"], dict):
+            raise InputError(f"{where}: system {s['name']}: train must be a mapping of sections")
         systems.append(
             System(
                 name=s["name"],
@@ -194,7 +197,7 @@ def parse_recipe(values: Any, where: str) -> Recipe:
             f"{where}: name {name!r} must be a plain folder name (letters, digits, _ . + -), "
             "as it names the run directory runs/<name>"
         )
-    return Recipe(
+    recipe = Recipe(
         name=name,
         model=str(r.get("model", "default")),
         seeds=seeds,
@@ -212,6 +215,63 @@ def parse_recipe(values: Any, where: str) -> Recipe:
         eval=dict(_mapping(r.get("eval") or {}, f"{where}: eval", EVAL_KEYS)),
         path=where,
     )
+    check_recipe(recipe)
+    return recipe
+
+
+def system_config(
+    recipe: Recipe, system: System, seed: int, task_data: str | None, dev_data: str | None
+) -> TrainConfig:
+    """A trained system's full TrainConfig: the recipe's ``train`` sections < the system's <
+    what the runner sets (the model, the prepared task files, the seed)."""
+    from midalign.config import from_dict
+
+    sections = deep_merge(recipe.train, system.train or {})
+    # An alignment-only adapter has no task: its best checkpoint is chosen by the dev
+    # alignment loss, and it reads no task data.
+    align = sections.get("align")
+    task_free = isinstance(align, dict) and align.get("schedule") == "align"
+    runner = {
+        "model": {"name": recipe.model},
+        "data": {
+            "task_data": None if task_free else task_data,
+            "dev_data": None if task_free else dev_data,
+        },
+        "optim": {"seed": seed},
+    }
+    return from_dict(
+        deep_merge(sections, runner), f"{recipe.path}: system {system.name}", prefix="train."
+    )
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """What would fail only hours into a run fails at load, naming the recipe's field: the task,
+    every language list, and every trained system's config (as ``midalign train`` validates
+    it, fields named ``recipe.yaml: system NAME: train.align.temperature``)."""
+    from midalign.config import validate
+    from midalign.languages import parse_langs
+    from midalign.tasks import get_task
+
+    where = recipe.path
+    task = get_task(recipe.task, f"{where}: task.name")
+    specs = [("task.train", recipe.train_data), ("task.dev", recipe.dev_data)]
+    specs += [
+        (f"task.test[{i}]" if len(recipe.test_data) > 1 else "task.test", spec)
+        for i, spec in enumerate(recipe.test_data)
+    ]
+    for name, spec in specs:
+        if spec is not None and spec.langs:  # none: all a local data set has
+            task.languages(",".join(spec.langs), f"{where}: {name}.langs")
+    for group, codes in recipe.groups.items():
+        task.languages(",".join(codes), f"{where}: task.groups.{group}")
+    if recipe.probe is not None:
+        parse_langs(",".join(recipe.probe["langs"]), f"{where}: probe.langs")
+    for system in recipe.systems:
+        if system.kind == "train":
+            # the task files are prepared later; that there will be some is what counts here
+            dev = "task.dev" if recipe.dev_data is not None else None
+            config = system_config(recipe, system, recipe.seeds[0], "task.train", dev)
+            validate(config, f"{where}: system {system.name}")
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -354,26 +414,10 @@ class Runner:
     # ----------------------------------------------------------------- train and merge
 
     def train_config(self, system: System, seed: int, data: dict[str, dict]) -> dict:
-        """The system's full TrainConfig as nested sections (recipe defaults < system < runner)."""
-        from midalign.config import from_dict, validate
-
-        sections = deep_merge(self.recipe.train, system.train or {})
-        # An alignment-only adapter has no task: its best checkpoint is chosen by the dev
-        # alignment loss, and it reads no task data.
-        task_free = sections.get("align", {}).get("schedule") == "align"
-        runner = {
-            "model": {"name": self.recipe.model},
-            "data": {
-                "task_data": None if task_free else data["train"].get("path"),
-                "dev_data": data["dev"].get("path") if "dev" in data and not task_free else None,
-            },
-            "optim": {"seed": seed},
-        }
-        sections = deep_merge(sections, runner)
-        config = from_dict(sections, f"{self.recipe.path}: system {system.name}")
-        if not self.opt.dry_run:
-            validate(config)
-        return config.to_dict()
+        """The system's full TrainConfig as nested sections (validated when the recipe was
+        loaded)."""
+        dev = data["dev"].get("path") if "dev" in data else None
+        return system_config(self.recipe, system, seed, data["train"].get("path"), dev).to_dict()
 
     def train(self, system: System, seed: int, data: dict[str, dict]) -> dict:
         from midalign.config import from_dict

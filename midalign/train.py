@@ -56,14 +56,17 @@ from transformers import (
     DataCollatorForSeq2Seq,
     EarlyStoppingCallback,
     PreTrainedTokenizerBase,
+    PrinterCallback,
+    ProgressCallback,
     Trainer,
     TrainerCallback,
+    TrainerState,
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import EvalLoopOutput, rotate_checkpoints
+from transformers.trainer_utils import EvalLoopOutput, SchedulerType, rotate_checkpoints
 
-from midalign.config import TrainConfig
+from midalign.config import TrainConfig, no_learning, no_learning_message
 from midalign.data.instructions import load_task_dataset
 from midalign.data.pairs import (
     AlignBatches,
@@ -74,7 +77,7 @@ from midalign.data.pairs import (
     split_dev,
 )
 from midalign.errors import InputError
-from midalign.io import write_json, write_text_atomic
+from midalign.io import follow_umask, write_json, write_text_atomic
 from midalign.losses import info_nce
 from midalign.models import load_model, num_layers, parse_layers, pooled_states, response_loss
 from midalign.probe import extract_embeddings, special_token_ids
@@ -84,6 +87,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
+TRAINER_STATE = "trainer_state.json"  # in a checkpoint: the Trainer's state
 COMPLETE_FILE = "midalign_complete"  # written last: a checkpoint without it is ignored
 LOG_FILE = "log.jsonl"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -344,7 +348,28 @@ class AlignmentTrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_align_loss"] = self.dev_align_loss()
         return output
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ schedule and checkpoints
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> Any:
+        """The Trainer's scheduler, unless the learning rate would be 0 at every step
+        (:func:`midalign.config.no_learning`). ``validate`` refuses that when --max-steps is
+        given; a run counted in epochs has its steps known only here."""
+        args = self.args
+        schedule = SchedulerType(args.lr_scheduler_type).value
+        if no_learning(schedule, args.warmup_steps, num_training_steps):
+            counted = (
+                f"--max-steps {args.max_steps}"
+                if args.max_steps > 0
+                else f"--epochs {args.num_train_epochs:g}"
+            )
+            raise InputError(
+                no_learning_message(
+                    schedule, args.warmup_steps, num_training_steps, "--warmup-ratio", counted
+                )
+            )
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """The Trainer's checkpoint, plus the alignment stream position; a completion marker is
@@ -362,12 +387,43 @@ class AlignmentTrainer(Trainer):
             write_json(folder / STREAM_FILE, {"align_position": self.align_position})
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
+            _best_relative(folder / TRAINER_STATE)
+            follow_umask(folder)
             write_text_atomic(folder / COMPLETE_FILE, f"{self.state.global_step}\n")
             rotate_checkpoints(
                 self._get_output_dir(trial),
                 save_total_limit=self.keep_checkpoints,
                 best_model_checkpoint=self.state.best_model_checkpoint,
             )
+
+
+def _best_relative(state_file: Path) -> None:
+    """Name the best checkpoint in a checkpoint's trainer_state.json relative to the run folder
+    (``checkpoints/checkpoint-N``): the Trainer writes the path it was given, which a run
+    moved, or resumed from another working directory, would no longer find."""
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    best = state.get("best_model_checkpoint")
+    if best is not None:
+        state["best_model_checkpoint"] = f"{CHECKPOINTS}/{Path(best).name}"
+        write_text_atomic(state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def _best_absolute(checkpoint: Path, run_dir: Path) -> None:
+    """Before a resume, name the best checkpoint in ``checkpoint``'s trainer_state.json by its
+    absolute path in this run's folder. The Trainer checks that path from the working directory
+    as it loads the state, and forgets a best checkpoint it cannot find (the final adapter is
+    then the last one, not the best). Any form is read by its folder name: relative to the run
+    (as saved), absolute (an earlier resume, perhaps elsewhere), or relative to the working
+    directory of an older run. The next checkpoint saved names it relative again."""
+    state_file = checkpoint / TRAINER_STATE
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    best = state.get("best_model_checkpoint")
+    if best is None:
+        return
+    found = Path(run_dir).absolute() / CHECKPOINTS / Path(best).name
+    if found.is_dir() and str(found) != best:
+        state["best_model_checkpoint"] = str(found)
+        write_text_atomic(state_file, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -405,6 +461,34 @@ class JsonlLog(TrainerCallback):
             row["lr"] = row["learning_rate"]
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, allow_nan=True) + "\n")
+
+
+def log_line(state: TrainerState, logs: dict[str, Any]) -> str:
+    """A log event as one line, numbers at 4 significant digits: ``step 10/200: loss 2.345,
+    learning_rate 0.0005, ...`` (the Trainer's own printers show the dict, numbers as strings).
+    log.jsonl keeps the full numbers."""
+    shown = (
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in logs.items()
+        if k != "total_flos"
+    )
+    return f"step {state.global_step}/{state.max_steps}: " + ", ".join(shown)
+
+
+class PrintLog(TrainerCallback):
+    """Without a progress bar: each log event as a line on stdout."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer API
+        if state.is_world_process_zero and logs:
+            print(log_line(state, logs), flush=True)
+
+
+class ProgressLog(ProgressCallback):
+    """The Trainer's progress bars, each log event written above them as a line."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer API
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(log_line(state, logs))
 
 
 class StopOnSignal(TrainerCallback):
@@ -516,7 +600,7 @@ def _dev_batches(
 class TrainResult:
     interrupted: bool
     global_step: int
-    best_checkpoint: str | None
+    best_checkpoint: str | None  # relative to the run folder: checkpoints/checkpoint-N
     best_metric: float | None
     align_layers: list[int]
     auto_layer_retrieval: dict[str, float] | None
@@ -608,7 +692,8 @@ def train(
     if has_eval and metric == "align_loss" and (align is None or not align.dev_batches):
         raise InputError("--metric-for-best-model align_loss needs held-out alignment pairs")
     args = TrainingArguments(
-        output_dir=str(out / CHECKPOINTS),
+        # absolute: the Trainer keeps this path in its state (the best checkpoint's)
+        output_dir=str(out.absolute() / CHECKPOINTS),
         per_device_train_batch_size=1 if schedule == "align" else c.optim.batch_size,
         per_device_eval_batch_size=c.optim.batch_size,
         gradient_accumulation_steps=trainer_ga,
@@ -671,9 +756,13 @@ def train(
         has_task_dev=dev_set is not None,
         keep_checkpoints=c.optim.keep_checkpoints,
     )
+    trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
+    trainer.add_callback(ProgressLog() if progress else PrintLog())
     if resume_from is not None:
         position = json.loads((resume_from / STREAM_FILE).read_text())["align_position"]
         trainer.align_position = position
+        with args.main_process_first(desc="resolving the best checkpoint"):
+            _best_absolute(resume_from, out)
         if args.should_save:
             _truncate_log(out / LOG_FILE, int(resume_from.name.split("-")[-1]))
     stopper.install()
@@ -688,7 +777,11 @@ def train(
     result = TrainResult(
         interrupted=interrupted,
         global_step=trainer.state.global_step,
-        best_checkpoint=trainer.state.best_model_checkpoint,
+        best_checkpoint=(
+            f"{CHECKPOINTS}/{Path(trainer.state.best_model_checkpoint).name}"
+            if trainer.state.best_model_checkpoint
+            else None
+        ),
         best_metric=trainer.state.best_metric,
         align_layers=layers,
         auto_layer_retrieval=auto_retrieval,
@@ -704,6 +797,7 @@ def save_adapter(model: torch.nn.Module, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.tmp-", dir=out))
     try:
         model.save_pretrained(tmp)
+        follow_umask(tmp)
         for name in ADAPTER_FILES:
             os.replace(tmp / name, out / name)
     finally:

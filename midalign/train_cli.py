@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import shutil
@@ -91,12 +92,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             )
 
 
-def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
-    """The run's config and whether the command line set anything at all."""
+def resolve_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The options on top of --config, or else on top of ``base`` (a resumed run's own config),
+    or else the defaults."""
     overrides = {k[len(_PREFIX) :]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}
-    config = load_config(args.config) if args.config else TrainConfig()
-    apply_overrides(config, overrides)
-    return config, bool(overrides) or args.config is not None
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config = copy.deepcopy(base) if base is not None else TrainConfig()
+    return apply_overrides(config, overrides)
 
 
 def _saved_config(out: Path) -> TrainConfig:
@@ -118,23 +122,21 @@ def _process_state() -> Any:
 def run(args: argparse.Namespace) -> int:
     from midalign.train import last_checkpoint, train
 
-    config, given = resolve_config(args)
     out: Path = args.out
     checkpoint = None
     if args.resume:
+        # the run's own config.yaml, with any option given now on top: a change is refused
         saved = _saved_config(out)
-        if given:
-            validate(config)
-            changed = diff(saved, config)
-            if changed:
-                old, new = saved.to_dict(), config.to_dict()
-                details = "; ".join(
-                    f"{k}: {_shown(old[k.split('.')[0]][k.split('.')[1]])} -> "
-                    f"{_shown(new[k.split('.')[0]][k.split('.')[1]])}"
-                    for k in changed
-                )
-                raise InputError(f"--resume: {out} was trained with a different config ({details})")
-        config = saved
+        config = resolve_config(args, saved)
+        changed = diff(saved, config)
+        if changed:
+            old, new = saved.to_dict(), config.to_dict()
+            details = "; ".join(
+                f"{k}: {_shown(old[k.split('.')[0]][k.split('.')[1]])} -> "
+                f"{_shown(new[k.split('.')[0]][k.split('.')[1]])}"
+                for k in changed
+            )
+            raise InputError(f"--resume: {out} was trained with a different config ({details})")
         validate(config)
         checkpoint = last_checkpoint(out)
         if checkpoint is None:
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             )
         log.info("resuming from %s", checkpoint)
     else:
+        config = resolve_config(args)
         validate(config)
         # Under `accelerate launch` every process runs this: all check --out before the main
         # process replaces it, and all wait until it has.
@@ -182,5 +185,6 @@ def run(args: argparse.Namespace) -> int:
         if result.best_checkpoint and result.best_metric is not None
         else ""
     )
-    print(f"trained {result.global_step} steps{best}; adapter in {out}")
+    steps = f"{result.global_step} step{'s' if result.global_step != 1 else ''}"
+    print(f"trained {steps}{best}; adapter in {out}")
     return 0

@@ -125,7 +125,8 @@ def uner(d: Path, rows: list[str]) -> str:
 
 
 def train_argv(d: Path, model: Path, *extra: str, task: list[str] | None = None) -> list[str]:
-    """A valid one-step `midalign train` on the tiny model, changed by ``extra`` options."""
+    """A valid one-step `midalign train` on the tiny model, changed by ``extra`` options (no
+    warm-up: its one step would have learning rate 0)."""
     rows = (
         task
         if task is not None
@@ -142,8 +143,20 @@ def train_argv(d: Path, model: Path, *extra: str, task: list[str] | None = None)
         "train", "--model", str(model), "--data.task_data", str(task_file),
         "--data.align_data", f"tatoeba:{d / 'tatoeba'}", "--data.align_langs", "deu",
         "--data.align_dev_pairs", "0", "--optim.max_steps", "1", "--align-batch-pairs", "2",
-        "--out", str(d / "out"), "--no-progress", *extra,
+        "--optim.warmup_ratio", "0", "--out", str(d / "out"), "--no-progress", *extra,
     ]  # fmt: skip
+
+
+def resumed(d: Path, *options: str) -> list[str]:
+    """`train --resume` of a run folder holding a valid config.yaml, with ``options``."""
+    from midalign.config import TrainConfig
+
+    config = TrainConfig()
+    config.data.task_data, config.data.align_data = str(d / "task.jsonl"), f"tatoeba:{d}"
+    config.data.align_langs = ["deu"]
+    existing(d, [])
+    (d / "out" / "config.yaml").write_text(config.to_yaml())
+    return ["train", "--out", str(d / "out"), "--resume", "--no-progress", *options]
 
 
 def merge_argv(d: Path, weights: str = "0.5,0.5", base_b: str = "base-a") -> list[str]:
@@ -156,6 +169,21 @@ def merge_argv(d: Path, weights: str = "0.5,0.5", base_b: str = "base-a") -> lis
 def recipe_argv(d: Path, text: str) -> list[str]:
     (d / "recipe.yaml").write_text(text)
     return ["run", str(d / "recipe.yaml"), "--out", str(d / "out"), "--dry-run"]
+
+
+def recipe_with(
+    d: Path, task: str = "topic", langs: str = "eng", temperature: float = 0.1
+) -> list[str]:
+    """A recipe that passes `run --dry-run` (whose data is never read), changed in one place."""
+    data = f"{{source: sib200:{d}, langs: [{langs}]}}"
+    return recipe_argv(
+        d,
+        (
+            f"name: x\ntask: {{name: {task}, train: {data}, test: {data}}}\n"
+            "train: {data: {align_data: udhr, align_langs: [deu]}}\n"
+            f"systems:\n  - {{name: aligned, train: {{align: {{temperature: {temperature}}}}}}}\n"
+        ),
+    )
 
 
 def existing(d: Path, argv: list[str]) -> list[str]:
@@ -261,6 +289,11 @@ CASES = [
     Case("probe/scores not numbers",
          lambda d, m: probe_argv(d, m, plain(d), "--scores", config_file(d, "eng,high")),
          ("--scores", "c.yaml", "no scores")),
+    Case("probe/adapter of another base model",
+         lambda d, m: probe_argv(d, m, plain(d), "--adapter", str(adapter(d / "a", "base-b"))),
+         ("midalign probe: error: --adapter: ", "/a was trained on base-b, not on --model ",
+          "/tiny-gemma3 (if they are the same model, set base_model_name_or_path in its "
+          "adapter_config.json)")),
     Case("probe/output exists", lambda d, m: existing(d, probe_argv(d, m, plain(d))),
          ("--out", "exists", "--overwrite"), existing_out=True),
     Case("probe/unwritable output", lambda d, m: unwritable(d, probe_argv(d, m, plain(d))),
@@ -365,6 +398,15 @@ CASES = [
     Case("train/unknown config key",
          lambda d, m: train_argv(d, m, "--config", config_file(d, "optim:", "  learning_rat: 1")),
          ("c.yaml", "learning_rat")),
+    Case("train/every step in warm-up",
+         lambda d, m: train_argv(d, m, "--optim.warmup_ratio", "0.03"),
+         ("midalign train: error: --warmup-ratio 0.03 over 1 optimizer step (--max-steps 1): the "
+          "inverse_sqrt schedule's learning rate is 0 throughout (its warm-up starts at 0), so "
+          "training would not change the adapter; set --warmup-ratio 0 or train more steps",)),
+    Case("train/resume with a changed option", lambda d, m: resumed(d, "--temperature", "0.05"),
+         ("midalign train: error: --resume: ",
+          "/out was trained with a different config (align.temperature: 0.1 -> 0.05)"),
+         existing_out=True),
     Case("train/output exists", lambda d, m: existing(d, train_argv(d, m)),
          ("--out", "exists"), existing_out=True),
     Case("train/unwritable output", lambda d, m: unwritable(d, train_argv(d, m)),
@@ -389,6 +431,12 @@ CASES = [
          ("--adapters", "adapter_config.json", "4300 digits")),
     Case("merge/adapter config not an object", lambda d, m: adapter_config_text(d, "[1, 2]"),
          ("--adapters", "adapter_config.json", "JSON object")),
+    Case("merge/weights not finite", lambda d, m: merge_argv(d, "nan,0.1"),
+         ("midalign merge: error: --weights must be finite numbers, got [nan, 0.1]",)),
+    Case("merge/duplicate adapter names",
+         lambda d, m: [a.replace("align=", "task=") for a in merge_argv(d)],
+         ("midalign merge: error: --adapters: two adapters are named 'task'; give each its own "
+          "name, e.g. task=DIR align=DIR",)),
     Case("merge/output exists", lambda d, m: existing(d, merge_argv(d)),
          ("--out", "exists"), existing_out=True),
     Case("merge/unwritable output", lambda d, m: unwritable(d, merge_argv(d)),
@@ -405,6 +453,15 @@ CASES = [
     Case("run/unknown key", lambda d, m: recipe_argv(d, "name: x\nmodle: default\n"),
          ("recipe.yaml", "modle")),
     Case("run/empty recipe", lambda d, m: recipe_argv(d, ""), ("recipe.yaml", "empty")),
+    Case("run/system temperature <= 0", lambda d, m: recipe_with(d, temperature=-1),
+         ("midalign run: error: ", "/recipe.yaml: system aligned: train.align.temperature must be "
+          "positive, not -1.0")),
+    Case("run/unknown task", lambda d, m: recipe_with(d, task="sentiment"),
+         ("midalign run: error: ", "/recipe.yaml: task.name: unknown task 'sentiment' (one of "
+          "slots, mt, ner, topic)")),
+    Case("run/unknown language code", lambda d, m: recipe_with(d, langs="eng, xx"),
+         ("midalign run: error: ", "/recipe.yaml: task.train.langs: unknown language code 'xx' "
+          "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn)")),
 ]  # fmt: skip
 
 

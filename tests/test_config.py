@@ -66,8 +66,7 @@ def test_yaml_then_command_line_precedence(tmp_path):
         "--align-langs",
         "swh,tgl",
     )
-    config, given = resolve_config(args)
-    assert given
+    config = resolve_config(args)
     assert config.align.temperature == 0.5  # command line beats YAML
     assert config.align.symmetric is True  # YAML beats default
     assert config.align.layers == "9,18"
@@ -155,3 +154,27 @@ def test_recipes_load_and_validate(recipe):
     config = load_config(REPO / "recipes" / "train" / recipe)
     validate(config)
     assert config.align.schedule == "alternate" and config.align.layers == "middle"
+
+
+def test_a_run_whose_every_step_is_warm_up_is_refused():
+    """transformers' warm-up gives lr = peak · step / warmup at steps 0, 1, …: the first step
+    always has lr 0, so one step with any warm-up (⌈1 · 0.03⌉ = 1 step) trains nothing."""
+    from midalign.config import no_learning
+
+    with pytest.raises(InputError) as e:
+        validate(_valid(optim__max_steps=1))
+    assert str(e.value) == (
+        "--warmup-ratio 0.03 over 1 optimizer step (--max-steps 1): the inverse_sqrt schedule's "
+        "learning rate is 0 throughout (its warm-up starts at 0), so training would not change "
+        "the adapter; set --warmup-ratio 0 or train more steps"
+    )
+    validate(_valid(optim__max_steps=1, optim__warmup_ratio=0.0))
+    validate(_valid(optim__max_steps=2))  # step 2 is past the 1-step warm-up: lr = peak
+    validate(_valid(optim__max_steps=1, optim__lr_scheduler="constant"))  # no warm-up
+    assert [no_learning(s, 0.03, 1) for s in ("linear", "cosine", "constant_with_warmup")] == [
+        True,
+        True,
+        True,
+    ]
+    assert not no_learning("linear", 0.5, 2)  # warm-up of 1 step: lr 0, then the peak
+    assert no_learning("linear", 0.0, 1) is False

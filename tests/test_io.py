@@ -15,6 +15,7 @@ from midalign.io import (
     MARKER,
     atomic_output_dir,
     check_output_dir,
+    follow_umask,
     mark_output_dir,
     write_text_atomic,
 )
@@ -123,3 +124,27 @@ def test_probe_out_dot_overwrite_fails_before_any_work(
 
 def _never(*args, **kwargs):
     raise AssertionError("the model was loaded")
+
+
+def test_safetensors_outputs_follow_the_umask(tmp_path, umask_022) -> None:
+    """safetensors writes 0600 files; an output folder's files and folders end 0644 / 0755."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.ones(2)}, tmp_path / "raw.safetensors")
+    assert stat.S_IMODE((tmp_path / "raw.safetensors").stat().st_mode) == 0o600
+    with atomic_output_dir(tmp_path / "out") as tmp:
+        save_file({"x": torch.ones(2)}, tmp / "a.safetensors")
+        (tmp / "sub").mkdir(mode=0o700)
+        save_file({"x": torch.ones(2)}, tmp / "sub" / "b.safetensors")
+    modes = {
+        str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in sorted((tmp_path / "out").rglob("*"))
+    }
+    assert modes == {
+        "out/a.safetensors": "0o644",
+        "out/sub": "0o755",
+        "out/sub/b.safetensors": "0o644",
+    }
+    follow_umask(tmp_path / "raw.safetensors")
+    assert stat.S_IMODE((tmp_path / "raw.safetensors").stat().st_mode) == 0o644

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -72,6 +74,8 @@ def test_merged_model_outputs_equal_base_with_both_weighted_updates(tmp_path):
         ([0.9, 0.2], "must sum to 1"),
         ([1.5, -0.5], "must be non-negative"),
         ([1.0], "1 weights for 2 adapters"),
+        ([float("nan"), 0.1], r"must be finite numbers, got \[nan, 0.1\]"),
+        ([float("inf"), 0.0], r"must be finite numbers, got \[inf, 0.0\]"),
     ],
 )
 def test_bad_weights(tmp_path, weights, message):
@@ -82,14 +86,32 @@ def test_bad_weights(tmp_path, weights, message):
     assert not (tmp_path / "m").exists()
 
 
-def test_adapters_of_different_base_models_are_refused(tmp_path):
+def _set_base(adapter, base):
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+
+
+def test_adapters_of_different_base_models_are_refused(tmp_path, monkeypatch):
+    """The rule `--adapter` applies too (midalign.models.same_base): one folder spelled two
+    ways is one base; an adapter that names none fits any."""
     a = _adapter(tmp_path / "a", 1, 2, 4, ["q_proj"])
     b = _adapter(tmp_path / "b", 2, 2, 4, ["q_proj"])
-    config = json.loads((b / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "some/other-model"
-    (b / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="different base models"):
-        merge_adapters([a, b], [0.5, 0.5], tmp_path / "m")
+    c = _adapter(tmp_path / "c", 3, 2, 4, ["q_proj"])
+    (tmp_path / "models" / "llama").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    _set_base(a, "some/model")
+    _set_base(b, "some/other-model")
+    with pytest.raises(
+        InputError,
+        match="^--adapters: adapters of different base models: some/model, some/other-model$",
+    ):
+        merge_adapters([c, a, b], [0.4, 0.3, 0.3], tmp_path / "m")
+    _set_base(a, "models/llama")
+    _set_base(b, str(tmp_path / "models" / "llama"))
+    _set_base(c, None)
+    config = merge_adapters([c, a, b], [0.4, 0.3, 0.3], tmp_path / "m")
+    assert config["base_model_name_or_path"] == "models/llama"
 
 
 def test_missing_adapter_names_the_file(tmp_path):
@@ -119,6 +141,13 @@ def test_merge_command(tmp_path, capsys):
         == 0
     )
     assert "merged 0.9·task + 0.1·align" in capsys.readouterr().out
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()}
+    umask = os.umask(0)
+    os.umask(umask)
+    shared = oct(0o666 & ~umask)  # 0o644 under the usual umask 022; safetensors alone makes 0600
+    assert modes == dict.fromkeys(
+        ["adapter_config.json", "adapter_model.safetensors", "merge.json"], shared
+    )
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
     assert (
         main(["merge", "--adapters", str(a), str(b), "--weights", "0.9,x", "--out", str(out)]) == 2

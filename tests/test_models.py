@@ -180,3 +180,36 @@ def test_response_loss_equals_the_models_own_loss_and_gradient(family, softcap, 
     assert_same_numbers(ours, expected, precision(family, dtype))
     for got, exp in zip((p.grad for p in model.parameters()), want, strict=True):
         assert_same_numbers(got, exp, precision(family, dtype))
+
+
+def test_an_adapter_loads_only_on_the_base_it_names(tiny_model_dir, tmp_path, monkeypatch):
+    """`--adapter` and `merge` share one rule (same_base): the adapter's base_model_name_or_path
+    must name the --model, a local folder compared by its resolved path."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from midalign.models import load_adapter, load_model, same_base
+
+    model, _ = load_model(str(tiny_model_dir))
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir)
+    monkeypatch.chdir(tiny_model_dir.parent)
+    model, _ = load_model(f"./{tiny_model_dir.name}", str(adapter))  # the same folder
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+    config["base_model_name_or_path"] = "google/gemma-3-270m"
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(InputError) as e:
+        load_model(str(tiny_model_dir), str(adapter))
+    assert str(e.value) == (
+        f"--adapter: {adapter} was trained on google/gemma-3-270m, not on --model "
+        f"{tiny_model_dir} (if they are the same model, set base_model_name_or_path in its "
+        "adapter_config.json)"
+    )
+    # a model built in memory names no base: only the shapes can be checked
+    assert load_adapter(tiny_model("gemma3", n_layers=4), str(adapter)) is not None
+    assert same_base("models/x", None) and same_base("", "a/b") and not same_base("a/b", "a/c")

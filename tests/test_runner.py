@@ -80,7 +80,10 @@ def _recipe(model: Path, data: Path) -> dict:
             {"name": "align-mid", "train": {"align": {"schedule": "alternate"}}},
             {
                 "name": "align-only",
-                "train": {"align": {"schedule": "align"}, "optim": {"max_steps": 1}},
+                "train": {
+                    "align": {"schedule": "align"},
+                    "optim": {"max_steps": 1, "warmup_ratio": 0.0},  # lr 0 in a warm-up step
+                },
                 "evaluate": False,
                 "probe": False,
             },
@@ -356,3 +359,76 @@ def test_training_step_killed_before_a_checkpoint_starts_over_cleanly(
 def _losses(path: Path) -> list[tuple]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     return [(r["step"], r.get("loss"), r.get("eval_loss")) for r in rows]
+
+
+LANG_HELP = "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn)"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda r: r["systems"][2]["train"]["align"].update(temperature=-1),
+            "r.yaml: system align-mid: train.align.temperature must be positive, not -1.0",
+        ),
+        (
+            lambda r: r["train"]["optim"].update(gradient_accumulation_steps=3),
+            "r.yaml: system align-mid: train.optim.gradient_accumulation_steps must be even for "
+            "the alternate schedule (half task, half alignment micro-batches), not 3",
+        ),
+        (
+            lambda r: r["systems"][3]["train"]["optim"].update(warmup_ratio=0.03),
+            "r.yaml: system align-only: train.optim.warmup_ratio 0.03 over 1 optimizer step "
+            "(train.optim.max_steps 1): the inverse_sqrt schedule's learning rate is 0 throughout "
+            "(its warm-up starts at 0), so training would not change the adapter; set "
+            "train.optim.warmup_ratio 0 or train more steps",
+        ),
+        (
+            lambda r: r["train"]["data"].update(align_langs=["deu", "xx"]),
+            f"r.yaml: system sft: train.data.align_langs: unknown language code 'xx' {LANG_HELP}",
+        ),
+        (
+            lambda r: r["systems"][1]["train"]["align"].update(temprature=1),
+            "r.yaml: system sft: unknown key train.align.temprature (known: schedule, layers, "
+            "temperature, pool, symmetric, weight, batch_pairs, gather_negatives, auto_pairs)",
+        ),
+        (
+            lambda r: r["systems"][1].update(train="fast"),
+            "r.yaml: system sft: train must be a mapping of sections",
+        ),
+        (
+            lambda r: r["task"].update(name="sentiment"),
+            "r.yaml: task.name: unknown task 'sentiment' (one of slots, mt, ner, topic)",
+        ),
+        (
+            lambda r: r["task"]["test"].update(langs=["eng", "xx"]),
+            f"r.yaml: task.test.langs: unknown language code 'xx' {LANG_HELP}",
+        ),
+        (
+            lambda r: r["task"].update(test=[r["task"]["test"], {"source": "x", "langs": "qq"}]),
+            f"r.yaml: task.test[1].langs: unknown language code 'qq' {LANG_HELP}",
+        ),
+        (
+            lambda r: r["task"]["groups"].update(transfer=["deu", "xx"]),
+            f"r.yaml: task.groups.transfer: unknown language code 'xx' {LANG_HELP}",
+        ),
+        (
+            lambda r: r["probe"].update(langs="eng,xx"),
+            f"r.yaml: probe.langs: unknown language code 'xx' {LANG_HELP}",
+        ),
+        (
+            lambda r: r["task"].update(name="mt"),  # topic's languages are not directions
+            "r.yaml: task.train.langs: 'eng' translates eng_Latn into itself",
+        ),
+    ],
+)
+def test_recipe_is_validated_at_load_naming_the_field(tmp_path: Path, change, message) -> None:
+    """Every trained system's config is validated as `midalign train` validates it, and every
+    language list as the task reads it, when the recipe loads: not after its data, probe and
+    evaluation steps. The fields are named as the recipe spells them."""
+    recipe = _recipe(tmp_path / "model", tmp_path / "data")
+    parse_recipe(recipe, "r.yaml")  # the base is fine
+    change(recipe)
+    with pytest.raises(InputError) as e:
+        parse_recipe(recipe, "r.yaml")
+    assert str(e.value) == message

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import signal
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -353,6 +357,11 @@ def test_cli_outputs_a_loadable_adapter_and_refuses_reuse(tmp_path, capsys):
         "train_result.json",
     ):
         assert (out / name).is_file(), name
+    umask = os.umask(0)
+    os.umask(umask)
+    # every file as readable as the umask makes it (safetensors alone writes 0600)
+    modes = {oct(stat.S_IMODE(p.stat().st_mode)) for p in out.rglob("*") if p.is_file()}
+    assert modes == {oct(0o666 & ~umask)}
     result = json.loads((out / "train_result.json").read_text())
     assert result["align_layers"] == [2] and result["global_step"] == 4
     # what --out holds is the adapter of the best checkpoint
@@ -360,8 +369,27 @@ def test_cli_outputs_a_loadable_adapter_and_refuses_reuse(tmp_path, capsys):
     saved = load_file(str(best_dir / "adapter_model.safetensors"))
     final = _adapter(out)
     assert all(torch.equal(saved[n], final[n]) for n in final)
-    evals = [r for r in read_log(out / "log.jsonl") if "eval_task_loss" in r]
+    rows = read_log(out / "log.jsonl")
+    evals = [r for r in rows if "eval_task_loss" in r]
     assert [r["step"] for r in evals] == [2, 4] and all("eval_align_loss" in r for r in evals)
+    # log.jsonl holds numbers; stdout shows each of its rows as one line, 4 significant digits
+    assert all(isinstance(v, int | float) for r in rows for v in r.values())
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (
+        f"step 1/4: loss {rows[0]['loss']:.4g}, grad_norm {rows[0]['grad_norm']:.4g}, "
+        f"learning_rate 0, task_loss {rows[0]['task_loss']:.4g}, "
+        f"align_loss {rows[0]['align_loss']:.4g}, epoch 0.2"
+    )
+    hidden = ("step", "epoch", "lr", "total_flos")  # the Trainer logs the epoch last
+    assert printed[:-1] == [
+        f"step {r['step']}/4: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in r.items() if k not in hidden)
+        + f", epoch {r['epoch']:.4g}"
+        for r in rows
+    ]
+    assert printed[-1] == f"trained 4 steps, best dev {result['best_metric']:.4f} at " + (
+        f"{best_dir.name}; adapter in {out}"
+    )
     model = PeftModel.from_pretrained(tiny_model("gemma3", n_layers=4), str(out))
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
@@ -447,3 +475,74 @@ def test_dev_task_loss_equals_the_models_own_loss_on_the_dev_batches(tmp_path):
             total += model(**batch).loss.item() * len(rows)
             count += len(rows)
     assert logged[0] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_an_epoch_run_of_one_warm_up_step_is_refused(tmp_path):
+    """validate refuses --max-steps 1 with a warm-up; a run counted in epochs learns its step
+    count only in the Trainer, which refuses it there, before any step."""
+    config = _config(tmp_path, optim__max_steps=-1, optim__epochs=1.0, optim__warmup_ratio=0.03)
+    config.data.task_data = str(_task_file(tmp_path / "two.jsonl", 2, seed=1))  # one batch
+    with pytest.raises(InputError) as e:
+        _run(config, tmp_path / "run")
+    assert str(e.value) == (
+        "--warmup-ratio 0.03 over 1 optimizer step (--epochs 1): the inverse_sqrt schedule's "
+        "learning rate is 0 throughout (its warm-up starts at 0), so training would not change "
+        "the adapter; set --warmup-ratio 0 or train more steps"
+    )
+    assert last_checkpoint(tmp_path / "run") is None
+    config.optim.warmup_ratio = 0.0
+    result = _run(config, tmp_path / "run")
+    assert result.global_step == 1
+    b = [t for k, t in _adapter(tmp_path / "run").items() if "lora_B" in k]
+    assert b and all(t.abs().sum() > 0 for t in b)  # every B moved off its 0 init
+
+
+def test_resume_from_another_directory_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    """trainer_state.json names the best checkpoint relative to the run folder, so a run
+    started with a relative --out resumes from any working directory. Here the dev loss is
+    5.026, 4.676, 4.761 at steps 1, 2, 3 (evaluated every step, saved every 2): early stopping
+    ends the run at step 3, which saves nothing, and the adapter kept is checkpoint-2's, also
+    when the run was stopped at step 2 and resumed from elsewhere (before, the Trainer could
+    not find the best checkpoint from there, dropped it, and kept step 3's adapter)."""
+    config = _config(
+        tmp_path,
+        optim__max_steps=8,
+        optim__learning_rate=5e-2,
+        optim__eval_steps=1,
+        optim__early_stopping_patience=1,
+    )
+    straight = _run(config, tmp_path / "straight")
+    assert (straight.global_step, straight.best_checkpoint) == (3, "checkpoints/checkpoint-2")
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    assert _run(config, Path("run"), callbacks=[_InterruptAt(2)]).interrupted
+    state = json.loads(Path("run/checkpoints/checkpoint-2/trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == "checkpoints/checkpoint-2"
+    monkeypatch.chdir(tmp_path / "b")
+    run = Path("../a/run")
+    result = train(config, run, last_checkpoint(run), progress=False)
+    assert (result.global_step, result.best_checkpoint) == (3, "checkpoints/checkpoint-2")
+    assert result.best_metric == straight.best_metric
+    a, b = _adapter(tmp_path / "straight"), _adapter(tmp_path / "a" / "run")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_resume_reads_the_runs_config_and_reports_a_changed_option(tmp_path, capsys):
+    """`--resume` with options lays them on the run's config.yaml (not on the defaults, which
+    lack --task-data): an unchanged value resumes, a changed one is named as a difference."""
+    assert _cli(tmp_path) == 0
+    out = tmp_path / "run"
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")  # as if killed after checkpoint-2
+    capsys.readouterr()
+    resume = ["train", "--out", str(out), "--resume", "--no-progress"]
+    assert main([*resume, "--temperature", "0.05"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"midalign train: error: --resume: {out} was trained with a different config "
+        "(align.temperature: 0.1 -> 0.05)"
+    )
+    assert main([*resume, "--temperature", "0.1", "--lora-r", "8"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("step 3/4: loss ")
+    assert printed[-1].startswith("trained 4 steps, best dev ")

@@ -22,10 +22,10 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def get_task(name: str) -> Task:
-    """The task called ``name`` (slots, mt, ner, topic)."""
+def get_task(name: str, option: str = "--task") -> Task:
+    """The task called ``name`` (slots, mt, ner, topic); an error names ``option``."""
     if name not in TASKS:
-        raise InputError(f"--task: unknown task {name!r} (one of {', '.join(TASKS)})")
+        raise InputError(f"{option}: unknown task {name!r} (one of {', '.join(TASKS)})")
     return TASKS[name]()
 
 

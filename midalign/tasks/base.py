@@ -65,9 +65,10 @@ class Task(ABC):
     max_new_tokens: int  # enough for every reference answer of the paper's data sets
     source_help: str  # the --data / --source forms this task reads
 
-    def languages(self, spec: str) -> list[str]:
-        """The ``--langs`` value as the keys examples are grouped by (FLoRes codes here)."""
-        return parse_langs(spec)
+    def languages(self, spec: str, option: str = "--langs") -> list[str]:
+        """The ``--langs`` value as the keys examples are grouped by (FLoRes codes here); an
+        error names ``option`` (a recipe names its field)."""
+        return parse_langs(spec, option)
 
     def read(
         self, source: str, langs: Sequence[str], split: str, limit: int | None = None

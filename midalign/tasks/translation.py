@@ -31,26 +31,29 @@ def direction_key(src: str, tgt: str) -> str:
     return f"{src}-{tgt}"
 
 
-def parse_directions(spec: str) -> list[str]:
+def parse_directions(spec: str, option: str = "--langs") -> list[str]:
     """``de-en,en-ja,cs`` → ``deu_Latn-eng_Latn, eng_Latn-jpn_Jpan, ces_Latn-eng_Latn,
-    eng_Latn-ces_Latn``."""
+    eng_Latn-ces_Latn``; an error names ``option``."""
     keys: list[str] = []
     for item in spec.split(","):
         item = item.strip()
         if not item:
             continue
-        if "-" in item and not _is_single_code(item):
-            src, _, tgt = item.partition("-")
-            pairs = [(to_flores(src), to_flores(tgt))]
-        else:
-            lang = to_flores(item)
-            pairs = [(lang, PIVOT), (PIVOT, lang)]
+        try:
+            if "-" in item and not _is_single_code(item):
+                src, _, tgt = item.partition("-")
+                pairs = [(to_flores(src), to_flores(tgt))]
+            else:
+                lang = to_flores(item)
+                pairs = [(lang, PIVOT), (PIVOT, lang)]
+        except InputError as e:
+            raise InputError(f"{option}: {e}") from None
         for src, tgt in pairs:
             if src == tgt:
-                raise InputError(f"--langs: {item!r} translates {src} into itself")
+                raise InputError(f"{option}: {item!r} translates {src} into itself")
             keys.append(direction_key(src, tgt))
     if not keys:
-        raise InputError(f"--langs: no translation directions in {spec!r} (e.g. de-en,en-de)")
+        raise InputError(f"{option}: no translation directions in {spec!r} (e.g. de-en,en-de)")
     return list(dict.fromkeys(keys))
 
 
@@ -232,8 +235,8 @@ class Translation(Task):
         "udhr or udhr:DIR (UDHR paragraphs; train/dev/test = articles 1-16/17-20/21-30)"
     )
 
-    def languages(self, spec: str) -> list[str]:
-        return parse_directions(spec)
+    def languages(self, spec: str, option: str = "--langs") -> list[str]:
+        return parse_directions(spec, option)
 
     def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
         if source == "udhr" or source.startswith("udhr:"):
