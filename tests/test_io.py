@@ -142,6 +142,7 @@ def test_safetensors_outputs_follow_the_umask(tmp_path, umask_022) -> None:
         for p in sorted((tmp_path / "out").rglob("*"))
     }
     assert modes == {
+        f"out/{MARKER}": "0o644",
         "out/a.safetensors": "0o644",
         "out/sub": "0o755",
         "out/sub/b.safetensors": "0o644",

@@ -146,7 +146,7 @@ def test_merge_command(tmp_path, capsys):
     os.umask(umask)
     shared = oct(0o666 & ~umask)  # 0o644 under the usual umask 022; safetensors alone makes 0600
     assert modes == dict.fromkeys(
-        ["adapter_config.json", "adapter_model.safetensors", "merge.json"], shared
+        [".midalign", "adapter_config.json", "adapter_model.safetensors", "merge.json"], shared
     )
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
     assert (
