@@ -76,4 +76,7 @@ def test_align_steps_lower_the_mid_layer_alignment_loss(tmp_path):
         f"layer {layer}: InfoNCE {loss_before:.3f} -> {loss_after:.3f}, "
         f"retrieval {acc_before:.3f} -> {acc_after:.3f}"
     )
+    # Measured on AMD EPYC, float32: 4.142 -> 3.481 (a drop of 0.66) on two days, to the digit.
+    # Another CPU's summation order moves 20 Adam steps by rounding-sized amounts, not tenths
+    # of a nat; 0.3 is half the measured drop, and a run that does not learn stays at 4.14.
     assert loss_after < loss_before - 0.3
