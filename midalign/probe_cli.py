@@ -233,10 +233,9 @@ def run(args: argparse.Namespace) -> int:
         not args.no_progress,
         args.max_tokens,
     )
-    # scored on normalised copies; the raw states stay for anisotropy and --save-embeddings
-    scored = normalize_states(embeddings, args.normalize)
-    acc = score_corpus(scored, corpus, args.k, args.margin)  # [L, P]
-    del scored  # a second copy of every embedding
+    # [L, P], scored on normalised copies, freed at once; anisotropy and --save-embeddings get
+    # the raw states
+    acc = score_corpus(normalize_states(embeddings, args.normalize), corpus, args.k, args.margin)
     summary = summarize(acc, layers, corpus, groups=groups)
     summary["anisotropy"] = anisotropy_by_layer(embeddings, layers)
     config = {
