@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from midalign.anisotropy import TOP_DIMS, anisotropy_by_layer
 from midalign.cli import add_model_options, positive_int
 from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
@@ -29,8 +30,21 @@ from midalign.probe import (
     embed_corpus,
     score_corpus,
 )
-from midalign.report import plot_accuracy_by_layer, plot_language_heatmap, plot_pair_matrix
-from midalign.retrieval import MARGINS, check_options, correlate, summarize
+from midalign.report import (
+    plot_accuracy_by_layer,
+    plot_anisotropy,
+    plot_language_heatmap,
+    plot_pair_matrix,
+)
+from midalign.retrieval import (
+    MARGINS,
+    NORMALIZE_MODES,
+    NORMALIZED_STATES,
+    check_options,
+    correlate,
+    normalize_states,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Embed parallel sentences with a causal LM (mean-pooled hidden states of "
         "every requested layer, one early-exit forward per batch), then for every ordered "
         "language pair retrieve each sentence's translation with LASER's xsim margin. Writes "
-        "results.json, pairs_layer<l>.csv, plots and, on request, the embeddings.",
+        "results.json (with per-layer anisotropy diagnostics of the raw states), "
+        "pairs_layer<l>.csv, plots and, on request, the embeddings.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p)
@@ -83,6 +98,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=MARGINS,
         default="ratio",
         help="ratio: LASER's xsim margin; cosine: plain nearest neighbour (default: %(default)s)",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=NORMALIZE_MODES,
+        default="none",
+        help="per-dimension normalisation of the pooled states before xsim, with each layer's "
+        "mean and std over every sentence of every side (no language identity): none, as LASER "
+        "and the paper score; center: subtract the mean; standardize: subtract the mean and "
+        "divide by the std, so that a few massive dimensions no longer decide every cosine "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--k", type=int, default=4, help="neighbours for the margin (default: %(default)s)"
@@ -124,7 +149,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-embeddings",
         action="store_true",
-        help="also write embeddings/<side>.safetensors (one [n, d] tensor per layer)",
+        help="also write embeddings/<side>.safetensors (one [n, d] tensor per layer, raw: "
+        "before --normalize)",
     )
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -207,8 +233,11 @@ def run(args: argparse.Namespace) -> int:
         not args.no_progress,
         args.max_tokens,
     )
-    acc = score_corpus(embeddings, corpus, args.k, args.margin)  # [L, P]
+    # [L, P], scored on normalised copies, freed at once; anisotropy and --save-embeddings get
+    # the raw states
+    acc = score_corpus(normalize_states(embeddings, args.normalize), corpus, args.k, args.margin)
     summary = summarize(acc, layers, corpus, groups=groups)
+    summary["anisotropy"] = anisotropy_by_layer(embeddings, layers)
     config = {
         "model": args.model,
         "adapter": args.adapter,
@@ -222,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         "num_layers": num_layers(model),
         "pool": args.pool,
         "margin": args.margin,
+        "normalize": args.normalize,
         "k": args.k,
         "batch_tokens": args.batch_tokens,
         "max_tokens": args.max_tokens,
@@ -237,10 +267,10 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.out, args.overwrite) as tmp:
         write_json(tmp / "results.json", results)
         _write_pair_csvs(tmp, acc, layers, corpus)
-        _plot(tmp, summary, layers, config["num_layers"], corpus, args.model)
+        _plot(tmp, summary, layers, config["num_layers"], corpus, args.model, args.normalize)
         if args.save_embeddings:
             _save_embeddings(tmp / "embeddings", embeddings, layers, corpus)
-    _print_table(summary, layers, args.out)
+    _print_table(summary, layers, args.normalize, args.out)
     return 0
 
 
@@ -263,10 +293,17 @@ def _write_pair_csvs(
 
 
 def _plot(
-    out: Path, summary: dict, layers: list[int], n_layers: int, corpus: ParallelCorpus, model: str
+    out: Path,
+    summary: dict,
+    layers: list[int],
+    n_layers: int,
+    corpus: ParallelCorpus,
+    model: str,
+    normalize: str,
 ) -> None:
     by_layer = [summary["per_layer"][str(layer)] for layer in layers]
     name = Path(model).name if model != "default" else "Gemma 3 270M"
+    states = f"{NORMALIZED_STATES[normalize]} states"
     plot_accuracy_by_layer(
         layers,
         [x["mean"] for x in by_layer],
@@ -274,20 +311,22 @@ def _plot(
         [x["min"] for x in by_layer],
         [x["max"] for x in by_layer],
         out / "accuracy_by_layer.png",
-        title=f"{name}: xsim retrieval, {len(corpus.pairs)} pairs",
+        title=f"{name}: xsim retrieval, {len(corpus.pairs)} pairs, {states}",
     )
     langs = corpus.languages
     heat = np.array(
         [[summary["per_language"][str(layer)]["both"][lang] for layer in layers] for lang in langs]
     )
     plot_language_heatmap(
-        langs, layers, heat, out / "language_by_layer.png", title="accuracy per language"
+        langs, layers, heat, out / "language_by_layer.png", title=f"accuracy per language, {states}"
     )
     middle = min(layers, key=lambda layer: abs(layer - n_layers // 2))
     for layer in dict.fromkeys([middle, summary["best_layer"]]):
         matrix = np.array(summary["pair_matrix"][str(layer)], dtype=float)
         title = f"layer {layer}" + (" (best)" if layer == summary["best_layer"] else " (middle)")
+        title += f", {states}"
         plot_pair_matrix(langs, matrix, out / f"pair_matrix_layer{layer}.png", title=title)
+    plot_anisotropy(layers, summary["anisotropy"], out / "anisotropy.png")
 
 
 def _save_embeddings(
@@ -309,12 +348,18 @@ def _save_embeddings(
     write_json(out / "index.json", index)
 
 
-def _print_table(summary: dict, layers: list[int], out: Path) -> None:
-    print(f"\n{'layer':>5}  {'mean':>6}  {'std':>6}  {'min':>6}  {'max':>6}")
+def _print_table(summary: dict, layers: list[int], normalize: str, out: Path) -> None:
+    print(
+        f"\nxsim on {NORMALIZED_STATES[normalize]} states; anisotropy of the raw states: "
+        f"cos = mean cos of non-parallel pairs, top = share of E‖h‖² in the top {TOP_DIMS} dims"
+    )
+    print(f"{'layer':>5}  {'mean':>6}  {'std':>6}  {'min':>6}  {'max':>6}  {'cos':>6}  {'top':>6}")
     for layer in layers:
         row = summary["per_layer"][str(layer)]
         stats = "  ".join(f"{row[key]:6.3f}" for key in ("mean", "std", "min", "max"))
-        print(f"{layer:>5}  {stats}")
+        diag = summary["anisotropy"][str(layer)]
+        cos = "     –" if diag["mean_cosine"] is None else f"{diag['mean_cosine']:6.3f}"
+        print(f"{layer:>5}  {stats}  {cos}  {diag['top_dims_share']:6.3f}")
     agg = summary.get("aggregate")
     if agg is not None:
         print(f"mean over even layers excluding 0: {agg:.3f}")

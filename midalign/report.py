@@ -1,5 +1,6 @@
 """Plots people would rather look at than read: accuracy by layer, language × layer heatmap,
-the pair matrix at one layer. Plain matplotlib (Agg), PNG files, no state between calls."""
+the pair matrix at one layer, the anisotropy of the states by layer. Plain matplotlib (Agg),
+PNG files, no state between calls."""
 
 from __future__ import annotations
 
@@ -70,6 +71,41 @@ def plot_pair_matrix(langs: Sequence[str], acc: np.ndarray, path: Path, title: s
                         j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color
                     )
     fig.colorbar(image, ax=ax, label="retrieval accuracy")
+    _save(fig, path)
+
+
+def plot_anisotropy(layers: Sequence[int], diagnostics: dict[str, dict], path: Path) -> None:
+    """Per-layer curves of :func:`midalign.anisotropy.anisotropy`'s numbers on the raw states,
+    each point of the top-dimensions curve labelled with its largest dimension."""
+    x = np.asarray(layers)
+    rows = [diagnostics[str(layer)] for layer in layers]
+    top = len(rows[0]["top_dims"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (
+        ("mean_cosine", "mean cos of non-parallel pairs"),
+        ("mean_norm_ratio", "‖mean‖ / E‖h‖"),
+        ("top_pc_share", "top principal component's variance share"),
+        ("top_dims_share", f"share of E‖h‖² in the top {top} dims"),
+    ):
+        ax.plot(x, [np.nan if r[key] is None else r[key] for r in rows], "o-", label=label)
+    for layer, r in zip(x, rows, strict=True):
+        ax.annotate(
+            str(r["top_dims"][0]["dim"]),
+            (layer, r["top_dims_share"]),
+            fontsize=6,
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+        )
+    low = min(0.0, *(r["mean_cosine"] for r in rows if r["mean_cosine"] is not None))
+    ax.set(
+        xlabel="layer (0 = embeddings)",
+        ylim=(low, 1.05),
+        title="anisotropy of the raw pooled states (numbers: the largest dimension)",
+    )
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     _save(fig, path)
 
 

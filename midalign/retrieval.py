@@ -10,6 +10,10 @@ the prediction is the best-scoring candidate, and accuracy is the share of sourc
 prediction is their own translation. ``cosine`` is the plain nearest neighbour. The margin
 penalises "hub" targets that are close to everything, which plain cosine retrieval loves.
 Everything is batched matrix work: one [sources, targets, N, N] similarity block at a time.
+
+Before scoring, :func:`normalize_states` may centre or standardise the pooled states per
+dimension (``--normalize``): in small LMs a few "rogue" dimensions carry nearly all of ‖h‖²
+(Timkey & van Schijndel 2021; Sun et al. 2024, massive activations) and so decide every cosine.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from midalign.data.corpus import ParallelCorpus
 from midalign.errors import InputError
 
 MARGINS = ("ratio", "cosine")
+NORMALIZED_STATES = {"none": "raw", "center": "centred", "standardize": "standardised"}
+"""``--normalize`` modes and how plots and reports name the states each one scores."""
+NORMALIZE_MODES = tuple(NORMALIZED_STATES)
 _BLOCK_BYTES = 512 * 2**20  # similarity block budget when scoring many language pairs
 
 
@@ -35,6 +42,42 @@ def check_options(n_targets: int, k: int, margin: str) -> None:
         raise InputError(
             f"--k {k} must be between 1 and the number of sentences minus one ({n_targets - 1})"
         )
+
+
+def normalize_states(
+    emb_by_side: dict[str, torch.Tensor], mode: str = "none"
+) -> dict[str, torch.Tensor]:
+    """Per-layer, per-dimension normalisation of pooled states: side -> [L, n, d], same shapes.
+
+    The statistics are taken per layer over every sentence of every side together, so no
+    language identity is used. ``none`` returns the input as is (what LASER and the paper
+    score); ``center`` subtracts the mean μ; ``standardize`` computes (h − μ) / σ, with σ the
+    population std (divisor n). Cosines are then invariant to h → a⊙h + b for any b and any
+    a > 0 per dimension (``center``: to h → h + b). μ and σ are computed in float64.
+
+    A dimension constant over all sentences (σ = 0) carries no information: ``standardize`` sets
+    it to 0, so it drops out of every cosine, rather than 0 / 0 = NaN. Constant means min = max,
+    tested exactly: a computed μ of n equal numbers can be off by rounding, leaving a σ of
+    rounding noise that dividing would blow up to ±1.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise InputError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, not {mode!r}")
+    if mode == "none":
+        return emb_by_side
+    count = sum(e.shape[1] for e in emb_by_side.values())
+    mean = sum(e.double().sum(dim=1) for e in emb_by_side.values()) / count  # [L, d]
+    mean = mean.unsqueeze(1)  # [L, 1, d]
+    if mode == "center":
+        return {side: (e.double() - mean).to(e.dtype) for side, e in emb_by_side.items()}
+    var = sum(((e.double() - mean) ** 2).sum(dim=1) for e in emb_by_side.values()) / count
+    low = torch.stack([e.amin(dim=1) for e in emb_by_side.values()]).amin(dim=0)  # [L, d]
+    high = torch.stack([e.amax(dim=1) for e in emb_by_side.values()]).amax(dim=0)
+    constant = (low == high).unsqueeze(1)  # [L, 1, d]
+    std = torch.where(constant, 1.0, var.sqrt().unsqueeze(1))
+    return {
+        side: torch.where(constant, 0.0, (e.double() - mean) / std).to(e.dtype)
+        for side, e in emb_by_side.items()
+    }
 
 
 def _predict(sim: torch.Tensor, k: int, margin: str) -> torch.Tensor:

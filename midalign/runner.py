@@ -34,7 +34,17 @@ log = logging.getLogger(__name__)
 RECIPE_KEYS = ("name", "model", "seeds", "task", "probe", "train", "systems", "eval")
 TASK_KEYS = ("name", "train", "dev", "test", "groups")
 DATA_KEYS = ("source", "langs", "split", "limit")
-PROBE_KEYS = ("data", "langs", "split", "max_sentences", "layers", "pool", "k", "report_layer")
+PROBE_KEYS = (
+    "data",
+    "langs",
+    "split",
+    "max_sentences",
+    "layers",
+    "pool",
+    "k",
+    "normalize",
+    "report_layer",
+)
 SYSTEM_KEYS = ("name", "train", "merge", "zero_shot", "evaluate", "probe")
 EVAL_KEYS = ("batch_size", "max_new_tokens")
 # Part of the hash of every step that reads data (prepare, evaluate, probe), raised when the
@@ -188,6 +198,16 @@ def parse_recipe(values: Any, where: str) -> Recipe:
         if not isinstance(probe.get("data"), str):
             raise InputError(f"{where}: probe.data is required (e.g. udhr)")
         probe["langs"] = _langs(probe.get("langs"), f"{where}: probe.langs")
+        from midalign.retrieval import NORMALIZE_MODES
+
+        normalize = probe.pop("normalize", "none")
+        if normalize not in NORMALIZE_MODES:
+            raise InputError(
+                f"{where}: probe.normalize must be one of {', '.join(NORMALIZE_MODES)}, "
+                f"not {normalize!r}"
+            )
+        if normalize != "none":  # absent or none: one setting, so one probe step hash
+            probe["normalize"] = normalize
     train = r.get("train") or {}
     if not isinstance(train, dict):
         raise InputError(f"{where}: train must be a mapping of config sections")
@@ -529,11 +549,12 @@ class Runner:
 
     def probe(self, name: str, adapter: dict | None) -> dict:
         """Retrieval per layer and language on the recipe's parallel text (model + adapter)."""
+        from midalign.anisotropy import anisotropy_by_layer
         from midalign.data import load_parallel
         from midalign.languages import parse_langs
         from midalign.models import load_model, num_layers, parse_layers
         from midalign.probe import default_batch_tokens, embed_corpus, score_corpus
-        from midalign.retrieval import summarize
+        from midalign.retrieval import normalize_states, summarize
 
         p = self.recipe.probe or {}
         spec = {
@@ -566,8 +587,11 @@ class Runner:
                 default_batch_tokens(model),
                 self.opt.progress,
             )
-            acc = score_corpus(emb, corpus, int(p.get("k", 4)))
+            normalize = p.get("normalize", "none")
+            acc = score_corpus(normalize_states(emb, normalize), corpus, int(p.get("k", 4)))
             summary = summarize(acc, layers, corpus)
+            summary["normalize"] = normalize
+            summary["anisotropy"] = anisotropy_by_layer(emb, layers)
             write_json(folder / "results.json", summary)
             return {
                 "layer": layer,
@@ -649,6 +673,7 @@ def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -
         }
         summary["retrieval"] = {
             "layer": base["layer"],
+            "normalize": (recipe.probe or {}).get("normalize", "none"),
             "base": base["per_language"],
             "base_aggregate": base["aggregate"],
             "systems": after,
@@ -722,9 +747,20 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
         ]
     retrieval = summary.get("retrieval")
     if retrieval:
+        from midalign.retrieval import NORMALIZED_STATES
+
         langs = list(retrieval["base"])
+        normalize = retrieval["normalize"]
         lines += [
             f"## Retrieval at layer {retrieval['layer']} (xsim accuracy ×100, before → after)",
+            "",
+            f"Scored on {NORMALIZED_STATES[normalize]} pooled states (`probe.normalize: "
+            f"{normalize}`"
+            + (
+                ", as LASER and the paper score them)."
+                if normalize == "none"
+                else ", with each layer's statistics over all sentences of all languages)."
+            ),
             "",
             "| system | mean over even layers | " + " | ".join(langs) + " |",
             "|---|---|" + "---|" * len(langs),
@@ -759,6 +795,7 @@ def write_report(recipe: Recipe, outcome: dict, groups: dict[str, list[str]], ou
     """``out/report/``: report.md, results.json and the plots, replaced as a whole."""
     from midalign.io import atomic_output_dir
     from midalign.report import plot_correlation, plot_grouped_bars
+    from midalign.retrieval import NORMALIZED_STATES
 
     summary = summarize_run(recipe, outcome, groups)
     with atomic_output_dir(Path(out) / "report", overwrite=True) as tmp:
@@ -788,7 +825,8 @@ def write_report(recipe: Recipe, outcome: dict, groups: dict[str, list[str]], ou
                 series,
                 tmp / "retrieval.png",
                 ylabel="xsim retrieval accuracy",
-                title=f"retrieval at layer {retrieval['layer']}, before and after",
+                title=f"retrieval at layer {retrieval['layer']}, before and after, "
+                f"{NORMALIZED_STATES[retrieval['normalize']]} states",
             )
         corr = summary.get("correlation")
         if corr and corr["points"]:

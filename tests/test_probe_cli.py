@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from midalign.cli import main
@@ -189,3 +191,52 @@ def test_adapter_for_another_base_is_a_clear_error(tiny_model_dir, tmp_path, cap
     )
     assert code == 2
     assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_normalize_is_recorded_applied_to_the_raw_states_and_anisotropy_is_written(
+    tiny_model_dir, tmp_path, capsys
+):
+    from midalign.anisotropy import anisotropy
+    from midalign.retrieval import all_pairs_accuracy
+
+    out = tmp_path / "run"
+    data = _files(tmp_path)
+    args = ("--layers", "1,3", "--normalize", "standardize", "--save-embeddings")
+    assert _probe(tiny_model_dir, data, out, *args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["normalize"] == "standardize"
+    # the saved embeddings are the raw states; standardised by hand, per layer over all 18
+    # sentences, they give the written accuracies
+    index = json.loads((out / "embeddings" / "index.json").read_text())
+    langs = ["eng_Latn", "deu_Latn", "fra_Latn"]
+    raw = {lang: load_file(out / "embeddings" / index["sides"][lang]["file"]) for lang in langs}
+    for layer in ("1", "3"):
+        states = torch.stack([raw[lang][f"layer_{layer}"] for lang in langs]).double()  # [3, 6, d]
+        every = states.reshape(-1, states.shape[-1])
+        by_hand = (states - every.mean(dim=0)) / every.std(dim=0, correction=0)
+        acc = all_pairs_accuracy(by_hand[None], k=2)[0]  # [3, 3]
+        rows = {
+            (r["source"], r["target"]): float(r["accuracy"])
+            for r in csv.DictReader(open(out / f"pairs_layer{layer}.csv"))
+        }
+        for (s, src), (t, tgt) in itertools.permutations(enumerate(langs), 2):
+            assert rows[src, tgt] == pytest.approx(acc[s, t].item(), abs=1e-6)
+        # anisotropy of the raw states, every probed layer
+        expected = anisotropy(every, torch.arange(6).repeat(3))
+        diag = results["anisotropy"][layer]
+        assert diag["mean_cosine"] == pytest.approx(expected["mean_cosine"], rel=1e-9)
+        assert diag["top_pc_share"] == pytest.approx(expected["top_pc_share"], rel=1e-9)
+        assert [t["dim"] for t in diag["top_dims"]] == [t["dim"] for t in expected["top_dims"]]
+        assert len(diag["top_dims"]) == 3 and 0 < diag["mean_norm_ratio"] <= 1
+    assert (out / "anisotropy.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "xsim on standardised states" in printed
+
+
+def test_normalize_defaults_to_none(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _probe(tiny_model_dir, _files(tmp_path), out, "--layers", "2") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["normalize"] == "none"
+    assert set(results["anisotropy"]) == {"2"}
+    assert "xsim on raw states" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from midalign.errors import InputError
 from midalign.retrieval import (
     all_pairs_accuracy,
     correlate,
+    normalize_states,
     pair_accuracy,
     retrieval_accuracy,
     summarize,
@@ -143,3 +144,126 @@ def test_correlate_matches_hand_computed_pearson_and_spearman():
     assert c["pearson"] == pytest.approx(1.15 / np.sqrt(0.3875 * 5))
     # ranks x (1,2,3,4), y (1,3,2,4): ρ = 1 − 6·(0+1+1+0) / (4·15) = 0.8
     assert c["spearman"] == pytest.approx(0.8)
+
+
+# --------------------------------------------------------------------------- normalisation
+
+# Three sentences in two languages, d = 3. Dimensions 0 and 1 carry the meaning (sentence i is
+# the same point c_i in both languages); dimension 2 is a rogue dimension, 10× larger and
+# meaningless: language b carries language a's values shifted by one sentence.
+#   c_0 = (1, 0), c_1 = (0, 1), c_2 = (−1, −1);  rogue a = (10, 0, −10), b = (0, −10, 10)
+ROGUE_A = torch.tensor([[1.0, 0.0, 10.0], [0.0, 1.0, 0.0], [-1.0, -1.0, -10.0]])
+ROGUE_B = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, -10.0], [-1.0, -1.0, 10.0]])
+
+
+def _accuracy(emb: dict[str, torch.Tensor], k: int = 1) -> torch.Tensor:
+    """a→b and b→a accuracy of every layer: [L, 2]."""
+    return pair_accuracy(emb, [("a", "b"), ("b", "a")], k=k)
+
+
+def test_a_planted_rogue_dimension_fails_raw_and_centred_xsim_and_standardising_fixes_it():
+    emb = {"a": ROGUE_A[None], "b": ROGUE_B[None]}  # [L=1, n=3, d=3]
+    # k = 1: the margin has one candidate, the cosine nearest neighbour.
+    # Raw: ‖a_0‖ = √101, ‖a_1‖ = 1, ‖a_2‖ = √102; ‖b_0‖ = 1, ‖b_1‖ = √101, ‖b_2‖ = √102.
+    #   a_0: b_0 1/√101 = 0.10, b_1 −100/101, b_2 (−1 + 100)/√(101·102) = 0.975 → b_2 (wrong)
+    #   a_1: b_0 0, b_1 1/√101 = 0.10, b_2 −1/√102 → b_1 (right: a_1 has no rogue part)
+    #   a_2: b_0 −1/√102, b_1 99/√(102·101) = 0.975, b_2 (2 − 100)/102 → b_1 (wrong)
+    # b→a: b_0 (no rogue part) finds a_0; b_1 finds a_2 (0.975), b_2 finds a_0: 1 of 3 each way.
+    assert normalize_states(emb, "none") is emb
+    assert _accuracy(emb).tolist() == [[pytest.approx(1 / 3), pytest.approx(1 / 3)]]
+    # Centred: every dimension's mean over the 6 sentences is already 0, so nothing changes:
+    # the rogue dimension's variance, not its mean, decides the cosines.
+    centred = normalize_states(emb, "center")
+    assert torch.equal(centred["a"], emb["a"]) and torch.equal(centred["b"], emb["b"])
+    # Standardised: σ² over the 6 sentences is 4/6 in dims 0 and 1 and 400/6 in dim 2, so
+    # every dimension is divided by its own σ and the states become √1.5 × (c_i, rogue / 10):
+    #   a: (1, 0, 1), (0, 1, 0), (−1, −1, −1);  b: (1, 0, 0), (0, 1, −1), (−1, −1, 1)
+    s = normalize_states(emb, "standardize")
+    scale = 1.5**0.5
+    assert s["a"][0].flatten().tolist() == pytest.approx(
+        (scale * torch.tensor([[1.0, 0, 1], [0, 1, 0], [-1, -1, -1]])).flatten().tolist()
+    )
+    assert s["b"][0, :, 2].tolist() == pytest.approx([0.0, -scale, scale])
+    # cosines a→b: a_0: b_0 1/√2, b_1 −1/2, b_2 0; a_1: b_0 0, b_1 1/√2, b_2 −1/√3;
+    # a_2: b_0 −1/√3, b_1 0, b_2 1/3: every nearest neighbour is the translation, both ways
+    assert _accuracy(s).tolist() == [[1.0, 1.0]]
+    # k = 2: the two largest cosines of every row and column are (1/√2, 0) or (1/3, 0), so
+    # avg_x = avg_y = 0.354, 0.354, 0.167 for sentences 0, 1, 2; each translation scores
+    # (1/√2) / 0.354 = (1/3) / 0.167 = 2 against 0 for the other candidate
+    assert _accuracy(s, k=2).tolist() == [[1.0, 1.0]]
+
+
+def _planted(seed: int) -> dict[str, torch.Tensor]:
+    """Three languages, [L=2, n=20, d=6] in float64: shared meaning plus noise, dimension 4 a
+    massive one (mean 300, std 40) that knows nothing of the sentences, dimension 5 constant."""
+    g = torch.Generator().manual_seed(seed)
+    meaning = torch.randn(2, 20, 6, generator=g, dtype=torch.float64)
+    emb = {}
+    for side in ("a", "b", "c"):
+        e = meaning + 0.7 * torch.randn(2, 20, 6, generator=g, dtype=torch.float64)
+        e[..., 4] = 300 + 40 * torch.randn(2, 20, generator=g, dtype=torch.float64)
+        e[..., 5] = 2.5
+        emb[side] = e
+    return emb
+
+
+def test_standardised_states_equal_states_standardised_by_hand():
+    emb = _planted(0)
+    every = np.concatenate([e.numpy() for e in emb.values()], axis=1)  # [L, 60, d]
+    mean = every.mean(axis=1, keepdims=True)
+    std = every.std(axis=1, keepdims=True)  # population std, divisor 60
+    std[std == 0] = 1  # the constant dimension: 0 everywhere, not NaN
+    centred = normalize_states(emb, "center")
+    standardized = normalize_states(emb, "standardize")
+    for side, e in emb.items():
+        np.testing.assert_allclose(centred[side].numpy(), e.numpy() - mean, atol=1e-12)
+        by_hand = (e.numpy() - mean) / std
+        np.testing.assert_allclose(standardized[side].numpy(), by_hand, atol=1e-12)
+        assert standardized[side].dtype == torch.float64
+        assert (standardized[side][..., 5] == 0).all()
+    by_hand = {side: torch.from_numpy((e.numpy() - mean) / std) for side, e in emb.items()}
+    pairs = [("a", "b"), ("c", "a"), ("b", "c")]
+    assert torch.equal(pair_accuracy(standardized, pairs), pair_accuracy(by_hand, pairs))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_constant_dimension_becomes_zero_not_nan_nor_rounding_noise(dtype):
+    # twelve 0.1s: in float64 their computed mean is 0.1 − 1.4e-17, so h − μ and σ would both
+    # be 1.4e-17, and dividing would turn a dimension that says nothing into ±1
+    emb = {
+        "a": torch.full((1, 7, 2), 0.1, dtype=dtype),
+        "b": torch.full((1, 5, 2), 0.1, dtype=dtype),
+    }
+    emb["a"][..., 0] = torch.arange(7.0)
+    emb["b"][..., 0] = torch.arange(5.0)
+    out = normalize_states(emb, "standardize")
+    assert out["a"].dtype == dtype
+    assert (out["a"][..., 1] == 0).all() and (out["b"][..., 1] == 0).all()
+    # dimension 0 holds 0..6 and 0..4: μ = 31/12, σ² = 121/12 − μ²
+    mu, sigma = 31 / 12, (121 / 12 - (31 / 12) ** 2) ** 0.5
+    assert out["b"][0, :, 0].tolist() == pytest.approx([(x - mu) / sigma for x in range(5)])
+
+
+@pytest.mark.parametrize("mode", ["center", "standardize"])
+def test_normalised_xsim_is_invariant_to_a_per_dimension_affine_change(mode):
+    emb = _planted(1)
+    g = torch.Generator().manual_seed(2)
+    b = 100 * torch.randn(6, generator=g, dtype=torch.float64)  # any shift per dimension
+    a = torch.rand(6, generator=g, dtype=torch.float64) * 50 + 0.01  # any positive scale
+    if mode == "center":
+        a = torch.ones(6, dtype=torch.float64)  # centring is invariant to shifts only
+    moved = {side: a * e + b for side, e in emb.items()}
+    pairs = [("a", "b"), ("b", "a"), ("a", "c")]
+    before = normalize_states(emb, mode)
+    after = normalize_states(moved, mode)
+    if mode == "standardize":
+        for side in emb:
+            torch.testing.assert_close(after[side], before[side], rtol=0, atol=1e-9)
+    assert torch.equal(pair_accuracy(after, pairs), pair_accuracy(before, pairs))
+    # raw xsim is not invariant: the same change moves it
+    assert not torch.equal(pair_accuracy(moved, pairs), pair_accuracy(emb, pairs))
+
+
+def test_unknown_normalize_mode_is_refused():
+    with pytest.raises(InputError, match="normalize must be one of none, center, standardize"):
+        normalize_states({"a": X[None]}, "whiten")

@@ -290,6 +290,10 @@ def test_report_written_for_a_dry_outcome(tmp_path: Path, recipe_file: Path) -> 
         (lambda r: r.update(seeds=[]), "seeds must be a non-empty list"),
         (lambda r: r["task"].pop("test"), "task.test"),
         (lambda r: r["systems"][4]["merge"].update(weight=1.5), "merge.weight must be in"),
+        (
+            lambda r: r["probe"].update(normalize="whiten"),
+            "probe.normalize must be one of none, center, standardize, not 'whiten'",
+        ),
     ],
 )
 def test_bad_recipes(tmp_path: Path, change, message: str) -> None:
@@ -297,6 +301,62 @@ def test_bad_recipes(tmp_path: Path, change, message: str) -> None:
     change(recipe)
     with pytest.raises(InputError, match=message):
         parse_recipe(recipe, "r.yaml")
+
+
+def test_probe_normalize_none_is_the_default_and_one_step(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    data = _write_sib200(tmp_path / "sib200")
+    values = _recipe(tiny_model_dir, data)
+    runner = Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+    base = runner.probe("base", None)
+    values["probe"]["normalize"] = "none"
+    explicit = Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+    assert explicit.probe("base", None) == base  # same hash: the finished step is reused
+    assert explicit.steps.reused == [base["step"]]
+    results = json.loads((tmp_path / "run" / "steps" / base["step"] / "results.json").read_text())
+    assert results["normalize"] == "none" and set(results["anisotropy"]) == {"1", "2", "3"}
+
+    values["probe"]["normalize"] = "standardize"
+    standardized = Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+    step = standardized.probe("base", None)
+    assert step["step"] != base["step"] and standardized.steps.ran == [step["step"]]
+    results = json.loads((tmp_path / "run" / "steps" / step["step"] / "results.json").read_text())
+    assert results["normalize"] == "standardize"
+    # the diagnostics describe the model's raw states, whatever the scoring
+    assert (
+        results["anisotropy"]
+        == json.loads((tmp_path / "run" / "steps" / base["step"] / "results.json").read_text())[
+            "anisotropy"
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("normalize", "said"),
+    [
+        (None, "Scored on raw pooled states (`probe.normalize: none`, as LASER and the paper"),
+        ("standardize", "Scored on standardised pooled states (`probe.normalize: standardize`"),
+    ],
+)
+def test_report_says_which_states_retrieval_scored(
+    tmp_path: Path, normalize: str | None, said: str
+) -> None:
+    values = _recipe(tmp_path / "model", tmp_path / "data")
+    if normalize:
+        values["probe"]["normalize"] = normalize
+    probe = {
+        "layer": 2,
+        "per_layer": {"1": 0.5, "2": 0.25},
+        "aggregate": 0.25,
+        "per_language": {"eng_Latn": 0.5, "deu_Latn": 0.25},
+    }
+    outcome = {"scores": {}, "retrieval": {"sft": {"1": probe}}, "base_retrieval": probe}
+    groups = {"supervised": ["eng_Latn"], "transfer": ["deu_Latn"]}
+    summary = write_report(parse_recipe(values, "r.yaml"), outcome, groups, tmp_path / "out")
+    assert summary["retrieval"]["normalize"] == (normalize or "none")
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert said in report
 
 
 def test_bad_recipe_cli_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
