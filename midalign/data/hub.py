@@ -7,7 +7,7 @@ and the tests, which build such copies, test the hub's layout. ``datasets`` no l
 loading scripts; a repo that has one (``Davlan/sib200``, ``AmazonScience/massive``) is read from
 the Parquet conversion the hub keeps of it (:data:`PARQUET_EXPORT`).
 
-FLORES+ (layout as of 2026, from the repo's file names quoted in public code and
+FLORES+ (layout from the repo's file names as public code downloads them, and from
 openlanguagedata/flores' README and CHANGELOG; the dataset card itself is gated): one config per
 language variety (``deu_Latn``; FLoRes-200's ``zho_Hans`` is ``cmn_Hans`` there, ``tgl_Latn`` is
 ``fil_Latn``, ``est_Latn`` is ``ekk_Latn``), splits ``dev`` and ``devtest``, stored as
