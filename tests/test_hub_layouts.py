@@ -113,6 +113,8 @@ def test_hf_tatoeba_names_what_loads_instead(hub, tmp_path: Path) -> None:
     parquet(loose / "en-de.parquet", [{"english": "A.", "non_english": "B."}])
     with pytest.raises(InputError, match="no README.md; expected a copy of"):
         load_pairs(f"hf-tatoeba:{loose}", ["de"])
+    with pytest.raises(InputError, match=r"^hf-tatoeba:\./nowhere: directory not found$"):
+        load_pairs("hf-tatoeba:./nowhere", ["de"])
 
 
 # --- openlanguagedata/flores_plus ------------------------------------------------------------

@@ -64,6 +64,8 @@ def _hf_tatoeba(source: str, langs: list[str]) -> Pairs:
             f"hf-tatoeba ({HF_TATOEBA}) or tatoeba:DIR (LASER's Tatoeba)"
         )
     local = Path(repo).expanduser()
+    if repo.startswith((".", "/", "~")) and not local.is_dir():
+        raise InputError(f"hf-tatoeba:{repo}: directory not found")
     if local.is_dir() and not (local / "README.md").is_file():
         raise InputError(
             f"hf-tatoeba:{repo}: no README.md; expected a copy of {HF_TATOEBA} (its README.md "
