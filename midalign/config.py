@@ -72,7 +72,7 @@ class DataConfig:
     align_data: str | None = _help(
         "parallel text for the alignment loss: tatoeba:DIR, sib200:DIR, flores:DIR, udhr, "
         "parallel:FILE,FILE,..., alma:DIR (ALMA training pairs), hf-tatoeba (hub "
-        "Helsinki-NLP/tatoeba) or hf-tatoeba:DIR",
+        "sentence-transformers/parallel-sentences-tatoeba) or hf-tatoeba:DIR (a copy of it)",
         default=None,
     )
     align_langs: list[str] = _help(

@@ -253,7 +253,7 @@ NOT_OURS = (
 )
 NER_FORMS = (
     "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2) | aya:FILE/DIR (templated_uner_llm "
-    "parquet) | aya:CohereForAI/aya_collection or hub id"
+    "parquet, or a copy of the repo) | aya:CohereLabs/aya_collection or hub id"
 )
 COLUMNS = ["1\tOle\tB-PER", "2 bor O", "3\ti\tO", "4\tOslo\tB-LOC"]
 CASES = [

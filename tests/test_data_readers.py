@@ -320,8 +320,9 @@ def test_plain_files_errors(tmp_path: Path) -> None:
 
 @pytest.fixture
 def flores_plus_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A local copy shaped like the hub repo: <split>/<config>.parquet (Mandarin is cmn_Hans),
-    one language as jsonl; ids deliberately out of order and not all shared."""
+    """A folder of loose files named like the hub repo's, <split>/<config>.parquet (Mandarin is
+    cmn_Hans), one language as jsonl, and no dataset card (a copy with the card is
+    test_hub_layouts'); ids deliberately out of order and not all shared."""
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -409,9 +410,9 @@ def test_hf_hub_id_uses_flores_plus_configs(monkeypatch: pytest.MonkeyPatch) -> 
 
     calls = []
 
-    def fake_load_dataset(repo: str, config: str, split: str) -> datasets.Dataset:
-        calls.append((repo, config, split))
-        texts = {"eng_Latn": ["One.", "Two."], "cmn_Hans": ["一。", "二。"]}[config]
+    def fake_load_dataset(repo: str, name: str, split: str) -> datasets.Dataset:
+        calls.append((repo, name, split))
+        texts = {"eng_Latn": ["One.", "Two."], "cmn_Hans": ["一。", "二。"]}[name]
         return datasets.Dataset.from_dict({"id": [1, 2], "text": texts})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -424,7 +425,7 @@ def test_hf_hub_id_uses_flores_plus_configs(monkeypatch: pytest.MonkeyPatch) -> 
     ]
     assert corpus.texts == {"eng_Latn": ["One.", "Two."], "zho_Hans": ["一。", "二。"]}
 
-    def offline(repo: str, config: str, split: str) -> datasets.Dataset:
+    def offline(repo: str, name: str, split: str) -> datasets.Dataset:
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)

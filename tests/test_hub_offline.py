@@ -14,7 +14,10 @@ import pytest
 from midalign.cli import main
 from midalign.tasks.topic import Topic
 
-FORMS = "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (parquet per config)"
+FORMS = (
+    "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (a copy of its parquet "
+    "conversion, <code>/<split>/*.parquet)"
+)
 WHERE = "hf:Davlan/sib200 config eng_Latn split test"
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -123,5 +126,11 @@ def test_a_hub_that_answers_is_left_to_datasets(online, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-    assert calls == [(("Davlan/sib200", "eng_Latn"), {"split": "test"})]
+    # a loading-script repo: its parquet conversion, one folder per config
+    assert calls == [
+        (
+            ("Davlan/sib200",),
+            {"split": "test", "data_dir": "eng_Latn", "revision": "refs/convert/parquet"},
+        )
+    ]
     assert [(ex.id, ex.reference, ex.text) for ex in examples] == [("7", "sports", "a goal")]

@@ -71,22 +71,6 @@ def test_sib200_bad_category(tmp_path: Path) -> None:
         TASK.read(f"sib200:{tmp_path}", ["de"], "test")
 
 
-def test_sib200_hub_layout_from_local_parquet(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    (tmp_path / "deu_Latn").mkdir()
-    table = pa.table(
-        {"index_id": [5, 6], "category": ["politics", "geography"], "text": ["P", "G"]}
-    )
-    pq.write_table(table, tmp_path / "deu_Latn" / "validation-00000-of-00001.parquet")
-    examples = TASK.read(f"hf:{tmp_path}", ["de"], "dev")
-    assert [(ex.id, ex.text, ex.reference) for ex in examples] == [
-        ("5", "P", "politics"),
-        ("6", "G", "geography"),
-    ]
-
-
 def test_sib200_shared_data() -> None:
     root = shared_data("sib200")
     examples = TASK.read(str(root), ["en", "sw"], "test")

@@ -156,17 +156,6 @@ def test_language_without_usable_pairs_is_an_error(tmp_path):
         load_pairs(f"tatoeba:{root}", ["swh"])
 
 
-def test_hub_tatoeba_schema_from_a_local_directory(tmp_path):
-    folder = tmp_path / "hub"
-    folder.mkdir()
-    _jsonl(
-        folder / "en-de.jsonl",
-        [{"id": str(i), "translation": {"en": f"hi {i}.", "de": f"hallo {i}."}} for i in range(3)],
-    )
-    pairs = load_pairs(f"hf-tatoeba:{folder}", ["deu"])
-    assert pairs == {"deu_Latn": [(f"hallo {i}.", f"hi {i}.") for i in range(3)]}
-
-
 def test_stream_draws_languages_uniformly_and_is_stateless():
     # Very unequal sizes: sampling by language, not by pair, must still be uniform.
     sizes = {"a": 400, "b": 20, "c": 5, "d": 60}

@@ -1,11 +1,21 @@
-"""FLORES+ (``openlanguagedata/flores_plus``) through ``datasets``, from the hub or a local copy.
+"""Hub data sets through ``datasets``, and FLORES+ (``openlanguagedata/flores_plus``).
 
-The hub repo has one config per language (``deu_Latn``; Mandarin is ``cmn_Hans`` there, not
-FLoRes-200's ``zho_Hans``) with splits ``dev`` and ``devtest``, stored as
-``<split>/<config>.parquet``; rows carry ``id``, ``iso_639_3``, ``iso_15924``, ``glottocode``,
-``text`` and metadata. Sentences are joined on ``id``. A local directory laid out like the repo
-(``<split>/<config>.parquet`` or ``.jsonl``, at any depth) is read through the same
-``datasets.load_dataset``, so a downloaded copy behaves exactly like the hub.
+Every hub read goes through :func:`load_split`: one ``datasets.load_dataset`` call for a hub id
+and for a local copy of the same repository, so a copy laid out like the repo (its dataset card's
+``configs:`` naming the files, or the Parquet conversion's folders) reads exactly as the hub does,
+and the tests, which build such copies, test the hub's layout. ``datasets`` no longer runs
+loading scripts; a repo that has one (``Davlan/sib200``, ``AmazonScience/massive``) is read from
+the Parquet conversion the hub keeps of it (:data:`PARQUET_EXPORT`).
+
+FLORES+ (layout from the repo's file names as public code downloads them, and from
+openlanguagedata/flores' README and CHANGELOG; the dataset card itself is gated): one config per
+language variety (``deu_Latn``; FLoRes-200's ``zho_Hans`` is ``cmn_Hans`` there, ``tgl_Latn`` is
+``fil_Latn``, ``est_Latn`` is ``ekk_Latn``), splits ``dev`` and ``devtest``, stored as
+``<split>/<config>.jsonl`` (``.parquet`` before v2); rows carry ``id``, ``iso_639_3``,
+``iso_15924``, ``glottocode``, ``text`` and metadata (``url``, ``domain``, ...). Sentences are
+joined on ``id``. A local copy with the repo's README reads through :func:`load_split`; a folder
+of loose ``<split>/<code>.parquet`` or ``.jsonl`` files (at any depth, no README) is read file by
+file.
 """
 
 from __future__ import annotations
@@ -23,23 +33,36 @@ if TYPE_CHECKING:
 
 HUB_TIMEOUT = 5.0  # seconds the hub has to answer one request before it counts as unreachable
 FLORES_PLUS = "openlanguagedata/flores_plus"
-# FLoRes-200 code -> flores_plus config, where they differ.
-_HUB_CONFIG = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant"}
+# FLoRes-200 code -> flores_plus config, where FLORES+ 2.0 relabelled it (its CHANGELOG).
+_HUB_CONFIG = {
+    "zho_Hans": "cmn_Hans",
+    "zho_Hant": "cmn_Hant",
+    "tgl_Latn": "fil_Latn",
+    "est_Latn": "ekk_Latn",
+    "grn_Latn": "gug_Latn",
+    "kon_Latn": "ktu_Latn",
+    "tzm_Tfng": "zgh_Tfng",
+}
+# The branch where the hub keeps its Parquet conversion of a data set: one folder per config,
+# ``<config>/<split>/0000.parquet`` (more shards for big splits). For a loading-script repo it is
+# the only form ``datasets`` can still read.
+PARQUET_EXPORT = "refs/convert/parquet"
 
 
 def read_hf(name: str, langs: list[str], split: str) -> ParallelCorpus:
     """``name``: a hub dataset id with the flores_plus schema (``flores_plus`` is short for
-    ``openlanguagedata/flores_plus``) or a local directory laid out like that repo."""
+    ``openlanguagedata/flores_plus``), a local copy of such a repo (with its README), or a
+    folder of loose ``<split>/<code>.parquet`` / ``.jsonl`` files."""
     if not langs:
         raise InputError(f"hf:{name}: give the languages to load (one config per language)")
     local = Path(name).expanduser()
-    if local.is_dir():
-        tables = _read_local(local, langs, split)
-    elif name.startswith((".", "/", "~")):
+    if name.startswith((".", "/", "~")) and not local.is_dir():
         raise InputError(f"hf:{name}: directory not found")
+    if local.is_dir() and not (local / "README.md").is_file():
+        tables = _read_local(local, langs, split)
     else:
         repo = FLORES_PLUS if name == "flores_plus" else name
-        tables = {lang: _load_hub(repo, lang, split) for lang in langs}
+        tables = {lang: _load_flores_config(repo, lang, split) for lang in langs}
     rows = {lang: _rows(where, table) for lang, (where, table) in tables.items()}
     ids = align_by_id(rows, {lang: where for lang, (where, _) in tables.items()})
     return ParallelCorpus.multiway(
@@ -97,9 +120,14 @@ def hub_unreachable() -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=HUB_TIMEOUT)
     except Exception as e:  # the HTTP client's own error types
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        return f"{type(e).__name__}: {first}"
+        return one_line(e, 200)
     return None
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (cut at ``limit``): a library error as one line."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit] if text else ''}"
 
 
 def load_from_hub(where: str, *args: Any, **kwargs: Any) -> Dataset:
@@ -126,18 +154,46 @@ def load_from_hub(where: str, *args: Any, **kwargs: Any) -> Dataset:
                 f"{where}: not in the local cache and HF_HUB_OFFLINE is set; give a local copy "
                 "instead"
             ) from e
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise InputError(f"{where}: cannot load ({type(e).__name__}: {first})") from e
+        raise InputError(f"{where}: cannot load ({one_line(e)})") from e
 
 
-def _load_hub(repo: str, lang: str, split: str) -> tuple[str, Dataset]:
+def load_split(
+    where: str, source: str, config: str, split: str, *, export: bool = False
+) -> Dataset:
+    """Split ``split`` of config ``config`` of the hub data set ``source``, or of a local copy
+    of its repository when ``source`` is a directory: the same ``datasets.load_dataset`` call
+    either way (configs resolved from the README's ``configs:``, as the hub does). ``export``:
+    read the hub's Parquet conversion instead (branch :data:`PARQUET_EXPORT`, a folder per
+    config, the only form of a loading-script repo ``datasets`` still reads); a local copy is a
+    copy of that branch. Errors are one line naming ``where``."""
+    kwargs = {"data_dir": config} if export else {"name": config}
+    local = Path(source).expanduser()
+    if local.is_dir():
+        from datasets import load_dataset
+
+        if export and not (local / config).is_dir():
+            raise InputError(f"{where}: no {local / config} (the Parquet conversion's layout)")
+        try:
+            return load_dataset(str(local), split=split, **kwargs)
+        except Exception as e:  # malformed or missing files surface as many exception types
+            raise InputError(f"{where}: cannot load ({one_line(e)})") from e
+    if source.startswith((".", "/", "~")):
+        raise InputError(f"{where}: directory {source} not found")
+    if export:
+        kwargs["revision"] = PARQUET_EXPORT
+    return load_from_hub(where, source, split=split, **kwargs)
+
+
+def _load_flores_config(repo: str, lang: str, split: str) -> tuple[str, Dataset]:
     config = _HUB_CONFIG.get(lang, lang)
     where = f"hf:{repo} config {config} split {split}"
     try:
-        return where, load_from_hub(where, repo, config, split=split)
+        return where, load_split(where, repo, config, split)
     except HubUnreachable as e:
         raise InputError(f"{e}: hf:DIR, a folder laid out like the repo") from None
     except InputError as e:  # gated, unknown config or split: all fixable by the user
+        if Path(repo).expanduser().is_dir():
+            raise
         raise InputError(
             f"{e}. flores_plus is gated: accept its terms on the hub and log in, or download it "
             "and pass hf:DIR"

@@ -1,9 +1,10 @@
 """Translation pairs x ↔ English for the alignment loss, and the stream that serves them.
 
 Pairs come from any parallel reader (``load_parallel`` specs: tatoeba, sib200, flores, udhr,
-parallel files) or from the hub's ``Helsinki-NLP/tatoeba`` through ``datasets``. Pairs with an
-empty side or more than one sentence on a side are dropped: a contrastive loss over pooled
-states should compare sentences with sentences.
+parallel files), from ALMA's training files, or from the hub's parquet Tatoeba
+(``sentence-transformers/parallel-sentences-tatoeba``). Pairs with an empty side or more than
+one sentence on a side are dropped: a contrastive loss over pooled states should compare
+sentences with sentences.
 
 The stream is stateless: micro-batch k draws its language uniformly and then B distinct pairs
 of that language from an RNG seeded with (seed, k). So 200 Javanese pairs weigh as much as
@@ -22,14 +23,21 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from midalign.data import load_parallel
-from midalign.data.hub import HubUnreachable, load_from_hub
+from midalign.data.hub import HubUnreachable, load_split
 from midalign.errors import InputError
 from midalign.languages import iso639_1, to_flores
 
 log = logging.getLogger(__name__)
 
 ENGLISH = "eng_Latn"
-HF_TATOEBA = "Helsinki-NLP/tatoeba"
+# Tatoeba x-English pairs as parquet, one config per pair (en-de, en-ja, ...; ~50 languages, not
+# cy, jv, sw or tl), splits train and dev, columns english and non_english. Layout from the
+# repo's file tree (en-de/train-00000-of-00001.parquet, en-de/dev-00000-of-00001.parquet, a
+# README with configs, as push_to_hub writes it) and sentence-transformers'
+# examples/training/multilingual, which reads it this way.
+HF_TATOEBA = "sentence-transformers/parallel-sentences-tatoeba"
+# What hf-tatoeba read before: loading scripts, which datasets 4+ no longer runs.
+SCRIPT_TATOEBA = ("Helsinki-NLP/tatoeba", "Helsinki-NLP/tatoeba_mt")
 Pairs = dict[str, list[tuple[str, str]]]  # language -> [(x, English)]
 
 # A sentence end and more text after it: Latin/Arabic/Devanagari marks need a space before the
@@ -47,48 +55,43 @@ def is_one_sentence(text: str) -> bool:
 
 
 def _hf_tatoeba(source: str, langs: list[str]) -> Pairs:
-    """Rows ``{"translation": {"en": ..., "<code>": ...}}``: the hub dataset, or a local
-    directory of ``*.jsonl`` / ``*.parquet`` files with that schema (one language pair each)."""
-    from datasets import load_dataset
-
-    tables = {}
-    local = Path(source).expanduser() if source else None
-    if local is not None and local.is_dir():
-        for path in sorted(local.glob("*.jsonl")) + sorted(local.glob("*.parquet")):
-            builder = "json" if path.suffix == ".jsonl" else "parquet"
-            try:
-                table = load_dataset(builder, data_files=[str(path)], split="train")
-            except Exception as e:  # malformed files surface as many exception types
-                raise InputError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
-            if "translation" not in table.column_names or not len(table):
-                raise InputError(f"{path}: needs rows with a 'translation' object")
-            codes = [c for c in table[0]["translation"] if c != "en"]
-            if len(codes) != 1:
-                raise InputError(f"{path}: translation keys must be 'en' and one language code")
-            tables[to_flores(codes[0])] = (str(path), codes[0], table)
-    elif source and source.startswith((".", "/", "~")):
-        raise InputError(f"hf-tatoeba:{source}: directory not found")
-    else:
-        repo = source or HF_TATOEBA
-        for lang in langs:
-            code = iso639_1(lang) or lang[:3]
-            where = f"hf:{repo} en-{code}"
-            try:
-                table = load_from_hub(where, repo, lang1="en", lang2=code, split="train")
-            except HubUnreachable as e:
-                raise InputError(f"{e}: hf-tatoeba:DIR or tatoeba:DIR") from None
-            tables[lang] = (where, code, table)
-    missing = [lang for lang in langs if lang not in tables]
-    if missing:
+    """The ``train`` split of :data:`HF_TATOEBA` (or of a repo laid out like it: a hub id, or a
+    local copy with its README), one config per language."""
+    repo = source or HF_TATOEBA
+    if repo in SCRIPT_TATOEBA:
         raise InputError(
-            f"hf-tatoeba:{source}: no pairs for {', '.join(missing)} "
-            f"(has {', '.join(tables) or 'none'})"
+            f"hf-tatoeba:{repo} is a loading-script data set, which datasets no longer runs; use "
+            f"hf-tatoeba ({HF_TATOEBA}) or tatoeba:DIR (LASER's Tatoeba)"
         )
-    return {
-        lang: [(row[code], row["en"]) for row in table["translation"]]
-        for lang, (_, code, table) in tables.items()
-        if lang in langs
-    }
+    local = Path(repo).expanduser()
+    if repo.startswith((".", "/", "~")) and not local.is_dir():
+        raise InputError(f"hf-tatoeba:{repo}: directory not found")
+    if local.is_dir() and not (local / "README.md").is_file():
+        raise InputError(
+            f"hf-tatoeba:{repo}: no README.md; expected a copy of {HF_TATOEBA} (its README.md "
+            "and en-<xx>/train-*.parquet); line-aligned files go in parallel:FILE,FILE"
+        )
+    pairs: Pairs = {}
+    for lang in langs:
+        code = iso639_1(lang)
+        if code is None:
+            raise InputError(
+                f"hf-tatoeba: {lang} has no two-letter code, which {HF_TATOEBA}'s configs "
+                "(en-<xx>) use; tatoeba:DIR (LASER's Tatoeba) has three-letter ones"
+            )
+        config = f"en-{code}"
+        where = f"hf:{repo} config {config} split train"
+        try:
+            table = load_split(where, repo, config, "train")
+        except HubUnreachable as e:
+            raise InputError(f"{e}: hf-tatoeba:DIR or tatoeba:DIR") from None
+        except InputError as e:  # most often a language the repo lacks
+            raise InputError(f"{e}; tatoeba:DIR (LASER's Tatoeba) has 112 languages") from e
+        if not {"english", "non_english"} <= set(table.column_names):
+            columns = ", ".join(table.column_names)
+            raise InputError(f"{where}: needs columns english, non_english (has {columns})")
+        pairs[lang] = list(zip(table["non_english"], table["english"], strict=True))
+    return pairs
 
 
 def load_pairs(

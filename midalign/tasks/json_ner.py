@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from midalign.data.hub import load_split
 from midalign.data.reading import by_language, conll_sentences, select
 from midalign.errors import InputError
 from midalign.languages import to_flores
@@ -29,6 +30,7 @@ from midalign.tasks.base import (
 )
 
 TYPES = ("PER", "ORG", "LOC")
+AYA_CONFIG = "templated_uner_llm"  # aya_collection's UNER, templated as the paper's JSON task
 UNER_TYPES = (*TYPES, "OTH")  # every type UNER v1 tags; a tag of any other type is an error
 Entity = tuple[str, str, int, int]  # (type, text, start, end)
 
@@ -202,13 +204,19 @@ def read_uner(root: Path, langs: Sequence[str], split: str) -> list[Example]:
 
 
 def read_aya(source: str, langs: Sequence[str], split: str) -> list[Example]:
-    """aya_collection ``templated_uner_llm`` (hub ``CohereForAI/aya_collection`` or a local
-    parquet/jsonl of its schema): rows with ``inputs`` (the instruction ending in the sentence),
-    ``targets`` (the JSON answer) and ``language`` (ISO 639-3); the sentence is the text after
-    the instruction's last "?" line break or question, the entities come from the target."""
+    """aya_collection ``templated_uner_llm`` (hub ``CohereLabs/aya_collection``, formerly
+    ``CohereForAI/``, or a local copy of that repo with its README, or a local parquet/jsonl of
+    its schema): rows with ``inputs`` (the instruction ending in the sentence), ``targets`` (the
+    JSON answer) and ``language`` (ISO 639-3); the sentence is the text after the instruction's
+    last "?" line break or question, the entities come from the target.
+
+    The repo is parquet with one config per folder, declared in its README's ``configs:``
+    (``templated_uner_llm/{train,validation,test}-00000-of-00001.parquet``; columns ``id``,
+    ``inputs``, ``targets``, ``dataset_name``, ``sub_dataset_name``, ``task_type``,
+    ``template_id``, ``language``, ``script``, ``split``; from the repo's file tree and card)."""
     local = Path(source).expanduser()
     hub_split = {"dev": "validation", "valid": "validation"}.get(split, split)
-    if local.exists():
+    if local.exists() and not (local / "README.md").is_file():
         files = sorted(local.rglob(f"*{hub_split}*.parquet")) if local.is_dir() else [local]
         if not files:
             raise InputError(f"aya:{local}: no {hub_split}*.parquet files")
@@ -217,9 +225,8 @@ def read_aya(source: str, langs: Sequence[str], split: str) -> list[Example]:
             str(local), builder, data_files=[str(f) for f in files], split="train"
         )
     else:
-        table = load_hf_table(
-            f"hf:{source} templated_uner_llm", source, "templated_uner_llm", split=hub_split
-        )
+        where = f"hf:{source} config {AYA_CONFIG} split {hub_split}"
+        table = load_split(where, source, AYA_CONFIG, hub_split)
     examples = []
     for n, row in enumerate(table, 1):
         where = f"{source} row {n}"
@@ -254,7 +261,7 @@ class JsonNER(Task):
     max_new_tokens = 200
     source_help = (
         "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2) | aya:FILE/DIR (templated_uner_llm "
-        "parquet) | aya:CohereForAI/aya_collection or hub id"
+        "parquet, or a copy of the repo) | aya:CohereLabs/aya_collection or hub id"
     )
 
     def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from midalign.data.hub import load_split
 from midalign.data.reading import by_language, conll_sentences, jsonl_rows, select
 from midalign.errors import InputError
 from midalign.languages import to_flores
@@ -313,14 +314,22 @@ def read_massive_jsonl(paths: Sequence[Path], langs: Sequence[str], split: str) 
 
 
 def read_massive_table(source: str, langs: Sequence[str], split: str) -> list[Example]:
-    """The hub's ``AmazonScience/massive`` (one config per locale) or a local parquet/jsonl
-    file or folder of the same schema (rows with ``locale``, ``annot_utt``, optionally
-    ``partition``)."""
+    """The hub's ``AmazonScience/massive`` or a local copy of its Parquet conversion, or a local
+    parquet/jsonl file or folder of the same schema (rows with ``locale``, ``annot_utt``,
+    optionally ``partition``).
+
+    The repo is a loading script (``massive.py``, which downloads MASSIVE 1.0's tarball), which
+    ``datasets`` no longer runs; the hub's Parquet conversion of it (branch
+    ``refs/convert/parquet``: ``<locale>/<split>/0000.parquet``, one folder per locale such as
+    ``de-DE``, splits ``train``, ``validation``, ``test``; the script's columns ``id``,
+    ``locale``, ``partition``, ``scenario``, ``intent``, ``utt``, ``annot_utt``, ``worker_id``,
+    ``slot_method``, ``judgments``; seen in the repo's file tree and script) is read instead."""
     if not langs:
         raise InputError(f"{source}: give --langs (the hub has one config per locale)")
     local = Path(source).expanduser()
     tables = []
-    if local.exists():
+    export_copy = local.is_dir() and any((local / loc).is_dir() for loc in MASSIVE_LOCALES)
+    if local.exists() and not export_copy:
         files = sorted(local.rglob("*.parquet")) if local.is_dir() else [local]
         if not files:
             raise InputError(f"{local}: no .parquet files")
@@ -335,8 +344,9 @@ def read_massive_table(source: str, langs: Sequence[str], split: str) -> list[Ex
         if missing:
             raise InputError(f"{source}: no MASSIVE locale for {', '.join(missing)}")
         for lang in langs:
-            where = f"hf:{source} config {locales[lang]} split {split}"
-            table = load_hf_table(where, source, locales[lang], split=HUB_SPLITS.get(split, split))
+            hub_split = HUB_SPLITS.get(split, split)
+            where = f"hf:{source} config {locales[lang]} split {hub_split}"
+            table = load_split(where, source, locales[lang], hub_split, export=True)
             tables.append((where, table, False))
     part = MASSIVE_SPLITS.get(split, split)
     examples = []

@@ -13,16 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from midalign.data.hub import load_split
 from midalign.data.reading import by_language, read_tsv, select
 from midalign.errors import InputError
-from midalign.tasks.base import (
-    Example,
-    Parsed,
-    Task,
-    is_hub_id,
-    load_hf_table,
-    split_source,
-)
+from midalign.tasks.base import Example, Parsed, Task, is_hub_id, split_source
 
 LABELS = (
     "science/technology",
@@ -93,25 +87,20 @@ def read_sib200_dir(root: Path, langs: Sequence[str], split: str) -> list[Exampl
 
 
 def read_sib200_hub(source: str, langs: Sequence[str], split: str) -> list[Example]:
-    """Hub ``Davlan/sib200`` (one config per FLoRes code; splits train/validation/test) or a
-    local folder of its parquet files (``<config>/<split>-*.parquet``)."""
+    """Hub ``Davlan/sib200``, or a local copy of its Parquet conversion.
+
+    The repo is a loading script (``sib200.py`` over ``data/<code>/{train,dev,test}.tsv``),
+    which ``datasets`` no longer runs; the hub's Parquet conversion of it (branch
+    ``refs/convert/parquet``: ``<code>/<split>/0000.parquet``, one folder per FLoRes code,
+    splits ``train``, ``validation``, ``test``, columns ``index_id``, ``category``, ``text``, as
+    the repo's file tree and script show them) is read instead."""
     if not langs:
         raise InputError(f"{source}: give --langs (one config per language)")
     hub_split = {"dev": "validation", "valid": "validation"}.get(split, split)
-    local = Path(source).expanduser()
     examples = []
     for lang in langs:
-        if local.is_dir():
-            files = sorted((local / lang).glob(f"{hub_split}*.parquet"))
-            if not files:
-                raise InputError(f"{local / lang}: no {hub_split}*.parquet files")
-            where = str(local / lang)
-            table = load_hf_table(
-                where, "parquet", data_files=[str(f) for f in files], split="train"
-            )
-        else:
-            where = f"hf:{source} config {lang} split {hub_split}"
-            table = load_hf_table(where, source, lang, split=hub_split)
+        where = f"hf:{source} config {lang} split {hub_split}"
+        table = load_split(where, source, lang, hub_split, export=True)
         for n, row in enumerate(table, 1):
             examples.append(
                 _example(
@@ -131,7 +120,8 @@ class Topic(Task):
     stop = "newline"
     max_new_tokens = 8
     source_help = (
-        "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (parquet per config)"
+        "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (a copy of its "
+        "parquet conversion, <code>/<split>/*.parquet)"
     )
 
     def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
