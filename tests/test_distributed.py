@@ -40,14 +40,22 @@ ADAM_FLOAT32_REL = 1e-3
 # --------------------------------------------------------------------------- gathered negatives
 
 
-def _gather_worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, out: str):
+def _gather_worker(
+    rank: int,
+    world: int,
+    port: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    out: str,
+    options: dict,
+):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         b = x.shape[-2] // world
         xs = x[..., rank * b : (rank + 1) * b, :].clone().requires_grad_(True)
         ys = y[..., rank * b : (rank + 1) * b, :].clone().requires_grad_(True)
-        loss = info_nce(xs, ys, temperature=0.05, symmetric=True, gather=True)
+        loss = info_nce(xs, ys, temperature=0.05, gather=True, **options)
         loss.backward()  # the gathered slices send their gradients back to this rank
         losses = [torch.zeros((), dtype=loss.dtype) for _ in range(world)]
         dist.all_gather(losses, loss.detach())
@@ -58,18 +66,27 @@ def _gather_worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.T
 
 
 @ROUTE_DTYPES
-@pytest.mark.parametrize("layers", [1, 2])
-def test_gathered_negatives_equal_one_process_with_the_global_batch(tmp_path, layers, dtype):
+@pytest.mark.parametrize(
+    ("layers", "normalize", "symmetric"),
+    [(1, "none", True), (2, "center", True), (2, "standardize", False)],
+)
+def test_gathered_negatives_equal_one_process_with_the_global_batch(
+    tmp_path, layers, normalize, symmetric, dtype
+):
     """Two ranks with 3 pairs each and gather: loss (mean over ranks) and the DDP-averaged
-    gradient of every pooled state equal one process's over all 6 pairs (x 2 layers)."""
+    gradient of every pooled state equal one process's over all 6 pairs (x 2 layers). With
+    center/standardize the batch statistics are those of all 12 rows, and their gradient flows
+    back to the rank that holds each row (without ``symmetric``, x is gathered for them alone)."""
     torch.manual_seed(0)
     x, y = torch.randn(layers, 6, 5, dtype=dtype), torch.randn(layers, 6, 5, dtype=dtype)
+    x, y = x + 3, y + 3  # a shared offset, which centring removes
+    options = {"symmetric": symmetric, "normalize": normalize}
     out = str(tmp_path / "rank%d.pt")
     port = 29500 + random.Random(str(tmp_path)).randint(0, 400)
-    mp.spawn(_gather_worker, args=(2, port, x, y, out), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, port, x, y, out, options), nprocs=2, join=True)
 
     xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-    loss = info_nce(xg, yg, temperature=0.05, symmetric=True)
+    loss = info_nce(xg, yg, temperature=0.05, **options)
     loss.backward()
     parts = [torch.load(out % r, weights_only=True) for r in (0, 1)]
     for r, part in enumerate(parts):
@@ -81,8 +98,9 @@ def test_gathered_negatives_equal_one_process_with_the_global_batch(tmp_path, la
         rows = slice(3 * r, 3 * r + 3)
         assert_same_numbers(part["gx"], 2 * xg.grad[:, rows], dtype)
         assert_same_numbers(part["gy"], 2 * yg.grad[:, rows], dtype)
-    # without gathering, each rank sees only its own 3 negatives: a different loss
-    local = info_nce(x[:, :3], y[:, :3], temperature=0.05, symmetric=True)
+    # without gathering, each rank sees only its own 3 negatives (and, normalising, its own
+    # statistics): a different loss
+    local = info_nce(x[:, :3], y[:, :3], temperature=0.05, **options)
     assert abs(local.item() - loss.item()) > 1e-3
 
 
