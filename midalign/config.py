@@ -22,7 +22,9 @@ import yaml
 from midalign.data.reading import read_yaml
 from midalign.errors import InputError
 
-SCHEDULES = ("alternate", "joint", "task", "align")
+SCHEDULES = ("alternate", "alternate-steps", "joint", "task", "align")
+NORMALIZE = ("none", "center", "standardize")  # midalign.losses.NORMALIZE (torch-free here)
+STATS = ("batch", "base")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -90,7 +92,9 @@ class DataConfig:
 @dataclass
 class AlignConfig:
     schedule: str = _help(
-        "alternate (task and alignment micro-batches in turn, the paper), joint "
+        "alternate (task and alignment micro-batches in turn within every optimizer step, as "
+        "the paper's code does), alternate-steps (whole optimizer steps of each objective in "
+        "turn, each with the full effective batch, as the paper's text reads), joint "
         "(task + weight·align every micro-batch), task (plain SFT), align (alignment only)",
         default="alternate",
     )
@@ -104,6 +108,21 @@ class AlignConfig:
         "mean: content tokens only (BOS/EOS excluded); mean-all: every token, as the paper's code",
         default="mean",
     )
+    normalize: str = _help(
+        "per-dimension normalisation of the pooled states before the cosine: none (the paper), "
+        "center (subtract the mean) or standardize (also divide by the standard deviation); "
+        "for models whose few huge dimensions make every cosine ≈ 1",
+        default="none",
+    )
+    stats: str = _help(
+        "statistics of center/standardize: batch (of the current 2B rows x ∪ y, over every "
+        "rank with gather_negatives) or base (of the base model on the alignment training "
+        "pairs, computed once before training and saved as align_stats.safetensors)",
+        default="batch",
+    )
+    stats_pairs: int = _help(
+        "pairs per language (a seeded sample) the base statistics are computed on", default=256
+    )
     symmetric: bool = _help("add the English→x direction to the loss", default=False)
     weight: float = _help("λ of the joint schedule: loss = task + λ·align", default=1.0)
     batch_pairs: int = _help(
@@ -112,7 +131,7 @@ class AlignConfig:
     gather_negatives: bool = _help(
         "with several processes: all-gather the English sides of every rank with gradient, so "
         "each rank's InfoNCE denominator holds the global batch (W·B negatives), as one process "
-        "holding the whole batch computes it",
+        "holding the whole batch computes it (and the batch statistics of normalize, too)",
         default=False,
     )
     auto_pairs: int = _help("pairs per language the auto layer choice probes", default=100)
@@ -131,7 +150,8 @@ class OptimConfig:
     )
     batch_size: int = _help("task examples per micro-batch and process", default=8)
     gradient_accumulation_steps: int = _help(
-        "micro-batches of either kind per optimizer step (alternate: half task, half alignment)",
+        "micro-batches per optimizer step (alternate: half task, half alignment; "
+        "alternate-steps: all of one kind)",
         default=4,
     )
     eval_steps: int = _help("evaluate (dev task and alignment losses) every N steps", default=200)
@@ -182,6 +202,8 @@ ALIASES = {
     "align.weight": "--align-weight",
     "align.batch_pairs": "--align-batch-pairs",
     "align.gather_negatives": "--gather-negatives",
+    "align.stats": "--align-stats",
+    "align.stats_pairs": "--align-stats-pairs",
     "lora.r": "--lora-r",
     "lora.alpha": "--lora-alpha",
     "lora.dropout": "--lora-dropout",
@@ -318,6 +340,15 @@ def validate(config: TrainConfig) -> None:
         raise InputError(f"{opt['align.temperature'][0]} must be positive, not {a.temperature}")
     if a.pool not in ("mean", "mean-all"):
         raise InputError(f"{opt['align.pool'][0]} must be mean or mean-all, not {a.pool!r}")
+    if a.normalize not in NORMALIZE:
+        raise InputError(
+            f"{opt['align.normalize'][0]} must be one of {', '.join(NORMALIZE)}, "
+            f"not {a.normalize!r}"
+        )
+    if a.stats not in STATS:
+        raise InputError(f"{opt['align.stats'][0]} must be batch or base, not {a.stats!r}")
+    if a.stats_pairs < 1:
+        raise InputError(f"{opt['align.stats_pairs'][0]} must be positive, not {a.stats_pairs}")
     if a.schedule != "align" and not d.task_data:
         raise InputError(f"{opt['data.task_data'][0]} is required by the {a.schedule} schedule")
     if a.schedule != "task":
