@@ -28,14 +28,15 @@ ALIGN_STEP = "midalign_align_step"  # the key of a marker batch
 
 
 class StepsDataset(Dataset):
-    """The task examples, and one more index (``len(task)``) that stands for an alignment
-    micro-batch."""
+    """The task examples, and one index past their end (``len(task)``) that stands for an
+    alignment micro-batch. Its length is the task's, which the Trainer reports as the number
+    of examples."""
 
     def __init__(self, task: Dataset) -> None:
         self.task = task
 
     def __len__(self) -> int:
-        return len(self.task) + 1
+        return len(self.task)
 
     def __getitem__(self, i: int) -> Any:
         return {ALIGN_STEP: True} if i == len(self.task) else self.task[i]
