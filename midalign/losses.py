@@ -97,6 +97,11 @@ def _unit_rows(
     y = y.to(torch.promote_types(y.dtype, torch.float32))
     if x.dim() == 2:
         x, y = x[None], y[None]  # [n_layers=1, B, d]
+    if stats is not None and any(
+        t.shape not in ((x.shape[-1],), (x.shape[0], x.shape[-1])) for t in stats
+    ):
+        shapes = [tuple(t.shape) for t in stats]
+        raise ValueError(f"stats must be [d] or [n_layers, d] for x {tuple(x.shape)}: {shapes}")
     y_all, offset = _gather_with_grad(y) if gather else (y, 0)
     batch_stats = normalize != "none" and stats is None
     x_all, _ = _gather_with_grad(x) if gather and (symmetric or batch_stats) else (x, 0)

@@ -122,6 +122,21 @@ class AlignSetup:
     special_ids: list[int] = field(default_factory=list)
     dev_batches: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, Stats | None]:
+        """Pooled alignment-layer states (before the final norm) of a 2B-row batch, x rows
+        first: x and y, each [n_layers, B, d], and the constant statistics on their device."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        pooled = pooled_states(
+            model, ids, mask, self.layers, self.pool, self.special_ids, final_norm=False
+        )  # [n_layers, 2B, d]
+        b = ids.shape[0] // 2
+        if self.stats is None:
+            return pooled[:, :b], pooled[:, b:], None
+        mean, std = (t.to(pooled.device) for t in self.stats)
+        return pooled[:, :b], pooled[:, b:], (mean, std)
+
 
 class AlignmentTrainer(Trainer):
     """A ``Trainer`` whose step is one of the four schedules (module docstring)."""
@@ -191,29 +206,11 @@ class AlignmentTrainer(Trainer):
         logits only at those tokens (:func:`midalign.models.response_loss`)."""
         return response_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
 
-    def align_states(
-        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled alignment-layer states (before the final norm) of a 2B-row batch, x rows
-        first: x and y, each [n_layers, B, d]."""
-        a = self.align
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        pooled = pooled_states(
-            model, ids, mask, a.layers, a.pool, a.special_ids, final_norm=False
-        )  # [n_layers, 2B, d]
-        b = ids.shape[0] // 2
-        return pooled[:, :b], pooled[:, b:]
-
-    def _stats(self, device: torch.device) -> Stats | None:
-        stats = self.align.stats
-        return None if stats is None else (stats[0].to(device), stats[1].to(device))
-
     def align_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """InfoNCE over the pooled alignment-layer states of a 2B-row batch (x rows first),
         normalised as configured."""
         a = self.align
-        x, y = self.align_states(model, inputs)
-        stats = self._stats(x.device)
+        x, y, stats = a.states(model, inputs)
         return info_nce(x, y, a.temperature, a.symmetric, a.gather, a.normalize, stats)
 
     def next_align_batch(self) -> dict[str, torch.Tensor]:
@@ -359,8 +356,7 @@ class AlignmentTrainer(Trainer):
         model.eval()
         losses, correct, rows = [], 0.0, 0
         for batch in a.dev_batches:
-            x, y = self.align_states(model, self._prepare_inputs(batch))
-            stats = self._stats(x.device)
+            x, y, stats = a.states(model, self._prepare_inputs(batch))
             losses.append(
                 info_nce(x, y, a.temperature, a.symmetric, False, a.normalize, stats).item()
             )

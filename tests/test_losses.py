@@ -165,3 +165,9 @@ def test_top1_accuracy_counts_rows_and_layers():
     # a tie is a miss: states collapsed onto one direction score 0, not 1/B
     same = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     assert top1_accuracy(same, same).item() == 0.0
+
+
+def test_statistics_of_the_wrong_shape_are_rejected():
+    x = torch.randn(1, 4, 6)
+    with pytest.raises(ValueError, match="stats must be"):
+        info_nce(x, x, normalize="center", stats=(torch.zeros(2, 6), torch.ones(2, 6)))
