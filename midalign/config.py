@@ -24,7 +24,9 @@ from midalign.data.reading import read_yaml
 from midalign.errors import InputError
 from midalign.languages import to_flores
 
-SCHEDULES = ("alternate", "joint", "task", "align")
+SCHEDULES = ("alternate", "alternate-steps", "joint", "task", "align")
+NORMALIZE = ("none", "center", "standardize")  # midalign.losses.NORMALIZE (torch-free here)
+STATS = ("batch", "base")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -92,7 +94,9 @@ class DataConfig:
 @dataclass
 class AlignConfig:
     schedule: str = _help(
-        "alternate (task and alignment micro-batches in turn, the paper), joint "
+        "alternate (task and alignment micro-batches in turn within every optimizer step, as "
+        "the paper's code does), alternate-steps (whole optimizer steps of each objective in "
+        "turn, each with the full effective batch, as the paper's text reads), joint "
         "(task + weight·align every micro-batch), task (plain SFT), align (alignment only)",
         default="alternate",
     )
@@ -106,6 +110,21 @@ class AlignConfig:
         "mean: content tokens only (BOS/EOS excluded); mean-all: every token, as the paper's code",
         default="mean",
     )
+    normalize: str = _help(
+        "per-dimension normalisation of the pooled states before the cosine: none (the paper), "
+        "center (subtract the mean) or standardize (also divide by the standard deviation); "
+        "for models whose few huge dimensions make every cosine ≈ 1",
+        default="none",
+    )
+    stats: str = _help(
+        "statistics of center/standardize: batch (of the current 2B rows x ∪ y, over every "
+        "rank with gather_negatives) or base (of the base model on the alignment training "
+        "pairs, computed once before training and saved as align_stats.safetensors)",
+        default="batch",
+    )
+    stats_pairs: int = _help(
+        "pairs per language (a seeded sample) the base statistics are computed on", default=256
+    )
     symmetric: bool = _help("add the English→x direction to the loss", default=False)
     weight: float = _help("λ of the joint schedule: loss = task + λ·align", default=1.0)
     batch_pairs: int = _help(
@@ -114,7 +133,7 @@ class AlignConfig:
     gather_negatives: bool = _help(
         "with several processes: all-gather the English sides of every rank with gradient, so "
         "each rank's InfoNCE denominator holds the global batch (W·B negatives), as one process "
-        "holding the whole batch computes it",
+        "holding the whole batch computes it (and the batch statistics of normalize, too)",
         default=False,
     )
     auto_pairs: int = _help("pairs per language the auto layer choice probes", default=100)
@@ -133,7 +152,8 @@ class OptimConfig:
     )
     batch_size: int = _help("task examples per micro-batch and process", default=8)
     gradient_accumulation_steps: int = _help(
-        "micro-batches of either kind per optimizer step (alternate: half task, half alignment)",
+        "micro-batches per optimizer step (alternate: half task, half alignment; "
+        "alternate-steps: all of one kind)",
         default=4,
     )
     eval_steps: int = _help("evaluate (dev task and alignment losses) every N steps", default=200)
@@ -184,6 +204,8 @@ ALIASES = {
     "align.weight": "--align-weight",
     "align.batch_pairs": "--align-batch-pairs",
     "align.gather_negatives": "--gather-negatives",
+    "align.stats": "--align-stats",
+    "align.stats_pairs": "--align-stats-pairs",
     "lora.r": "--lora-r",
     "lora.alpha": "--lora-alpha",
     "lora.dropout": "--lora-dropout",
@@ -362,6 +384,14 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
         raise error(f"{name('align.temperature')} must be positive, not {a.temperature}")
     if a.pool not in ("mean", "mean-all"):
         raise error(f"{name('align.pool')} must be mean or mean-all, not {a.pool!r}")
+    if a.normalize not in NORMALIZE:
+        raise error(
+            f"{name('align.normalize')} must be one of {', '.join(NORMALIZE)}, not {a.normalize!r}"
+        )
+    if a.stats not in STATS:
+        raise error(f"{name('align.stats')} must be batch or base, not {a.stats!r}")
+    if a.stats_pairs < 1:
+        raise error(f"{name('align.stats_pairs')} must be positive, not {a.stats_pairs}")
     if a.schedule != "align" and not d.task_data:
         raise error(f"{name('data.task_data')} is required by the {a.schedule} schedule")
     if a.schedule != "task":

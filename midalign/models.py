@@ -2,10 +2,12 @@
 decoder layers, and run an early-exit forward that pools the layers it is asked for.
 
 Hidden-state indexing follows HF's ``output_hidden_states`` tuple: 0 = embedding output,
-l = output of decoder layer l, and L (the last layer) after the final norm, because that is
-what ``hidden_states[L]`` holds and what the paper's code pooled. The forward stops after the
-highest requested layer: later layers, the final norm (unless L is requested) and the lm_head
-never run, so no logits are computed.
+l = output of decoder layer l. Layer L (the last) is taken after the final norm by default, as
+``hidden_states[L]`` holds it (the probe measures that), or before it with ``final_norm=False``:
+the residual stream, as at every other layer, which is what the alignment loss uses at L, as
+the paper's code does (its parallel forward never reaches the norm). The forward stops after the
+highest requested layer: later layers, the final norm (unless L is requested after it) and the
+lm_head never run, so no logits are computed.
 """
 
 from __future__ import annotations
@@ -342,6 +344,7 @@ def pooled_states(
     layers: Sequence[int],
     pool: str = "mean",
     special_ids: Sequence[int] = (),
+    final_norm: bool = True,
 ) -> torch.Tensor:
     """Sentence embeddings at ``layers``: [len(layers), B, d], float32 (float64 for a float64
     model).
@@ -349,7 +352,9 @@ def pooled_states(
     One forward through the decoder, stopped after max(layers); each requested layer is pooled
     by a hook the moment it is produced, so no [B, T, d] state is kept beyond the next layer.
     Differentiable: the alignment loss backpropagates through it. Works with left or right
-    padding (positions are computed from the mask).
+    padding (positions are computed from the mask). ``final_norm``: layer L after the final
+    norm (HF's ``hidden_states[L]``, the probe's view) or before it (the residual stream, the
+    alignment loss's view); other layers are unaffected.
     """
     stack = decoder_stack(model)
     n_layers = len(stack.layers)
@@ -357,13 +362,13 @@ def pooled_states(
     if not layers or min(layers) < 0 or max(layers) > n_layers:
         raise InputError(f"layers {layers} out of range 0..{n_layers}")
     weights = pooling_mask(input_ids, attention_mask, pool, special_ids)
-    final_norm = stack.norm
+    norm = stack.norm
     pooled: dict[int, torch.Tensor] = {}
 
     def keep(index: int, output: torch.Tensor | tuple) -> None:
         h = output[0] if isinstance(output, tuple) else output
-        if index == n_layers:  # HF's hidden_states[L] is after the final norm
-            h = final_norm(h)
+        if index == n_layers and final_norm:  # HF's hidden_states[L] is after the final norm
+            h = norm(h)
         pooled[index] = _masked_mean(h, weights)
 
     hooks = []

@@ -51,6 +51,13 @@ EVAL_KEYS = ("batch_size", "max_new_tokens")
 # same settings come to read other examples, so that no run reuses a step read the old way.
 # 2: SIB-200's CSV quoting undone; ``limit`` a seeded sample instead of the first N rows.
 READING = 2
+# Training settings added after run directories existed: left out of a training step's hash
+# while at their default, so that those runs' training steps are reused (they trained the same).
+LATER_DEFAULTS = {
+    ("align", "normalize"): "none",
+    ("align", "stats"): "batch",
+    ("align", "stats_pairs"): 256,
+}
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -312,6 +319,16 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _hashed(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A training config as its step's hash sees it: without LATER_DEFAULTS at their default."""
+    return {
+        section: {
+            k: v for k, v in entries.items() if LATER_DEFAULTS.get((section, k), object()) != v
+        }
+        for section, entries in sections.items()
+    }
+
+
 # --------------------------------------------------------------------------- steps
 
 
@@ -445,7 +462,12 @@ class Runner:
 
         sections = self.train_config(system, seed, data)
         # The data files' paths change with their hashes; their hashes are what matter.
-        spec = {"config": sections, "data": {k: v.get("step") for k, v in data.items()}}
+        spec = {"config": _hashed(sections), "data": {k: v.get("step") for k, v in data.items()}}
+        align = sections["align"]
+        if align["schedule"] != "task" and align["layers"] != "middle":
+            # The layer may be L, where the loss takes the state before the final norm (it took
+            # HF's hidden_states[L] before): runs made before that train these steps again.
+            spec["last_layer"] = "before the final norm"
 
         def work(folder: Path) -> dict:
             config = from_dict(sections, f"{folder}/config.yaml")
@@ -547,6 +569,17 @@ class Runner:
             )
         ]
 
+    def probe_settings(self) -> dict[str, Any]:
+        """The recipe's ``probe`` section, pooling as the recipe trains (its shared
+        ``train.align.pool``) unless it names a ``pool`` of its own: the paper recipes train
+        with ``mean-all`` and should measure the states they align. A pool equal to the default
+        (``mean``) is left implicit, so that the steps' hashes stay what they were."""
+        p = dict(self.recipe.probe or {})
+        trained = (self.recipe.train.get("align") or {}).get("pool", "mean")
+        if "pool" not in p and trained != "mean":
+            p["pool"] = trained
+        return p
+
     def probe(self, name: str, adapter: dict | None) -> dict:
         """Retrieval per layer and language on the recipe's parallel text (model + adapter)."""
         from midalign.anisotropy import anisotropy_by_layer
@@ -556,7 +589,7 @@ class Runner:
         from midalign.probe import default_batch_tokens, embed_corpus, score_corpus
         from midalign.retrieval import normalize_states, summarize
 
-        p = self.recipe.probe or {}
+        p = self.probe_settings()
         spec = {
             "model": self.recipe.model,
             "adapter": adapter["step"] if adapter else None,

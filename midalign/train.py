@@ -6,11 +6,17 @@ thing, what a ``training_step`` does with the task micro-batch it is handed:
 
 - ``alternate``: one alignment micro-batch forward/backward, then the task micro-batch the
   Trainer handed over. With G micro-batches per optimizer step (counted over both kinds, as the
-  paper does) the Trainer accumulates G/2 task batches, so a step sees align, task, align, task,
-  … and every task batch is used (the reference code dropped half of each stream). The order
-  within a pair does not change the accumulated gradient; alignment goes first so that the
-  backward that syncs gradients across processes is a task backward, which reaches every LoRA
-  parameter.
+  paper's code does) the Trainer accumulates G/2 task batches, so a step sees align, task,
+  align, task, … and every task batch is used (the reference code dropped half of each stream).
+  The order within a pair does not change the accumulated gradient; alignment goes first so
+  that the backward that syncs gradients across processes is a task backward, which reaches
+  every LoRA parameter. This is what the authors' code does: its trainer flips the objective at
+  every micro-batch, inside one optimizer step.
+- ``alternate-steps``: the paper's text, "we optimize either the task-specific objective or the
+  alignment objective in each training step": whole optimizer steps of G alignment micro-batches
+  and of G task micro-batches in turn (alignment first), each with the full effective batch.
+  The Trainer's loader carries the alternation (:mod:`midalign.data.steps`), so epochs, the
+  last step of an epoch and resume count both kinds of step.
 - ``joint``: one backward of task + λ·align per micro-batch.
 - ``task``: plain SFT. ``align``: alignment only; the Trainer's "dataset" is then the first
   max_steps·G micro-batches of the alignment stream.
@@ -23,7 +29,10 @@ scale either.
 
 The alignment micro-batch is B pairs as one batch of 2B rows through
 :func:`midalign.models.pooled_states`: the forward stops after the alignment layer (no later
-layers, no final norm, no lm_head), and LoRA gradients flow through it.
+layers, no final norm, no lm_head: at layer L the residual stream before the norm, as in the
+paper's code), and LoRA gradients flow through it. ``align.normalize`` centres or standardises
+the pooled states before the cosine (:mod:`midalign.losses`), with the current batch's statistics
+or the base model's (:mod:`midalign.align_stats`, computed once before LoRA is attached).
 
 Several processes (``accelerate launch``): every forward, task or alignment, runs as the
 forward of the engine's wrapper (DDP, FSDP, DeepSpeed; :meth:`AlignmentTrainer.forward`), so
@@ -66,6 +75,7 @@ from transformers import (
 )
 from transformers.trainer_utils import EvalLoopOutput, SchedulerType, rotate_checkpoints
 
+from midalign.align_stats import STATS_FILE, base_stats, load_stats, save_stats
 from midalign.config import TrainConfig, no_learning, no_learning_message
 from midalign.data.instructions import load_task_dataset
 from midalign.data.pairs import (
@@ -76,9 +86,10 @@ from midalign.data.pairs import (
     load_pairs,
     split_dev,
 )
+from midalign.data.steps import ALIGN_STEP, AlternatingSteps, StepsDataset, collate_steps
 from midalign.errors import InputError
 from midalign.io import follow_umask, write_json, write_text_atomic
-from midalign.losses import info_nce
+from midalign.losses import Stats, info_nce, top1_accuracy
 from midalign.models import load_model, num_layers, parse_layers, pooled_states, response_loss
 from midalign.probe import extract_embeddings, special_token_ids
 from midalign.retrieval import pair_accuracy
@@ -108,10 +119,27 @@ class AlignSetup:
     symmetric: bool = False
     gather: bool = False
     pool: str = "mean"
+    normalize: str = "none"
+    stats: Stats | None = None  # the base model's (μ, σ) [n_layers, d]; None: the batch's
     weight: float = 1.0
     max_length: int = 128
     special_ids: list[int] = field(default_factory=list)
     dev_batches: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, Stats | None]:
+        """Pooled alignment-layer states (before the final norm) of a 2B-row batch, x rows
+        first: x and y, each [n_layers, B, d], and the constant statistics on their device."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        pooled = pooled_states(
+            model, ids, mask, self.layers, self.pool, self.special_ids, final_norm=False
+        )  # [n_layers, 2B, d]
+        b = ids.shape[0] // 2
+        if self.stats is None:
+            return pooled[:, :b], pooled[:, b:], None
+        mean, std = (t.to(pooled.device) for t in self.stats)
+        return pooled[:, :b], pooled[:, b:], (mean, std)
 
 
 class AlignmentTrainer(Trainer):
@@ -125,10 +153,12 @@ class AlignmentTrainer(Trainer):
         align_tokenizer: PreTrainedTokenizerBase | None = None,
         has_task_dev: bool = False,
         keep_checkpoints: int | None = None,
+        checkpoint_files: Sequence[Path] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.keep_checkpoints = keep_checkpoints  # besides the best; rotated after each save
+        self.checkpoint_files = list(checkpoint_files)  # copied into every checkpoint
         if schedule != "task" and align is None:
             raise ValueError(f"the {schedule} schedule needs alignment data")
         self.schedule = schedule
@@ -181,12 +211,11 @@ class AlignmentTrainer(Trainer):
         return response_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
 
     def align_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """InfoNCE over the pooled alignment-layer states of a 2B-row batch (x rows first)."""
+        """InfoNCE over the pooled alignment-layer states of a 2B-row batch (x rows first),
+        normalised as configured."""
         a = self.align
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        pooled = pooled_states(model, ids, mask, a.layers, a.pool, a.special_ids)  # [n_l, 2B, d]
-        b = ids.shape[0] // 2
-        return info_nce(pooled[:, :b], pooled[:, b:], a.temperature, a.symmetric, a.gather)
+        x, y, stats = a.states(model, inputs)
+        return info_nce(x, y, a.temperature, a.symmetric, a.gather, a.normalize, stats)
 
     def next_align_batch(self) -> dict[str, torch.Tensor]:
         """The stream's next micro-batch, tokenised and on the model's device."""
@@ -230,6 +259,20 @@ class AlignmentTrainer(Trainer):
 
     # ------------------------------------------------------------------ the step
 
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        """The Trainer's own sampler; under ``alternate-steps`` that sampler's task order inside
+        :class:`~midalign.data.steps.AlternatingSteps`, which adds the alignment steps."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not isinstance(dataset, StepsDataset):
+            return super()._get_train_sampler(train_dataset)
+        return AlternatingSteps(
+            super()._get_train_sampler(dataset.task),
+            len(dataset.task),
+            self._train_batch_size,
+            self.args.gradient_accumulation_steps,
+            self.args.world_size,
+        )
+
     def training_step(
         self,
         model: torch.nn.Module,
@@ -249,7 +292,13 @@ class AlignmentTrainer(Trainer):
         def align(**batch: torch.Tensor) -> torch.Tensor:
             return self.align_loss(inner, batch)
 
-        if self.schedule == "task":
+        if self.schedule == "alternate-steps" and ALIGN_STEP in inputs:
+            # a micro-batch of an alignment step: the marker stands for the stream's next batch
+            loss = self.wrapped_forward(model, align, **self.next_align_batch())
+            self._record("align_loss", loss)
+            scaled = loss / n
+            self._backward(scaled)
+        elif self.schedule in ("task", "alternate-steps"):
             loss = self.wrapped_forward(model, task, **inputs)
             self._record("task_loss", loss)
             scaled = loss / n
@@ -300,16 +349,25 @@ class AlignmentTrainer(Trainer):
         super().log(logs, start_time)
 
     @torch.no_grad()
-    def dev_align_loss(self) -> float:
-        """Mean alignment loss over the fixed held-out batches (model in eval mode)."""
-        model = self.model
+    def dev_alignment(self) -> tuple[float, float]:
+        """On the fixed held-out batches (model in eval mode): the mean alignment loss, and the
+        in-batch top-1 accuracy x → y (:func:`midalign.losses.top1_accuracy`: the share of all
+        held-out x, averaged over the alignment layers), which unlike the loss does not depend
+        on τ. Every rank holds every dev batch, so nothing is gathered: gathering would repeat
+        each batch W times as false negatives."""
+        a, model = self.align, self.model
         was_training = model.training
         model.eval()
-        losses = [
-            self.align_loss(model, self._prepare_inputs(b)).item() for b in self.align.dev_batches
-        ]
+        losses, correct, rows = [], 0.0, 0
+        for batch in a.dev_batches:
+            x, y, stats = a.states(model, self._prepare_inputs(batch))
+            losses.append(
+                info_nce(x, y, a.temperature, a.symmetric, False, a.normalize, stats).item()
+            )
+            correct += top1_accuracy(x, y, a.normalize, stats).item() * x.shape[-2]
+            rows += x.shape[-2]
         model.train(was_training)
-        return sum(losses) / len(losses)
+        return sum(losses) / len(losses), correct / rows
 
     def prediction_step(
         self,
@@ -334,7 +392,8 @@ class AlignmentTrainer(Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> EvalLoopOutput:
-        """The Trainer's dev task loss (as ``eval_task_loss``) plus the dev alignment loss."""
+        """The Trainer's dev task loss (as ``eval_task_loss``) plus the dev alignment loss and
+        top-1 accuracy (``eval_align_loss``, ``eval_align_acc``)."""
         if self.has_task_dev:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
@@ -345,7 +404,9 @@ class AlignmentTrainer(Trainer):
         else:
             output = EvalLoopOutput(predictions=None, label_ids=None, metrics={}, num_samples=0)
         if self.align is not None and self.align.dev_batches:
-            output.metrics[f"{metric_key_prefix}_align_loss"] = self.dev_align_loss()
+            loss, acc = self.dev_alignment()
+            output.metrics[f"{metric_key_prefix}_align_loss"] = loss
+            output.metrics[f"{metric_key_prefix}_align_acc"] = acc
         return output
 
     # ------------------------------------------------------------------ schedule and checkpoints
@@ -385,6 +446,8 @@ class AlignmentTrainer(Trainer):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / COMPLETE_FILE).unlink(missing_ok=True)
             write_json(folder / STREAM_FILE, {"align_position": self.align_position})
+            for path in self.checkpoint_files:
+                shutil.copyfile(path, folder / path.name)
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             _best_relative(folder / TRAINER_STATE)
@@ -596,6 +659,54 @@ def _dev_batches(
     return batches
 
 
+def _base_stats(
+    c: TrainConfig,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    layers: list[int],
+    special: list[int],
+    resume_from: Path | None,
+) -> Stats:
+    """The base model's (μ, σ) for ``align.stats: base``: loaded from the checkpoint a run
+    resumes from (or its run directory), computed otherwise (:mod:`midalign.align_stats`)."""
+    if resume_from is not None:
+        for path in (resume_from / STATS_FILE, resume_from.parent.parent / STATS_FILE):
+            if path.is_file():
+                log.info("alignment statistics from %s", path)
+                return load_stats(path, layers)
+        log.warning("no %s to resume with: computing the statistics again", STATS_FILE)
+    log.info(
+        "alignment statistics of the base model: layers %s, up to %d pairs per language",
+        layers,
+        c.align.stats_pairs,
+    )
+    return base_stats(
+        model,
+        tokenizer,
+        pairs,
+        layers,
+        c.align.pool,
+        special,
+        c.data.align_max_length,
+        c.align.stats_pairs,
+        c.optim.seed,
+    )
+
+
+def _broadcast(stats: Stats, device: torch.device) -> Stats:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return stats
+    out = []
+    for t in stats:
+        t = t.to(device)
+        dist.broadcast(t, src=0)
+        out.append(t.cpu())
+    return out[0], out[1]
+
+
 @dataclass
 class TrainResult:
     interrupted: bool
@@ -653,6 +764,7 @@ def train(
             symmetric=c.align.symmetric,
             gather=c.align.gather_negatives,
             pool=c.align.pool,
+            normalize=c.align.normalize,
             weight=c.align.weight,
             max_length=c.data.align_max_length,
             special_ids=special,
@@ -666,6 +778,8 @@ def train(
             pair_counts,
             len(align.dev_batches),
         )
+        if c.align.normalize != "none" and c.align.stats == "base":  # before LoRA is attached
+            align.stats = _base_stats(c, model, tokenizer, pairs, layers, special, resume_from)
 
     from peft import LoraConfig, get_peft_model
 
@@ -682,7 +796,7 @@ def train(
     )
 
     ga = c.optim.gradient_accumulation_steps
-    trainer_ga = ga // 2 if schedule == "alternate" else ga
+    trainer_ga = ga // 2 if schedule == "alternate" else ga  # alternate-steps: G of one kind
     has_eval = dev_set is not None or (align is not None and bool(align.dev_batches))
     metric = c.optim.metric_for_best_model
     if metric == "auto":
@@ -722,14 +836,29 @@ def train(
         use_cpu=not torch.cuda.is_available(),
         # DDP: an alignment forward stops at the alignment layer, so the LoRA weights above it
         # get no gradient. Under `alternate` and `joint` the syncing backward is a task one,
-        # which reaches every weight; under `align` it is not, and DDP must look for the
-        # unused weights (a graph walk per forward) or it waits for their gradients forever.
-        ddp_find_unused_parameters=schedule == "align",
+        # which reaches every weight; under `align` and in the alignment steps of
+        # `alternate-steps` it is not, and DDP must look for the unused weights (a graph walk
+        # per forward) or it waits for their gradients forever.
+        ddp_find_unused_parameters=schedule in ("align", "alternate-steps"),
     )
     if align is not None and args.world_size > 1:  # each rank trains on its slice
         align.stream = AlignStream(
             pairs, c.align.batch_pairs, c.optim.seed, args.process_index, args.world_size
         )
+    checkpoint_files = []
+    if align is not None and align.stats is not None:
+        if args.world_size > 1:  # every rank computed them; all use rank 0's, bit for bit
+            align.stats = _broadcast(align.stats, args.device)
+        if args.should_save:
+            info = {
+                "model": c.model.name,
+                "pool": c.align.pool,
+                "final_norm": "false",
+                "pairs_per_language": str(c.align.stats_pairs),
+            }
+            save_stats(out / STATS_FILE, align.stats, layers, info)
+        checkpoint_files.append(out / STATS_FILE)
+    task_set = train_set
     if schedule == "align":
         train_set = AlignBatches(
             align.stream, c.optim.max_steps * ga, tokenizer, c.data.align_max_length
@@ -743,6 +872,8 @@ def train(
         if schedule == "align"
         else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     )
+    if schedule == "alternate-steps":
+        train_set, collator = StepsDataset(task_set), collate_steps(collator)
     trainer = AlignmentTrainer(
         model=model,
         args=args,
@@ -755,6 +886,7 @@ def train(
         align_tokenizer=tokenizer,
         has_task_dev=dev_set is not None,
         keep_checkpoints=c.optim.keep_checkpoints,
+        checkpoint_files=checkpoint_files,
     )
     trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
     trainer.add_callback(ProgressLog() if progress else PrintLog())
@@ -785,7 +917,7 @@ def train(
         best_metric=trainer.state.best_metric,
         align_layers=layers,
         auto_layer_retrieval=auto_retrieval,
-        train_examples=len(train_set) if schedule != "align" else 0,
+        train_examples=len(task_set) if schedule != "align" else 0,
         align_pairs=pair_counts,
         log_history=trainer.state.log_history,
     )
@@ -817,7 +949,8 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Task and alignment losses (train and dev) and the learning rate against the step."""
+    """Task and alignment losses (train and dev), the dev in-batch top-1 accuracy (right axis)
+    and the learning rate against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -833,8 +966,17 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
             style = "o--" if name.startswith("eval") else "-"
             ax_loss.plot(*zip(*points, strict=True), style, label=name, markersize=4)
     ax_loss.set_ylabel("loss")
-    ax_loss.legend()
     ax_loss.grid(alpha=0.3)
+    handles, labels = ax_loss.get_legend_handles_labels()
+    acc = [(r["step"], r["eval_align_acc"]) for r in rows if "eval_align_acc" in r]
+    if acc:
+        ax_acc = ax_loss.twinx()
+        ax_acc.plot(*zip(*acc, strict=True), "s:", color="black", markersize=4)
+        ax_acc.set_ylim(0, 1)
+        ax_acc.set_ylabel("dev top-1 x → y (in batch)")
+        handles += ax_acc.get_lines()
+        labels += ["eval_align_acc"]
+    ax_loss.legend(handles, labels)
     lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
     if lr:
         ax_lr.plot(*zip(*lr, strict=True), color="gray")

@@ -34,8 +34,13 @@ _PREFIX = "config:"  # argparse dest prefix of the generated config options
 DESCRIPTION = """\
 Fine-tune a LoRA adapter on instruction data while a contrastive loss (InfoNCE over cosines
 of mean-pooled hidden states / τ) pulls the middle-layer representations of translation pairs
-together (Liu & Niehues 2025). Schedules: alternate (task and alignment micro-batches in turn),
-joint (task + λ·align), task (plain SFT), align (alignment only, for merging).
+together (Liu & Niehues 2025). Schedules: alternate (task and alignment micro-batches in turn
+within each optimizer step, as the paper's code), alternate-steps (whole optimizer steps of
+each in turn, as the paper's text), joint (task + λ·align), task (plain SFT), align (alignment
+only, for merging). --normalize center|standardize takes a per-dimension mean (and standard
+deviation) out of the pooled states before the cosine, with the batch's statistics or the base
+model's (--align-stats base). Every evaluation logs the dev alignment loss and the τ-free
+in-batch top-1 accuracy (eval_align_acc).
 
 Settings come from dataclass defaults (the paper's), then --config FILE (YAML with sections
 model, lora, data, align, optim), then the options below. Every setting can be given as
@@ -61,7 +66,8 @@ def _shown(value: Any) -> str:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="LoRA fine-tuning with middle-layer alignment (alternate/joint/task/align)",
+        help="LoRA fine-tuning with middle-layer alignment "
+        "(alternate/alternate-steps/joint/task/align)",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -141,6 +141,9 @@ def _valid(**changes) -> TrainConfig:
         ({"optim__save_steps": 150}, "must be a multiple of --eval-steps"),
         ({"align__batch_pairs": 1}, "--align-batch-pairs must be at least 2"),
         ({"align__pool": "max"}, "--pool must be mean or mean-all"),
+        ({"align__normalize": "whiten"}, "--normalize must be one of none, center, standardize"),
+        ({"align__stats": "dev"}, "--align-stats must be batch or base"),
+        ({"align__stats_pairs": 0}, "--align-stats-pairs must be positive"),
     ],
 )
 def test_validate_rejects(changes, message):
@@ -154,6 +157,16 @@ def test_recipes_load_and_validate(recipe):
     config = load_config(REPO / "recipes" / "train" / recipe)
     validate(config)
     assert config.align.schedule == "alternate" and config.align.layers == "middle"
+    if recipe == "paper_alternate.yaml":  # the paper's: its pooling, its five languages
+        assert config.align.pool == "mean-all" and config.align.batch_pairs == 32
+        assert config.data.align_langs == ["cym", "jav", "jpn", "swh", "tgl"]
+
+
+def test_normalize_choices_are_the_losses():
+    from midalign.config import NORMALIZE
+    from midalign.losses import NORMALIZE as LOSS_NORMALIZE
+
+    assert NORMALIZE == LOSS_NORMALIZE
 
 
 def test_a_run_whose_every_step_is_warm_up_is_refused():

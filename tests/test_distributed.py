@@ -40,14 +40,22 @@ ADAM_FLOAT32_REL = 1e-3
 # --------------------------------------------------------------------------- gathered negatives
 
 
-def _gather_worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.Tensor, out: str):
+def _gather_worker(
+    rank: int,
+    world: int,
+    port: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    out: str,
+    options: dict,
+):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         b = x.shape[-2] // world
         xs = x[..., rank * b : (rank + 1) * b, :].clone().requires_grad_(True)
         ys = y[..., rank * b : (rank + 1) * b, :].clone().requires_grad_(True)
-        loss = info_nce(xs, ys, temperature=0.05, symmetric=True, gather=True)
+        loss = info_nce(xs, ys, temperature=0.05, gather=True, **options)
         loss.backward()  # the gathered slices send their gradients back to this rank
         losses = [torch.zeros((), dtype=loss.dtype) for _ in range(world)]
         dist.all_gather(losses, loss.detach())
@@ -58,18 +66,27 @@ def _gather_worker(rank: int, world: int, port: int, x: torch.Tensor, y: torch.T
 
 
 @ROUTE_DTYPES
-@pytest.mark.parametrize("layers", [1, 2])
-def test_gathered_negatives_equal_one_process_with_the_global_batch(tmp_path, layers, dtype):
+@pytest.mark.parametrize(
+    ("layers", "normalize", "symmetric"),
+    [(1, "none", True), (2, "center", True), (2, "standardize", False)],
+)
+def test_gathered_negatives_equal_one_process_with_the_global_batch(
+    tmp_path, layers, normalize, symmetric, dtype
+):
     """Two ranks with 3 pairs each and gather: loss (mean over ranks) and the DDP-averaged
-    gradient of every pooled state equal one process's over all 6 pairs (x 2 layers)."""
+    gradient of every pooled state equal one process's over all 6 pairs (x 2 layers). With
+    center/standardize the batch statistics are those of all 12 rows, and their gradient flows
+    back to the rank that holds each row (without ``symmetric``, x is gathered for them alone)."""
     torch.manual_seed(0)
     x, y = torch.randn(layers, 6, 5, dtype=dtype), torch.randn(layers, 6, 5, dtype=dtype)
+    x, y = x + 3, y + 3  # a shared offset, which centring removes
+    options = {"symmetric": symmetric, "normalize": normalize}
     out = str(tmp_path / "rank%d.pt")
     port = 29500 + random.Random(str(tmp_path)).randint(0, 400)
-    mp.spawn(_gather_worker, args=(2, port, x, y, out), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, port, x, y, out, options), nprocs=2, join=True)
 
     xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-    loss = info_nce(xg, yg, temperature=0.05, symmetric=True)
+    loss = info_nce(xg, yg, temperature=0.05, **options)
     loss.backward()
     parts = [torch.load(out % r, weights_only=True) for r in (0, 1)]
     for r, part in enumerate(parts):
@@ -81,8 +98,9 @@ def test_gathered_negatives_equal_one_process_with_the_global_batch(tmp_path, la
         rows = slice(3 * r, 3 * r + 3)
         assert_same_numbers(part["gx"], 2 * xg.grad[:, rows], dtype)
         assert_same_numbers(part["gy"], 2 * yg.grad[:, rows], dtype)
-    # without gathering, each rank sees only its own 3 negatives: a different loss
-    local = info_nce(x[:, :3], y[:, :3], temperature=0.05, symmetric=True)
+    # without gathering, each rank sees only its own 3 negatives (and, normalising, its own
+    # statistics): a different loss
+    local = info_nce(x[:, :3], y[:, :3], temperature=0.05, **options)
     assert abs(local.item() - loss.item()) > 1e-3
 
 
@@ -157,12 +175,14 @@ def _losses(out: Path) -> list[tuple[int, float, float]]:
 
 @pytest.mark.skipif(ACCELERATE is None, reason="accelerate's launcher is not installed")
 def test_two_processes_take_the_one_process_steps(tmp_path):
-    """alternate, gathered negatives: 2 processes × (batch 2, 4 pairs) = 1 process × (batch 4,
-    8 pairs): per-step task and alignment losses and the final adapter agree. In float64, so
-    the comparison is of the algorithm, not of the CPU's float32 summation order (the align
-    schedule's test below keeps float32 covered). On Llama: Gemma 3's norms round to float32
-    whatever the model dtype (conftest.precision)."""
+    """alternate, gathered negatives, standardised with the batch statistics (gathered too):
+    2 processes × (batch 2, 4 pairs) = 1 process × (batch 4, 8 pairs): per-step task and
+    alignment losses and the final adapter agree. In float64, so the comparison is of the
+    algorithm, not of the CPU's float32 summation order (the align schedule's test below keeps
+    float32 covered). On Llama: Gemma 3's norms round to float32 whatever the model dtype
+    (conftest.precision)."""
     config = _train_config(tmp_path, "alternate", family="llama", dtype="float64")
+    config["align"]["normalize"] = "standardize"
     one, two = tmp_path / "one", tmp_path / "two"
     _launch(config, one, 1, batch_size=4, batch_pairs=8)
     _launch(config, two, 2, batch_size=2, batch_pairs=4, gather=True)
@@ -180,8 +200,8 @@ def test_two_processes_take_the_one_process_steps(tmp_path):
         assert wa[name].dtype == f64
         assert_same_numbers(wb[name], wa[name], f64)
     # the comparison means something: the losses moved (LoRA B starts at zero, so a step
-    # that changed nothing would leave the loss level), and without gathered negatives two
-    # processes compute a different alignment loss
+    # that changed nothing would leave the loss level), and without gathered negatives (and
+    # statistics) two processes compute a different alignment loss
     assert a[0][1] != a[-1][1] and a[0][2] != a[-1][2]
     _launch(config, tmp_path / "local", 2, batch_size=2, batch_pairs=4, gather=False)
     local = torch.tensor(_losses(tmp_path / "local"))[:, 2]
@@ -208,6 +228,35 @@ def test_align_schedule_under_two_processes(tmp_path):
     for name in wa:
         assert wa[name].dtype == f32
         assert rel_error(wb[name], wa[name]) <= ADAM_FLOAT32_REL, name
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="accelerate's launcher is not installed")
+def test_alternate_steps_under_two_processes(tmp_path):
+    """alternate-steps (A T A: an alignment step's forward stops at layer 2 of 4, so DDP must
+    find the unused LoRA weights; the loader deals whole steps to both ranks), centred with the
+    base model's statistics (every rank computes them, rank 0's are broadcast): 2 processes ×
+    (batch 2, 4 pairs, gathered) = 1 process × (batch 4, 8 pairs), in float64."""
+    config = _train_config(tmp_path, "alternate-steps", family="llama", dtype="float64")
+    config["align"].update(normalize="center", stats="base")
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch(config, one, 1, batch_size=4, batch_pairs=8)
+    _launch(config, two, 2, batch_size=2, batch_pairs=4, gather=True)
+    f64 = torch.float64
+    for name in ("align_loss", "task_loss"):
+        la = [(r["step"], r[name]) for r in read_log(one / "log.jsonl") if name in r]
+        lb = [(r["step"], r[name]) for r in read_log(two / "log.jsonl") if name in r]
+        steps = {"align_loss": [1, 3], "task_loss": [2]}[name]
+        assert [s for s, _ in la] == [s for s, _ in lb] == steps
+        assert_same_numbers(torch.tensor([v for _, v in lb]), torch.tensor([v for _, v in la]), f64)
+    sa = load_file(str(one / "align_stats.safetensors"))
+    sb = load_file(str(two / "align_stats.safetensors"))
+    assert sa.keys() == sb.keys() == {"layer.2.mean", "layer.2.std"}
+    for k in sa:
+        assert_same_numbers(sb[k], sa[k], f64)
+    wa = load_file(str(one / "adapter_model.safetensors"))
+    wb = load_file(str(two / "adapter_model.safetensors"))
+    for name in wa:
+        assert_same_numbers(wb[name], wa[name], f64)
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="accelerate's launcher is not installed")

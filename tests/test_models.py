@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ROUTE_DTYPES, assert_same_numbers, precision, tiny_model
+from conftest import ROUTE_DTYPES, assert_same_numbers, precision, rel_error, tiny_model
 from torch import nn
 
 from midalign.errors import InputError
@@ -65,7 +65,31 @@ def test_early_exit_runs_no_later_layer_and_no_head(family):
     assert ran == []
     pooled_states(model, ids, mask, [3], "mean", SPECIAL)
     assert ran == ["layer3", "norm"]  # layer L is pooled after the final norm, as HF gives it
+    ran.clear()
+    pooled_states(model, ids, mask, [3], "mean", SPECIAL, final_norm=False)
+    assert ran == ["layer3"]  # the alignment loss's view of L: the residual stream
     assert len(decoder_layers(model)) == 3 and isinstance(model.model.norm, nn.Module)
+
+
+@ROUTE_DTYPES
+def test_last_layer_before_the_final_norm_is_the_norms_input(family, dtype):
+    """final_norm=False at L pools what the full forward feeds the final norm (a hook on its
+    input), as the paper's code pooled; other layers do not change."""
+    model = tiny_model(family, n_layers=3, dtype=dtype)
+    ids, mask = _batch()
+    seen = []
+    hook = model.model.norm.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    hook.remove()
+    w = pooling_mask(ids, mask, "mean", SPECIAL)
+    want = (seen[0] * w[..., None]).sum(1) / w.sum(1, keepdim=True)
+    with torch.no_grad():
+        pre = pooled_states(model, ids, mask, [2, 3], "mean", SPECIAL, final_norm=False)
+        post = pooled_states(model, ids, mask, [2, 3], "mean", SPECIAL)
+    assert_same_numbers(pre[1], want, precision(family, dtype))
+    assert torch.equal(pre[0], post[0])
+    assert rel_error(pre[1], post[1]) > 0.1  # the norm changes the states a lot
 
 
 @ROUTE_DTYPES

@@ -492,3 +492,58 @@ def test_recipe_is_validated_at_load_naming_the_field(tmp_path: Path, change, me
     with pytest.raises(InputError) as e:
         parse_recipe(recipe, "r.yaml")
     assert str(e.value) == message
+
+
+def test_the_probe_pools_as_the_recipe_trains(tmp_path: Path) -> None:
+    """A probe without a pool of its own takes the recipe's training pool (the paper recipes
+    train with mean-all); the default pool leaves the step's hash as it was."""
+
+    def probe_step(recipe: dict) -> tuple[dict, str]:
+        runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path, dry_run=True))
+        return runner.probe_settings(), runner.probe("base", None)["step"]
+
+    recipe = _recipe(tmp_path / "model", tmp_path / "sib200")
+    settings, default = probe_step(recipe)
+    assert "pool" not in settings
+    recipe["train"]["align"]["pool"] = "mean"
+    assert probe_step(recipe) == (settings, default)
+    recipe["train"]["align"]["pool"] = "mean-all"
+    settings, trained = probe_step(recipe)
+    assert settings["pool"] == "mean-all" and trained != default
+    recipe["probe"]["pool"] = "mean"  # the recipe's own choice wins
+    assert probe_step(recipe)[0]["pool"] == "mean"
+    for name in ("paper_slots.yaml", "paper_mt.yaml", "paper_ner.yaml"):
+        paper = load_recipe(Path(__file__).parents[1] / "recipes" / name)
+        runner = Runner(paper, RunOptions(tmp_path, dry_run=True))
+        assert runner.probe_settings()["pool"] == "mean-all"
+
+
+def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_matters(
+    tmp_path: Path,
+) -> None:
+    """A run directory made before align.normalize/stats/stats_pairs existed reuses its training
+    steps (their hash leaves those settings out at their default); a non-default value, or an
+    alignment layer that may be L (whose loss takes the state before the final norm), does not."""
+    from midalign.runner import Steps
+
+    def step(recipe: dict, name: str) -> tuple[str, str]:
+        runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path, dry_run=True))
+        data = {"train": {"step": "data-train-abc", "path": "/t.jsonl"}}
+        system = next(s for s in runner.recipe.systems if s.name == name)
+        sections = runner.train_config(system, 1, data)
+        for key in ("normalize", "stats", "stats_pairs"):  # the config as it was
+            del sections["align"][key]
+        before = {"config": sections, "data": {"train": "data-train-abc"}}
+        got = runner.train(system, 1, data)["step"]
+        return got, Steps(tmp_path).folder(f"train-{name}-seed1", before).name
+
+    recipe = _recipe(tmp_path / "model", tmp_path / "sib200")
+    got, before = step(recipe, "sft")
+    assert got == before
+    got, before = step(recipe, "align-mid")  # layer "2": it could have been L
+    assert got != before
+    recipe["train"]["align"]["layers"] = "middle"
+    got, before = step(recipe, "align-mid")
+    assert got == before
+    recipe["train"]["align"]["normalize"] = "standardize"
+    assert step(recipe, "align-mid")[0] != got

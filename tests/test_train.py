@@ -22,7 +22,7 @@ from midalign.config import TrainConfig
 from midalign.errors import InputError
 from midalign.io import MARKER
 from midalign.losses import info_nce
-from midalign.models import _masked_mean, pooled_states, pooling_mask
+from midalign.models import _masked_mean, decoder_stack, pooled_states, pooling_mask
 from midalign.train import AlignmentTrainer, last_checkpoint, read_log, train
 
 WORDS = (
@@ -129,20 +129,81 @@ def test_alternate_order_counts_and_stream_position(tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == [1, 2]
 
 
-# float64 on Llama checks the arithmetic to 1e-10; Gemma 3 (whose norms round to float32
-# anyway: conftest.precision) keeps the production dtype covered
-@pytest.mark.parametrize("family, dtype", [("llama", "float64"), ("gemma3", "float32")])
-def test_accumulated_gradient_is_the_mean_over_micro_batches(tmp_path, monkeypatch, family, dtype):
-    """Recompute step 1's gradient by hand: (t1 + a1 + t2 + a2) / 4 over the same batches."""
-    seen: list[tuple[str, dict]] = []
+def test_alternate_steps_order_epochs_and_stream_position(tmp_path, monkeypatch):
+    """Whole optimizer steps per objective, alignment first: 10 task examples in batches of 2
+    are 5 task micro-batches per epoch, so with G = 2 an epoch is A A | T T | A A | T T | A A |
+    T (6 steps, the last with one batch), every task example used once, and the next epoch
+    starts with an alignment step again."""
+    kinds: list[tuple[int, str, int]] = []
     task_loss, align_loss = AlignmentTrainer.task_loss, AlignmentTrainer.align_loss
 
     def record_task(self, model, inputs):
-        seen.append(("task", {k: v.clone() for k, v in inputs.items()}))
+        kinds.append((self.state.global_step, "task", inputs["input_ids"].shape[0]))
         return task_loss(self, model, inputs)
 
     def record_align(self, model, inputs):
-        seen.append(("align", {k: v.clone() for k, v in inputs.items()}))
+        kinds.append((self.state.global_step, "align", self.align_position))
+        return align_loss(self, model, inputs)
+
+    monkeypatch.setattr(AlignmentTrainer, "task_loss", record_task)
+    monkeypatch.setattr(AlignmentTrainer, "align_loss", record_align)
+    config = _config(
+        tmp_path,
+        align__schedule="alternate-steps",
+        optim__max_steps=8,
+        optim__eval_steps=10,
+        optim__save_steps=10,
+    )
+    config.data.dev_data = None
+    config.data.align_dev_pairs = 0
+    result = _run(config, tmp_path / "run")
+    assert result.global_step == 8 and result.train_examples == 10
+    by_step = [[kind for step, kind, _ in kinds if step == s] for s in range(8)]
+    assert by_step == [
+        ["align", "align"],
+        ["task", "task"],
+        ["align", "align"],
+        ["task", "task"],
+        ["align", "align"],
+        ["task"],  # the epoch's last task batch
+        ["align", "align"],  # epoch 2
+        ["task", "task"],
+    ]
+    # the first epoch's task rows: each of the 10 examples once
+    assert sum(n for step, kind, n in kinds if kind == "task" and step < 6) == 10
+    # the alignment stream advances by one per alignment micro-batch (position after drawing)
+    assert [n for _, kind, n in kinds if kind == "align"] == list(range(1, 9))
+    rows = read_log(tmp_path / "run" / "log.jsonl")
+    logged = [(r["step"], "task_loss" in r, "align_loss" in r) for r in rows if "loss" in r]
+    assert logged == [(s, s % 2 == 0, s % 2 == 1) for s in range(1, 9)]
+    assert [r["epoch"] for r in rows if "loss" in r][5] == pytest.approx(1.0)
+
+
+# float64 on Llama checks the arithmetic to 1e-10; Gemma 3 (whose norms round to float32
+# anyway: conftest.precision) keeps the production dtype covered
+@pytest.mark.parametrize(
+    "family, dtype, schedule, kinds",
+    [
+        ("llama", "float64", "alternate", [["align", "task"] * 2]),
+        ("gemma3", "float32", "alternate", [["align", "task"] * 2]),
+        ("llama", "float64", "alternate-steps", [["align"] * 4, ["task"] * 4]),
+    ],
+)
+def test_accumulated_gradient_is_the_mean_over_micro_batches(
+    tmp_path, monkeypatch, family, dtype, schedule, kinds
+):
+    """Recompute each step's gradient by hand as the mean of its 4 micro-batch losses over the
+    same batches: (a1 + t1 + a2 + t2) / 4 under alternate; (a1 + … + a4) / 4, then
+    (t1 + … + t4) / 4 under alternate-steps, standardised with the batch statistics."""
+    seen: list[tuple[int, str, dict]] = []
+    task_loss, align_loss = AlignmentTrainer.task_loss, AlignmentTrainer.align_loss
+
+    def record_task(self, model, inputs):
+        seen.append((self.state.global_step, "task", {k: v.clone() for k, v in inputs.items()}))
+        return task_loss(self, model, inputs)
+
+    def record_align(self, model, inputs):
+        seen.append((self.state.global_step, "align", {k: v.clone() for k, v in inputs.items()}))
         return align_loss(self, model, inputs)
 
     monkeypatch.setattr(AlignmentTrainer, "task_loss", record_task)
@@ -151,23 +212,25 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches(tmp_path, monkeypat
 
     class Check(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            if state.global_step:
-                return
             params = [p for p in model.parameters() if p.requires_grad]
-            accumulated = [p.grad.clone() for p in params]
+            accumulated = [None if p.grad is None else p.grad.clone() for p in params]
             trainer = Check.trainer
-            model.zero_grad()
+            model.zero_grad(set_to_none=True)
+            step = [(kind, inputs) for s, kind, inputs in seen if s == state.global_step]
+            assert [kind for kind, _ in step] == kinds[state.global_step]
             losses = [
                 (task_loss if kind == "task" else align_loss)(trainer, model, inputs)
-                for kind, inputs in seen
+                for kind, inputs in step
             ]
-            assert len(losses) == 4
             (sum(losses) / 4).backward()
             for p, g in zip(params, accumulated, strict=True):
                 assert p.dtype == getattr(torch, dtype)
+                if g is None:  # above the alignment layer: an alignment step reaches nothing
+                    assert p.grad is None and "align" in kinds[state.global_step]
+                    continue
                 assert_same_numbers(p.grad, g, getattr(torch, dtype))
                 p.grad.copy_(g)
-            checked.append(True)
+            checked.append(state.global_step)
 
     init = AlignmentTrainer.__init__
 
@@ -179,16 +242,19 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches(tmp_path, monkeypat
     config = _config(
         tmp_path,
         family,
+        align__schedule=schedule,
         optim__gradient_accumulation_steps=4,
-        optim__max_steps=1,
+        optim__max_steps=len(kinds),
         optim__max_grad_norm=0.0,
         lora__dropout=0.0,
         model__dtype=dtype,
     )
+    if schedule == "alternate-steps":
+        config.align.normalize = "standardize"
     config.data.dev_data = None
     config.data.align_dev_pairs = 0
     _run(config, tmp_path / "run", callbacks=[Check()])
-    assert checked == [True]
+    assert checked == list(range(len(kinds)))
 
 
 @ROUTE_DTYPES
@@ -265,7 +331,8 @@ class _InterruptAt(TrainerCallback):
 
 
 def _curve(out):
-    keys = ("loss", "task_loss", "align_loss", "eval_task_loss", "eval_align_loss", "lr")
+    keys = ("loss", "task_loss", "align_loss", "eval_task_loss", "eval_align_loss")
+    keys += ("eval_align_acc", "lr")
     return [
         {k: r[k] for k in ("step", *keys) if k in r}
         for r in read_log(out / "log.jsonl")
@@ -273,9 +340,22 @@ def _curve(out):
     ]
 
 
-def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
-    # 5 task batches per epoch, 8 steps: the run crosses an epoch boundary after the resume.
-    config = _config(tmp_path, optim__max_steps=8)
+@pytest.mark.parametrize(
+    "schedule, normalize, stats, position",
+    [("alternate", "none", "batch", 3), ("alternate-steps", "standardize", "base", 4)],
+)
+def test_resume_reproduces_the_uninterrupted_run_exactly(
+    tmp_path, monkeypatch, schedule, normalize, stats, position
+):
+    # 5 task batches per epoch, 8 steps: the run crosses an epoch boundary after the resume
+    # (alternate: 5 steps an epoch; alternate-steps: 6, and step 3 ends mid-alternation).
+    config = _config(
+        tmp_path,
+        optim__max_steps=8,
+        align__schedule=schedule,
+        align__normalize=normalize,
+        align__stats=stats,
+    )
     straight = tmp_path / "straight"
     _run(config, straight)
 
@@ -285,12 +365,22 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     assert not (stopped / "adapter_model.safetensors").exists()
     checkpoint = last_checkpoint(stopped)
     assert checkpoint.name == "checkpoint-3"
-    assert json.loads((checkpoint / "align_stream.json").read_text()) == {"align_position": 3}
+    stream = json.loads((checkpoint / "align_stream.json").read_text())
+    assert stream == {"align_position": position}
+    if stats == "base":  # resumed with the checkpoint's statistics, not computed again
+        assert (checkpoint / "align_stats.safetensors").is_file()
+
+        def fail(*args, **kwargs):
+            raise AssertionError("statistics computed again on resume")
+
+        monkeypatch.setattr("midalign.train.base_stats", fail)
     result = train(config, stopped, checkpoint, progress=False)
     assert not result.interrupted and result.global_step == 8
 
     assert _curve(stopped) == _curve(straight)
-    assert len([r for r in _curve(straight) if "task_loss" in r]) == 8
+    task_steps = 8 if schedule == "alternate" else 4
+    assert len([r for r in _curve(straight) if "task_loss" in r]) == task_steps
+    assert len([r for r in _curve(straight) if "eval_align_acc" in r]) == 4
     a, b = _adapter(straight), _adapter(stopped)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[n], b[n]) for n in a)
@@ -546,3 +636,75 @@ def test_resume_reads_the_runs_config_and_reports_a_changed_option(tmp_path, cap
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("step 3/4: loss ")
     assert printed[-1].startswith("trained 4 steps, best dev ")
+
+
+def _pre_norm_pooled(model, batch, pool="mean", special=(0, 1, 2)):
+    """Pooled layer-L states of the full forward, taken at the final norm's input (no early exit,
+    no midalign pooling code): [2B, d]."""
+    seen = []
+    hook = decoder_stack(model).norm.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hook.remove()
+    w = pooling_mask(batch["input_ids"], batch["attention_mask"], pool, special).double()
+    return (seen[0] * w[..., None]).sum(1) / w.sum(1, keepdim=True)
+
+
+def test_base_statistics_and_dev_accuracy_recomputed_by_hand(tmp_path):
+    """standardize with the base model's statistics at the last layer (L = 4, before the final
+    norm): the saved μ, σ are the uniform mixture of the languages' rows, recomputed from full
+    forwards; the logged dev top-1 accuracy and loss are recomputed from the saved adapter."""
+    from midalign.align_stats import load_stats
+    from midalign.data.pairs import encode_pairs, load_pairs, split_dev
+    from midalign.losses import STD_FLOOR
+    from midalign.models import load_model
+    from midalign.train import _dev_batches
+
+    config = _config(
+        tmp_path,
+        "llama",
+        model__dtype="float64",
+        align__schedule="task",
+        align__layers="4",
+        align__normalize="standardize",
+        align__stats="base",
+        optim__max_steps=2,
+    )
+    out = tmp_path / "run"
+    _run(config, out)
+    mean, std = load_stats(out / "align_stats.safetensors", [4])
+    assert (out / "checkpoints" / "checkpoint-2" / "align_stats.safetensors").is_file()
+
+    base, tokenizer = load_model(config.model.name, dtype="float64", device="cpu")
+    tokenizer.padding_side = "right"
+    pairs = load_pairs(config.data.align_data, config.data.align_langs)
+    train_pairs, dev_pairs = split_dev(pairs, config.data.align_dev_pairs, config.optim.seed)
+    rows, weights = [], []
+    for items in train_pairs.values():  # 26 pairs each, fewer than stats_pairs: all of them
+        h = _pre_norm_pooled(base, encode_pairs(tokenizer, items, 128))
+        rows.append(h)
+        weights.append(torch.full((len(h),), 1 / (len(h) * len(train_pairs)), dtype=h.dtype))
+    h, w = torch.cat(rows), torch.cat(weights)
+    mu = (w[:, None] * h).sum(0)
+    var = (w[:, None] * (h - mu) ** 2).sum(0)
+    sigma = torch.maximum(var, STD_FLOOR**2 * var.mean()).sqrt()
+    f64 = torch.float64
+    assert_same_numbers(mean[0], mu, f64)
+    assert_same_numbers(std[0], sigma, f64)
+
+    model = PeftModel.from_pretrained(base, str(out)).eval()
+    correct, total, losses = 0, 0, []
+    for batch in _dev_batches(dev_pairs, tokenizer, config.align.batch_pairs, 128):
+        z = (_pre_norm_pooled(model, batch) - mu) / sigma
+        b = len(z) // 2
+        x, y = z[:b], z[b:]
+        cos = torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(y, dim=-1).T
+        for i in range(b):
+            others = torch.cat([cos[i, :i], cos[i, i + 1 :]])
+            correct += bool(cos[i, i] > others.max())
+        total += b
+        losses.append(torch.nn.functional.cross_entropy(cos / 0.1, torch.arange(b)).item())
+    (logged,) = [r for r in read_log(out / "log.jsonl") if "eval_align_acc" in r]
+    assert logged["eval_align_acc"] == correct / total
+    assert total == 8 and 0 < correct < total  # neither none nor all found
+    assert logged["eval_align_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-10)

@@ -213,3 +213,39 @@ def test_encode_pairs_puts_x_rows_first():
         for row, m in zip(ids, batch["attention_mask"], strict=True)
     ]
     assert words == [["<bos>", "der"], ["<bos>", "die", "das"], ["<bos>", "the"], ["<bos>", "a"]]
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "accumulation", "world"),
+    [(10, 2, 2, 1), (9, 2, 2, 2), (13, 2, 3, 2), (8, 1, 2, 4)],
+)
+def test_alternating_steps_deal_whole_steps_to_every_rank(n, batch, accumulation, world):
+    """What each rank's loader yields under accelerate's round-robin dealing of batches
+    (BatchSamplerShard): chunks of G batches that are all alignment markers or all task batches,
+    alignment first, in the same order on every rank; every task example at least once; ranks
+    padded with the epoch's first task examples, never with markers."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    from midalign.data.steps import AlternatingSteps
+
+    sampler = AlternatingSteps(range(n), n, batch, accumulation, world)
+    whole = list(BatchSampler(sampler, batch, drop_last=False))
+    assert len(list(sampler)) == len(sampler)
+    per_rank = []
+    for rank in range(world):
+        shard = BatchSamplerShard(BatchSampler(sampler, batch, False), world, rank)
+        batches = list(shard) if world > 1 else whole
+        assert len(batches) == len(shard)
+        assert all(all(i == n for i in b) or n not in b for b in batches)  # never mixed
+        kinds = ["A" if b[0] == n else "T" for b in batches]
+        chunks = [kinds[i : i + accumulation] for i in range(0, len(kinds), accumulation)]
+        assert all(len(set(c)) == 1 for c in chunks)
+        assert [c[0] for c in chunks] == ["A", "T"] * (len(chunks) // 2)
+        assert all(len(c) == accumulation for c in chunks[:-1])
+        per_rank.append((kinds, [i for b in batches for i in b if i != n]))
+    assert len({tuple(kinds) for kinds, _ in per_rank}) == 1
+    seen = Counter(i for _, task in per_rank for i in task)
+    assert set(seen) == set(range(n))
+    padding = sum(seen.values()) - n
+    assert padding < world * batch and all(seen[i] == 2 for i in range(padding))
