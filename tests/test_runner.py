@@ -450,7 +450,8 @@ LANG_HELP = "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn
         (
             lambda r: r["systems"][1]["train"]["align"].update(temprature=1),
             "r.yaml: system sft: unknown key train.align.temprature (known: schedule, layers, "
-            "temperature, pool, symmetric, weight, batch_pairs, gather_negatives, auto_pairs)",
+            "temperature, pool, normalize, stats, stats_pairs, symmetric, weight, batch_pairs, "
+            "gather_negatives, auto_pairs)",
         ),
         (
             lambda r: r["systems"][1].update(train="fast"),
