@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -172,6 +173,19 @@ def same_base(a: str | None, b: str | None) -> bool:
     return key_a is None or key_b is None or key_a == key_b
 
 
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Wrap a model in PEFT without its one FutureWarning about transformers: PeftModel's
+    constructor reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates in
+    favour of ``is_activation_checkpointing`` (peft 0.21.2), so every training run and every
+    ``--adapter`` printed it. Only that message is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
     """Put a PEFT adapter on ``model``; a clear error if it was trained for another base.
 
@@ -200,7 +214,8 @@ def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
             "adapter_config.json)"
         )
     try:
-        return PeftModel.from_pretrained(model, adapter)
+        with peft_quietly():
+            return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:300]
         raise InputError(

@@ -90,7 +90,14 @@ from midalign.data.steps import ALIGN_STEP, AlternatingSteps, StepsDataset, coll
 from midalign.errors import InputError
 from midalign.io import follow_umask, write_json, write_text_atomic
 from midalign.losses import Stats, info_nce, top1_accuracy
-from midalign.models import load_model, num_layers, parse_layers, pooled_states, response_loss
+from midalign.models import (
+    load_model,
+    num_layers,
+    parse_layers,
+    peft_quietly,
+    pooled_states,
+    response_loss,
+)
 from midalign.probe import extract_embeddings, special_token_ids
 from midalign.retrieval import pair_accuracy
 
@@ -784,16 +791,17 @@ def train(
     from peft import LoraConfig, get_peft_model
 
     set_seed(c.optim.seed)
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=c.lora.r,
-            lora_alpha=c.lora.alpha,
-            lora_dropout=c.lora.dropout,
-            target_modules=c.lora.target_modules,
-            task_type="CAUSAL_LM",
-        ),
-    )
+    with peft_quietly():
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=c.lora.r,
+                lora_alpha=c.lora.alpha,
+                lora_dropout=c.lora.dropout,
+                target_modules=c.lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
 
     ga = c.optim.gradient_accumulation_steps
     trainer_ga = ga // 2 if schedule == "alternate" else ga  # alternate-steps: G of one kind

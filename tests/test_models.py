@@ -237,3 +237,34 @@ def test_an_adapter_loads_only_on_the_base_it_names(tiny_model_dir, tmp_path, mo
     # a model built in memory names no base: only the shapes can be checked
     assert load_adapter(tiny_model("gemma3", n_layers=4), str(adapter)) is not None
     assert same_base("models/x", None) and same_base("", "a/b") and not same_base("a/b", "a/c")
+
+
+def test_peft_wrapping_is_quiet_about_transformers_deprecation(tiny_model_dir, tmp_path):
+    """PEFT reads ``is_gradient_checkpointing``, deprecated by transformers 5: the FutureWarning
+    is silenced where midalign wraps a model, and only that one."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from midalign.models import load_model, peft_quietly
+
+    message = "`is_gradient_checkpointing` is deprecated"
+    config = LoraConfig(r=2, target_modules=["q_proj"])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        get_peft_model(tiny_model("llama"), config)  # PEFT alone: the warning is there
+    assert any(message in str(w.message) for w in seen)
+
+    adapter = tmp_path / "adapter"
+    model, _ = load_model(str(tiny_model_dir))
+    with peft_quietly():
+        get_peft_model(model, config).save_pretrained(adapter)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with peft_quietly():
+            get_peft_model(tiny_model("llama"), config)
+            warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)  # not silenced
+        load_model(str(tiny_model_dir), str(adapter))
+    assert [str(w.message) for w in seen if issubclass(w.category, FutureWarning)] == [
+        "another FutureWarning"
+    ]
