@@ -46,13 +46,18 @@ def online(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+def _fails_at_once(tmp_path) -> None:
+    """``midalign eval`` of the hub data set exits 2 well before datasets' 25 s of retries."""
+    start = time.monotonic()
+    assert main(_eval(tmp_path)) == 2
+    assert time.monotonic() - start < 10  # datasets alone retries for 25 s
+
+
 def test_hf_hub_offline_set_after_start_fails_at_once(online, tmp_path, capsys):
     online.setenv("HF_HUB_OFFLINE", "1")
     online.setattr("datasets.load_dataset", _never)
     online.setattr("midalign.eval_cli.load_model", _never)
-    start = time.monotonic()
-    assert main(_eval(tmp_path)) == 2
-    assert time.monotonic() - start < 10  # datasets alone retries for 25 s
+    _fails_at_once(tmp_path)
     assert capsys.readouterr().err == (
         f"midalign eval: error: {WHERE}: HF_HUB_OFFLINE is set; give a local copy instead: "
         f"{FORMS}\n"
@@ -72,9 +77,7 @@ def test_hf_hub_offline_tries_the_cache_then_names_the_alternative(online, tmp_p
     online.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     online.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
     online.setattr("midalign.eval_cli.load_model", _never)
-    start = time.monotonic()
-    assert main(_eval(tmp_path)) == 2
-    assert time.monotonic() - start < 10  # datasets alone retries for 25 s
+    _fails_at_once(tmp_path)
     assert capsys.readouterr().err == (
         f"midalign eval: error: {WHERE}: not in the local cache and HF_HUB_OFFLINE is set; give a "
         f"local copy instead: {FORMS}\n"
@@ -93,9 +96,7 @@ def test_unreachable_hub_fails_at_once_without_datasets(online, tmp_path, capsys
     online.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     online.setattr("datasets.load_dataset", _never)
     online.setattr("midalign.eval_cli.load_model", _never)
-    start = time.monotonic()
-    assert main(_eval(tmp_path)) == 2
-    assert time.monotonic() - start < 10  # datasets alone retries for 25 s
+    _fails_at_once(tmp_path)
     assert capsys.readouterr().err == (
         f"midalign eval: error: {WHERE}: the hub is unreachable (ConnectError: [Errno 111] "
         "Connection refused); give a local copy instead, or set HF_HUB_OFFLINE=1 to use one "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from midalign.data.hub import HubUnreachable, load_from_hub
+from midalign.data.hub import HubUnreachable, load_from_hub, one_line
 from midalign.errors import InputError
 from midalign.languages import parse_langs
 
@@ -190,5 +190,4 @@ def load_hf_table(where: str, *args: Any, **kwargs: Any) -> Any:
     try:
         return load_dataset(*args, **kwargs)
     except Exception as e:  # datasets raises many types for the same user mistakes
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise InputError(f"{where}: cannot load ({type(e).__name__}: {first})") from e
+        raise InputError(f"{where}: cannot load ({one_line(e)})") from e
