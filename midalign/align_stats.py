@@ -16,8 +16,6 @@ most ``per_lang`` pairs per language, a seeded sample. σ is floored as in the l
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from midalign.data.pairs import Pairs, encode_pairs
 from midalign.errors import InputError
+from midalign.io import atomic_file
 from midalign.losses import Stats, floored_std
 from midalign.models import pooled_states
 
@@ -90,14 +89,8 @@ def save_stats(path: Path, stats: Stats, layers: Sequence[int], info: dict[str, 
         tensors[f"layer.{layer}.mean"] = mean[i].contiguous()
         tensors[f"layer.{layer}.std"] = std[i].contiguous()
     metadata = {"layers": json.dumps(list(layers)), **{k: str(v) for k, v in info.items()}}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_stats(path: Path, layers: Sequence[int]) -> Stats:

@@ -673,6 +673,10 @@ def test_base_statistics_and_dev_accuracy_recomputed_by_hand(tmp_path):
     out = tmp_path / "run"
     _run(config, out)
     mean, std = load_stats(out / "align_stats.safetensors", [4])
+    # written through io.atomic_file: the modes of any other output, not safetensors' 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "align_stats.safetensors").stat().st_mode) == 0o666 & ~umask
     assert (out / "checkpoints" / "checkpoint-2" / "align_stats.safetensors").is_file()
 
     base, tokenizer = load_model(config.model.name, dtype="float64", device="cpu")
