@@ -42,16 +42,34 @@ STD_FLOOR = 1e-3
 Stats = tuple[torch.Tensor, torch.Tensor]  # (μ, σ), each [d] or [n_layers, d]
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather along ``dim`` with plain synchronous c10d calls. Backward: every rank's loss
+    saw every slice, so the gradient of this rank's slice is the sum over ranks of theirs (an
+    all-reduce, then this rank's chunk) — what a reduce-scatter computes, on any backend."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.dim = dim
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t)
+        return torch.cat(parts, dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        mine = grad.chunk(dist.get_world_size(), dim=ctx.dim)[dist.get_rank()]
+        return mine.contiguous(), None
+
+
 def _gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate ``t`` [..., B, d] from every rank along the batch dim; gradients flow back
-    to the rank that produced each slice. Returns the gathered tensor and this rank's offset."""
+    to the rank that produced each slice. Returns the gathered tensor and this rank's offset.
+    (Not torch's functional ``all_gather_tensor_autograd``: deprecated, and a gloo run through
+    it once died of SIGSEGV in CI.)"""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t, 0
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd
-
-    gathered = all_gather_tensor_autograd(
-        t.contiguous(), gather_dim=t.dim() - 2, group=dist.group.WORLD
-    )
+    gathered = _GatherRows.apply(t.contiguous(), t.dim() - 2)
     return gathered, dist.get_rank() * t.shape[-2]
 
 

@@ -164,8 +164,10 @@ def _launch(config: dict, out: Path, processes: int, **per_process: int | bool) 
         cmd += ["--main_process_port", str(29100 + random.Random(str(out)).randint(0, 300))]
         cmd += train
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash in a worker prints its Python stack
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    crash = done.stderr.find("Fatal Python error")  # faulthandler's stack of a crashed worker
+    assert done.returncode == 0, done.stderr[crash:][:6000] if crash >= 0 else done.stderr[-3000:]
 
 
 def _losses(out: Path) -> list[tuple[int, float, float]]:
