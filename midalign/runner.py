@@ -354,6 +354,12 @@ class Steps:
         way with ``"step"``, the folder's name, which later steps' specs use as its identity."""
         folder = self.folder(name, spec)
         done = folder / "done.json"
+        if not done.is_file():
+            # the hash is the step's identity, the name only a label: a renamed system (or
+            # another recipe run into this --out with the same settings) reuses the step
+            twins = sorted(self.root.glob(f"*-{spec_hash(spec)}/done.json"))
+            if twins:
+                folder, done = twins[0].parent, twins[0]
         if done.is_file():
             self.reused.append(folder.name)
             return {**json.loads(done.read_text(encoding="utf-8"))["result"], "step": folder.name}
@@ -645,6 +651,7 @@ class Runner:
         if r.dev_data is not None:
             data["dev"] = self.prepare(r.dev_data, "dev")
         scores: dict[str, dict[str, dict]] = {}  # system -> seed -> eval result
+        training: dict[str, dict[str, dict]] = {}  # system -> seed -> train result
         retrieval: dict[str, dict[str, dict]] = {}  # system -> seed -> probe result
         base_probe = self.probe("base", None) if r.probe else None
         for system in r.systems:
@@ -657,6 +664,7 @@ class Runner:
             for system in r.systems:
                 if system.kind == "train":
                     adapters[system.name] = self.train(system, seed, data)
+                    training.setdefault(system.name, {})[str(seed)] = adapters[system.name]
             for system in r.systems:
                 if system.kind == "merge":
                     adapters[system.name] = self.merge(system, seed, adapters)
@@ -671,7 +679,12 @@ class Runner:
                     retrieval.setdefault(system.name, {})[str(seed)] = self.probe(
                         f"{system.name}-seed{seed}", adapters[system.name]
                     )
-        return {"scores": scores, "retrieval": retrieval, "base_retrieval": base_probe}
+        return {
+            "scores": scores,
+            "retrieval": retrieval,
+            "base_retrieval": base_probe,
+            "training": training,
+        }
 
 
 # --------------------------------------------------------------------------- the report
@@ -695,6 +708,27 @@ def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -
             columns[key] = mean_ci([r["per_language"][key] for r in runs])
         table[name] = columns
     summary: dict[str, Any] = {"metric": metric, "table": table, "seeds": recipe.seeds}
+    # the reference of paired differences: the first trained system that was evaluated (SFT)
+    reference = next(
+        (s.name for s in recipe.systems if s.kind == "train" and s.name in outcome["scores"]),
+        None,
+    )
+    if reference is not None:
+        summary["paired"] = {
+            "reference": reference,
+            "systems": paired_differences(
+                {
+                    name: {
+                        seed: {**r["groups"], "average": r["average"]} for seed, r in runs.items()
+                    }
+                    for name, runs in outcome["scores"].items()
+                },
+                reference,
+            ),
+        }
+    dev = dev_alignment(outcome.get("training", {}))
+    if dev:
+        summary["dev_alignment"] = dev
     base = outcome.get("base_retrieval")
     if base:
         after = {
@@ -704,21 +738,37 @@ def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -
             }
             for name, by_seed in outcome["retrieval"].items()
         }
+        by_group = {  # system -> seed -> group (and "even layers") -> retrieval
+            name: {
+                seed: {
+                    **group_means(run["per_language"], groups),
+                    "even layers": run["aggregate"],
+                }
+                for seed, run in by_seed.items()
+            }
+            for name, by_seed in outcome["retrieval"].items()
+        }
         summary["retrieval"] = {
             "layer": base["layer"],
             "normalize": (recipe.probe or {}).get("normalize", "none"),
             "base": base["per_language"],
             "base_aggregate": base["aggregate"],
+            "base_groups": group_means(base["per_language"], groups),
             "systems": after,
             "systems_aggregate": {
                 name: mean_ci([run["aggregate"] for run in by_seed.values()])
                 for name, by_seed in outcome["retrieval"].items()
             },
+            "systems_groups": {
+                name: {
+                    key: mean_ci([values[key] for values in by_seed.values()])
+                    for key in next(iter(by_seed.values()))
+                }
+                for name, by_seed in by_group.items()
+            },
         }
-        reference = next(
-            (s.name for s in recipe.systems if s.kind == "train" and s.name in outcome["scores"]),
-            None,
-        )
+        if reference in by_group:
+            summary["retrieval"]["paired"] = paired_differences(by_group, reference)
         if reference is not None:
             runs = list(outcome["scores"][reference].values())
             files = runs[0]["probe_scores"]
@@ -741,11 +791,82 @@ def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -
     return summary
 
 
+def paired_differences(
+    values: dict[str, dict[str, dict[str, float]]], reference: str
+) -> dict[str, dict[str, dict]]:
+    """system -> key -> mean ± 95 % CI over seeds of (system − reference), paired by seed:
+    ``values`` is system -> seed -> key -> value. Systems without a seed in common with the
+    reference (the base model's single run) are left out, as is the reference itself."""
+    ref = values[reference]
+    out: dict[str, dict[str, dict]] = {}
+    for name, by_seed in values.items():
+        seeds = [seed for seed in by_seed if seed in ref]
+        if name == reference or not seeds:
+            continue
+        keys = [k for k in by_seed[seeds[0]] if k in ref[seeds[0]]]
+        out[name] = {k: mean_ci([by_seed[s][k] - ref[s][k] for s in seeds]) for k in keys}
+        for stat in out[name].values():
+            stat["seeds"] = seeds
+    return out
+
+
+def group_means(per_language: dict[str, float], groups: dict[str, list[str]]) -> dict[str, float]:
+    """The mean of ``per_language`` over each group's languages that it holds. A language
+    matches a group member by its full key or by its ISO 639-3 code (``cym_Latn`` ~ ``cym``),
+    so probe languages group with the task's."""
+
+    def code(key: str) -> str:
+        return re.split(r"[_-]", key)[0]
+
+    out = {}
+    for group, members in groups.items():
+        wanted = {code(m) for m in members}
+        got = [v for k, v in per_language.items() if v is not None and code(k) in wanted]
+        if got:
+            out[group] = sum(got) / len(got)
+    return out
+
+
+def dev_alignment(training: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """system -> mean ± CI over seeds of the last dev in-batch top-1 accuracy of the alignment
+    pairs (``eval_align_acc`` in the training log; τ-free, unlike the dev InfoNCE), and of the
+    dev alignment loss, for systems that logged one."""
+    from midalign.train import LOG_FILE, read_log
+
+    out = {}
+    for name, by_seed in training.items():
+        last: dict[str, dict] = {}
+        for seed, result in by_seed.items():
+            log = Path(result["adapter"]) / LOG_FILE
+            rows = [r for r in read_log(log) if "eval_align_acc" in r] if log.is_file() else []
+            if rows:
+                last[seed] = rows[-1]
+        if last:
+            out[name] = {
+                "step": max(r["step"] for r in last.values()),
+                "acc": mean_ci([r["eval_align_acc"] for r in last.values()]),
+                "loss": mean_ci([r["eval_align_loss"] for r in last.values()]),
+            }
+    return out
+
+
 def _cell(stat: dict | None, scale: float) -> str:
     if stat is None:
         return "–"
     text = f"{stat['mean'] * scale:.1f}"
     return text + (f" ± {stat['ci95'] * scale:.1f}" if stat["ci95"] is not None else "")
+
+
+def _table(head: str, columns: list[str], rows: dict[str, dict], scale: float) -> list[str]:
+    """A Markdown table: one row per key of ``rows``, its stats (mean ± CI) per column."""
+    return [
+        f"| {head} | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        *(
+            f"| {name} | " + " | ".join(_cell(cols.get(c), scale) for c in columns) + " |"
+            for name, cols in rows.items()
+        ),
+    ]
 
 
 def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]]) -> str:
@@ -764,18 +885,38 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
     ]
     if table:
         keys = [k for k in next(iter(table.values())) if k not in groups and k != "average"]
-        columns = [*groups, "average", *keys]
-        lines += [
-            "| system | " + " | ".join(columns) + " |",
-            "|---|" + "---|" * len(columns),
-        ]
-        for name, cols in table.items():
-            lines.append(
-                f"| {name} | " + " | ".join(_cell(cols.get(c), scale) for c in columns) + " |"
-            )
+        lines += _table("system", [*groups, "average", *keys], table, scale)
         lines += [
             "",
             "Groups: " + "; ".join(f"{g} = {', '.join(m)}" for g, m in groups.items()),
+            "",
+        ]
+    paired = summary.get("paired")
+    if paired and paired["systems"]:
+        columns = [*groups, "average"]
+        lines += [
+            f"## Paired differences against {paired['reference']}",
+            "",
+            f"System − {paired['reference']} seed by seed, mean ± 95 % CI of the differences "
+            "(an interval that excludes 0 is a difference these seeds show).",
+            "",
+            *_table("system", columns, paired["systems"], scale),
+            "",
+        ]
+    dev = summary.get("dev_alignment")
+    if dev:
+        lines += [
+            "## Dev alignment pairs at the end of training",
+            "",
+            "In-batch top-1 accuracy x → y of the held-out alignment pairs (τ-free) and their "
+            "InfoNCE, at each run's last evaluation; mean ± 95 % CI over seeds.",
+            "",
+            "| system | step | dev top-1 ×100 | dev InfoNCE |",
+            "|---|---|---|---|",
+            *(
+                f"| {name} | {d['step']} | {_cell(d['acc'], 100)} | {_cell(d['loss'], 1)} |"
+                for name, d in dev.items()
+            ),
             "",
         ]
     retrieval = summary.get("retrieval")
@@ -810,6 +951,28 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
                 + " |"
             )
         lines.append("")
+        columns = [*retrieval["base_groups"], "even layers"]
+        rows = {
+            "base": {
+                **{g: {"mean": v, "ci95": None} for g, v in retrieval["base_groups"].items()},
+                "even layers": {"mean": retrieval["base_aggregate"], "ci95": None},
+            },
+            **retrieval["systems_groups"],
+        }
+        lines += [
+            f"By group: the mean over the group's languages at layer {retrieval['layer']}, "
+            "and the mean over even layers and all languages.",
+            "",
+            *_table("system", columns, rows, 100),
+            "",
+        ]
+        if retrieval.get("paired"):
+            lines += [
+                f"Paired differences against {summary['paired']['reference']} (×100, same seed):",
+                "",
+                *_table("system", columns, retrieval["paired"], 100),
+                "",
+            ]
     corr = summary.get("correlation")
     if corr:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731

@@ -17,8 +17,11 @@ from midalign.runner import (
     Runner,
     RunOptions,
     deep_merge,
+    dev_alignment,
+    group_means,
     load_recipe,
     mean_ci,
+    paired_differences,
     parse_recipe,
     write_report,
 )
@@ -101,6 +104,50 @@ def recipe_file(tmp_path: Path, tiny_model_dir: Path) -> Path:
     return path
 
 
+def test_paired_differences_by_hand() -> None:
+    """x − sft per seed: a 0.1 and 0.2 → mean 0.15, sd 0.0707, CI t(0.975, 1) · sd / √2 =
+    12.706 · 0.05 = 0.6353. The base model (seed "-") shares no seed with SFT: left out."""
+    values = {
+        "sft": {"1": {"a": 0.5, "average": 0.6}, "2": {"a": 0.7, "average": 0.8}},
+        "x": {"1": {"a": 0.6, "average": 0.6}, "2": {"a": 0.9, "average": 0.5}},
+        "base": {"-": {"a": 0.0, "average": 0.0}},
+    }
+    got = paired_differences(values, "sft")
+    assert list(got) == ["x"]
+    assert got["x"]["a"]["mean"] == pytest.approx(0.15)
+    assert got["x"]["a"]["ci95"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
+    assert got["x"]["average"]["values"] == pytest.approx([0.0, -0.3])
+    assert got["x"]["a"]["seeds"] == ["1", "2"]
+    # paired, not unpaired: a constant offset with a large seed spread has CI 0
+    values = {"sft": {"1": {"a": 0.1}, "2": {"a": 0.9}}, "y": {"1": {"a": 0.2}, "2": {"a": 1.0}}}
+    assert paired_differences(values, "sft")["y"]["a"]["ci95"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_group_means_match_probe_languages_to_task_groups() -> None:
+    per = {"cym_Latn": 0.1, "jpn_Jpan": 0.3, "eng_Latn": 0.9, "deu_Latn": 0.5}
+    groups = {"aligned": ["cym_Latn", "jpn_Jpan"], "supervised": ["eng"], "none": ["fra_Latn"]}
+    assert group_means(per, groups) == pytest.approx({"aligned": 0.2, "supervised": 0.9})
+
+
+def test_dev_alignment_reads_the_last_evaluation_of_each_seed(tmp_path: Path) -> None:
+    for seed, acc in (("1", 0.5), ("2", 0.7)):
+        rows = [
+            {"step": 5, "eval_align_acc": 0.1, "eval_align_loss": 2.0},
+            {"step": 7, "task_loss": 1.0},
+            {"step": 10, "eval_align_acc": acc, "eval_align_loss": 1.0},
+        ]
+        (tmp_path / seed).mkdir()
+        (tmp_path / seed / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    training = {
+        "align": {seed: {"adapter": str(tmp_path / seed)} for seed in ("1", "2")},
+        "sft": {"1": {"adapter": str(tmp_path / "missing")}},  # logged no alignment
+    }
+    got = dev_alignment(training)
+    assert list(got) == ["align"] and got["align"]["step"] == 10
+    assert got["align"]["acc"]["values"] == [0.5, 0.7]
+    assert got["align"]["loss"]["mean"] == 1.0
+
+
 def test_mean_ci_by_hand() -> None:
     # values 1, 2, 3: mean 2, sample sd 1; Student t with 2 degrees of freedom has the closed
     # form quantile t_p = (2p − 1)·√(2 / (4p(1 − p))), so t(0.975) = 0.95·√(2 / 0.0975) ≈ 4.3027
@@ -146,6 +193,15 @@ def test_recipe_runs_end_to_end_and_reuses_steps(recipe_file: Path, tmp_path: Pa
         assert (out / "report" / name).is_file(), name
     report = (out / "report" / "report.md").read_text()
     assert "| merged |" in report and "supervised" in report
+    # differences paired by seed against the first trained system, for scores and retrieval
+    assert results["paired"]["reference"] == "sft"
+    paired = results["paired"]["systems"]["align-mid"]["transfer"]
+    sft, mid = (table[n]["transfer"]["values"] for n in ("sft", "align-mid"))
+    assert paired["values"] == pytest.approx([m - s for m, s in zip(mid, sft, strict=True)])
+    assert set(results["retrieval"]["paired"]) == {"align-mid", "merged"}
+    assert "## Paired differences against sft" in report
+    # every run with alignment dev pairs logs their accuracy, SFT too (a reference for the others)
+    assert set(results["dev_alignment"]) == {"sft", "align-mid", "align-only"}
 
     # The merged adapter is the exact weighted sum of its two parents' (merge is tested
     # elsewhere); here: it was built from this run's adapters.
@@ -157,6 +213,20 @@ def test_recipe_runs_end_to_end_and_reuses_steps(recipe_file: Path, tmp_path: Pa
     runner = Runner(load_recipe(recipe_file), RunOptions(out=out, progress=False))
     runner.run()
     assert runner.steps.ran == [] and len(runner.steps.reused) > 10
+
+    # A renamed system reuses its steps: the hash is the identity, the name a label.
+    values = yaml.safe_load(recipe_file.read_text())
+    (system,) = (s for s in values["systems"] if s["name"] == "align-mid")
+    system["name"] = "align middle"
+    runner = Runner(parse_recipe(values, str(recipe_file)), RunOptions(out=out, dry_run=True))
+    runner.run()
+    assert runner.steps.ran == []
+    assert any(name.startswith("train-align-mid-seed1-") for name in runner.steps.reused)
+    # … but not a changed one
+    system["train"]["align"]["temperature"] = 0.5
+    runner = Runner(parse_recipe(values, str(recipe_file)), RunOptions(out=out, dry_run=True))
+    runner.run()
+    assert any(name.startswith("train-align_middle-seed1-") for name in runner.steps.ran)
 
     # Lose one finished evaluation: only it runs again.
     (evaluation,) = (out / "steps").glob("eval-align-mid-seed2-*")
