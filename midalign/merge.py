@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from midalign.data.reading import read_json
 from midalign.errors import InputError
 from midalign.io import atomic_output_dir, write_json
+from midalign.model_card import merge_card, write_card
 from midalign.models import same_base
 
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>[AB])\.weight$")
@@ -125,4 +126,5 @@ def merge_adapters(
             tmp / "merge.json",
             {"adapters": [str(a) for a in adapters], "weights": list(weights), "rank": rank},
         )
+        write_card(tmp, merge_card(adapters, weights, tmp))
     return config

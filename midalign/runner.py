@@ -28,6 +28,7 @@ from midalign.config import TrainConfig
 from midalign.data.reading import read_yaml
 from midalign.errors import InputError
 from midalign.io import write_json, write_text_atomic
+from midalign.model_card import add_retrieval
 
 log = logging.getLogger(__name__)
 
@@ -676,9 +677,16 @@ class Runner:
                         system, seed, adapters[system.name]
                     )
                 if r.probe and system.probe:
-                    retrieval.setdefault(system.name, {})[str(seed)] = self.probe(
-                        f"{system.name}-seed{seed}", adapters[system.name]
-                    )
+                    after = self.probe(f"{system.name}-seed{seed}", adapters[system.name])
+                    retrieval.setdefault(system.name, {})[str(seed)] = after
+                    if not self.opt.dry_run:  # the adapter's model card gains the table
+                        add_retrieval(
+                            Path(adapters[system.name]["adapter"]),
+                            after["layer"],
+                            self.probe_settings().get("normalize", "none"),
+                            base_probe["per_language"],
+                            after["per_language"],
+                        )
         return {
             "scores": scores,
             "retrieval": retrieval,

@@ -77,7 +77,7 @@ from transformers.trainer_utils import EvalLoopOutput, SchedulerType, rotate_che
 
 from midalign.align_stats import STATS_FILE, base_stats, load_stats, save_stats
 from midalign.config import TrainConfig, no_learning, no_learning_message
-from midalign.data.instructions import load_task_dataset
+from midalign.data.instructions import load_task_dataset, read_instructions
 from midalign.data.pairs import (
     AlignBatches,
     AlignStream,
@@ -90,6 +90,7 @@ from midalign.data.steps import ALIGN_STEP, AlternatingSteps, StepsDataset, coll
 from midalign.errors import InputError
 from midalign.io import follow_umask, write_json, write_text_atomic
 from midalign.losses import Stats, info_nce, top1_accuracy
+from midalign.model_card import training_card, write_card
 from midalign.models import (
     load_model,
     num_layers,
@@ -914,6 +915,20 @@ def train(
     if not interrupted and args.should_save:
         save_adapter(trainer.model, out)
         plot_training_curves(read_log(out / LOG_FILE), out / "training_curves.png")
+        task_langs = sorted(
+            {e.lang for e in read_instructions(Path(c.data.task_data)) if e.lang}
+            if c.data.task_data and schedule != "align"
+            else set()
+        )
+        card = training_card(
+            c,
+            layers,
+            task_langs,
+            pair_counts,
+            len(task_set) if schedule != "align" else 0,
+            trainer.state.global_step,
+        )
+        write_card(out, card)
     result = TrainResult(
         interrupted=interrupted,
         global_step=trainer.state.global_step,

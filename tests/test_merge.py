@@ -146,8 +146,16 @@ def test_merge_command(tmp_path, capsys):
     os.umask(umask)
     shared = oct(0o666 & ~umask)  # 0o644 under the usual umask 022; safetensors alone makes 0600
     assert modes == dict.fromkeys(
-        [".midalign", "adapter_config.json", "adapter_model.safetensors", "merge.json"], shared
+        [
+            ".midalign",
+            "README.md",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "merge.json",
+        ],
+        shared,
     )
+    assert f"0.9 × `{a}` + 0.1 × `{b}`" in (out / "README.md").read_text()  # the model card
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
     assert (
         main(["merge", "--adapters", str(a), str(b), "--weights", "0.9,x", "--out", str(out)]) == 2

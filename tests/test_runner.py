@@ -200,6 +200,12 @@ def test_recipe_runs_end_to_end_and_reuses_steps(recipe_file: Path, tmp_path: Pa
     assert paired["values"] == pytest.approx([m - s for m, s in zip(mid, sft, strict=True)])
     assert set(results["retrieval"]["paired"]) == {"align-mid", "merged"}
     assert "## Paired differences against sft" in report
+    # each probed adapter's model card has its before/after retrieval
+    (trained,) = (out / "steps").glob("train-align-mid-seed1-*")
+    after = results["raw"]["retrieval"]["align-mid"]["1"]["per_language"]["deu_Latn"]
+    before = results["retrieval"]["base"]["deu_Latn"]
+    card = (trained / "README.md").read_text()
+    assert f"| deu_Latn | {before * 100:.1f} | {after * 100:.1f} |" in card
     # every run with alignment dev pairs logs their accuracy, SFT too (a reference for the others)
     assert set(results["dev_alignment"]) == {"sft", "align-mid", "align-only"}
 

@@ -445,8 +445,10 @@ def test_cli_outputs_a_loadable_adapter_and_refuses_reuse(tmp_path, capsys):
         "log.jsonl",
         "training_curves.png",
         "train_result.json",
+        "README.md",
     ):
         assert (out / name).is_file(), name
+    assert "InfoNCE at layer(s) 2 (`2`)" in (out / "README.md").read_text()  # the model card
     umask = os.umask(0)
     os.umask(umask)
     # every file as readable as the umask makes it (safetensors alone writes 0600)
