@@ -109,6 +109,7 @@ STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream posit
 TRAINER_STATE = "trainer_state.json"  # in a checkpoint: the Trainer's state
 COMPLETE_FILE = "midalign_complete"  # written last: a checkpoint without it is ignored
 LOG_FILE = "log.jsonl"
+TENSORBOARD = "tensorboard"  # event files of report_to tensorboard
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
@@ -837,7 +838,8 @@ def train(
         metric_for_best_model=metric if has_eval else None,
         greater_is_better=False if has_eval else None,
         seed=c.optim.seed,
-        report_to=c.optim.report_to or "none",
+        # tensorboard is ours to set up (below): transformers would write into checkpoints/
+        report_to=[r for r in c.optim.report_to if r != "tensorboard"] or "none",
         remove_unused_columns=False,
         prediction_loss_only=True,
         train_sampling_strategy="sequential" if schedule == "align" else "group_by_length",
@@ -874,6 +876,8 @@ def train(
         )
     stopper = StopOnSignal()
     all_callbacks: list[TrainerCallback] = [JsonlLog(out / LOG_FILE), *callbacks, stopper]
+    if "tensorboard" in c.optim.report_to and args.process_index == 0:
+        all_callbacks.append(_tensorboard(out / TENSORBOARD))
     if has_eval and c.optim.early_stopping_patience > 0:
         all_callbacks.append(EarlyStoppingCallback(c.optim.early_stopping_patience))
     collator = (
@@ -945,6 +949,21 @@ def train(
         log_history=trainer.state.log_history,
     )
     return result
+
+
+def _tensorboard(folder: Path) -> TrainerCallback:
+    """transformers' TensorBoard logger writing into ``folder`` (``<out>/tensorboard``): the
+    same rows as log.jsonl, as scalars ``train/task_loss``, ``eval/align_acc``, …"""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise InputError(
+            "report_to tensorboard needs the tensorboard package: "
+            "pip install 'midalign[tensorboard]'"
+        ) from e
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(SummaryWriter(log_dir=str(folder)))
 
 
 def save_adapter(model: torch.nn.Module, out: Path) -> None:

@@ -714,3 +714,26 @@ def test_base_statistics_and_dev_accuracy_recomputed_by_hand(tmp_path):
     assert logged["eval_align_acc"] == correct / total
     assert total == 8 and 0 < correct < total  # neither none nor all found
     assert logged["eval_align_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-10)
+
+
+def test_tensorboard_event_files_hold_the_logged_rows(tmp_path):
+    """report_to tensorboard: <out>/tensorboard has the rows of log.jsonl as scalars (stored as
+    float32 by tensorboard, hence the relative 1e-6)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    _run(_config(tmp_path, optim__report_to=["tensorboard"], align__schedule="alternate"), out)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    rows = read_log(out / "log.jsonl")
+    for tag, key in (
+        ("train/task_loss", "task_loss"),
+        ("train/align_loss", "align_loss"),
+        ("eval/align_acc", "eval_align_acc"),
+    ):
+        logged = [(r["step"], r[key]) for r in rows if key in r]
+        scalars = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in scalars] == [s for s, _ in logged], tag
+        assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6), tag
+    assert not list((out / "checkpoints").glob("**/events.out.tfevents*"))
