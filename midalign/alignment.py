@@ -74,6 +74,8 @@ from midalign.retrieval import pair_accuracy
 
 log = logging.getLogger(__name__)
 
+STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
+
 
 class TrainingDiverged(InputError):
     """The loss or the LoRA weights became NaN or infinite. An InputError because the fix is

@@ -40,7 +40,13 @@ from transformers import (
 from transformers.trainer_utils import SchedulerType, rotate_checkpoints
 
 from midalign.align_stats import STATS_FILE, base_stats, load_stats, save_stats
-from midalign.alignment import AlignmentMixin, AlignSetup, TrainingDiverged, align_setup
+from midalign.alignment import (
+    STREAM_FILE,
+    AlignmentMixin,
+    AlignSetup,
+    TrainingDiverged,
+    align_setup,
+)
 from midalign.config import TrainConfig, no_learning, no_learning_message
 from midalign.data.instructions import load_task_dataset
 from midalign.data.pairs import (
@@ -64,7 +70,6 @@ from midalign.probe import special_token_ids
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
 TRAINER_STATE = "trainer_state.json"  # in a checkpoint: the Trainer's state
 COMPLETE_FILE = "midalign_complete"  # written last: a checkpoint without it is ignored
 LOG_FILE = "log.jsonl"
