@@ -14,6 +14,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -365,19 +366,14 @@ def no_learning_message(
     )
 
 
-def validate(config: TrainConfig, where: str | None = None) -> None:
-    """Reject values that cannot work before any model is loaded, naming the option; with
-    ``where`` (a recipe's ``recipe.yaml: system NAME``), naming the field by its path in the
-    recipe instead: ``recipe.yaml: system NAME: train.align.temperature must be positive``."""
-    options = option_names()
-
-    def name(key: str) -> str:
-        return options[key][0] if where is None else f"train.{key}"
-
-    def error(message: str) -> InputError:
-        return InputError(message if where is None else f"{where}: {message}")
-
-    a, o, d, lora = config.align, config.optim, config.data, config.lora
+def check_align(
+    a: AlignConfig,
+    name: Callable[[str], str] = lambda key: key,
+    error: Callable[[str], Exception] = InputError,
+) -> None:
+    """Reject ``align`` settings that cannot work, whichever trainer uses them (``midalign
+    train``, :class:`midalign.trl.AlignmentSFTTrainer`). ``name`` shows a ``section.field`` key
+    as its reader wrote it (an option, a recipe path, or the key itself)."""
     if a.schedule not in SCHEDULES:
         raise error(f"{name('align.schedule')} must be one of {', '.join(SCHEDULES)}")
     if not a.temperature > 0:  # NaN too
@@ -392,6 +388,26 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
         raise error(f"{name('align.stats')} must be batch or base, not {a.stats!r}")
     if a.stats_pairs < 1:
         raise error(f"{name('align.stats_pairs')} must be positive, not {a.stats_pairs}")
+    if a.schedule != "task" and a.batch_pairs < 2:
+        raise error(f"{name('align.batch_pairs')} must be at least 2 (in-batch negatives)")
+    if not a.weight >= 0:
+        raise error(f"{name('align.weight')} must be non-negative, not {a.weight}")
+
+
+def validate(config: TrainConfig, where: str | None = None) -> None:
+    """Reject values that cannot work before any model is loaded, naming the option; with
+    ``where`` (a recipe's ``recipe.yaml: system NAME``), naming the field by its path in the
+    recipe instead: ``recipe.yaml: system NAME: train.align.temperature must be positive``."""
+    options = option_names()
+
+    def name(key: str) -> str:
+        return options[key][0] if where is None else f"train.{key}"
+
+    def error(message: str) -> InputError:
+        return InputError(message if where is None else f"{where}: {message}")
+
+    a, o, d, lora = config.align, config.optim, config.data, config.lora
+    check_align(a, name, error)
     if a.schedule != "align" and not d.task_data:
         raise error(f"{name('data.task_data')} is required by the {a.schedule} schedule")
     if a.schedule != "task":
@@ -399,8 +415,6 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
             raise error(f"{name('data.align_data')} is required by the {a.schedule} schedule")
         if not d.align_langs:
             raise error(f"{name('data.align_langs')}: give at least one language")
-        if a.batch_pairs < 2:
-            raise error(f"{name('align.batch_pairs')} must be at least 2 (in-batch negatives)")
     for lang in d.align_langs:
         try:
             to_flores(lang)
@@ -414,8 +428,6 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
             "schedule (half task, half alignment micro-batches), "
             f"not {o.gradient_accumulation_steps}"
         )
-    if not a.weight >= 0:
-        raise error(f"{name('align.weight')} must be non-negative, not {a.weight}")
     for key, value in (
         ("optim.batch_size", o.batch_size),
         ("optim.gradient_accumulation_steps", o.gradient_accumulation_steps),

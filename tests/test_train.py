@@ -517,10 +517,10 @@ def test_cli_missing_response_field(tmp_path, capsys):
 
 
 def test_auto_layer_is_the_layer_of_peak_retrieval(tmp_path):
+    from midalign.alignment import resolve_layers
     from midalign.data.pairs import load_pairs
     from midalign.probe import extract_embeddings
     from midalign.retrieval import retrieval_accuracy
-    from midalign.train import resolve_layers
 
     model, tok = tiny_model("llama", n_layers=4), tiny_tokenizer()
     pairs = load_pairs(f"tatoeba:{_tatoeba_dir(tmp_path / 'tat')}", ["deu", "fra"])
@@ -657,10 +657,10 @@ def test_base_statistics_and_dev_accuracy_recomputed_by_hand(tmp_path):
     norm): the saved μ, σ are the uniform mixture of the languages' rows, recomputed from full
     forwards; the logged dev top-1 accuracy and loss are recomputed from the saved adapter."""
     from midalign.align_stats import load_stats
+    from midalign.alignment import dev_batches
     from midalign.data.pairs import encode_pairs, load_pairs, split_dev
     from midalign.losses import STD_FLOOR
     from midalign.models import load_model
-    from midalign.train import _dev_batches
 
     config = _config(
         tmp_path,
@@ -700,7 +700,7 @@ def test_base_statistics_and_dev_accuracy_recomputed_by_hand(tmp_path):
 
     model = PeftModel.from_pretrained(base, str(out)).eval()
     correct, total, losses = 0, 0, []
-    for batch in _dev_batches(dev_pairs, tokenizer, config.align.batch_pairs, 128):
+    for batch in dev_batches(dev_pairs, tokenizer, config.align.batch_pairs, 128):
         z = (_pre_norm_pooled(model, batch) - mu) / sigma
         b = len(z) // 2
         x, y = z[:b], z[b:]

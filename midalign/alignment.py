@@ -1,0 +1,461 @@
+"""The alignment objective inside any ``Trainer``'s step: the schedules (SPEC §2).
+
+The Trainer keeps what it does well: optimiser, scheduler, gradient accumulation, logging,
+evaluation, checkpoints, early stopping and resume. :class:`AlignmentMixin` changes one
+thing, what a ``training_step`` does with the task micro-batch it is handed, for any
+``Trainer`` class it is mixed into: ``transformers.Trainer`` for ``midalign train``
+(:class:`midalign.train.AlignmentTrainer`), TRL's ``SFTTrainer`` for
+:class:`midalign.trl.AlignmentSFTTrainer`. The trainer supplies the task loss of a
+micro-batch (:meth:`AlignmentMixin.task_loss`); the schedules, the alignment loss and its
+logging are this module's, one implementation for both:
+
+- ``alternate``: one alignment micro-batch forward/backward, then the task micro-batch the
+  Trainer handed over. With G micro-batches per optimizer step (counted over both kinds, as the
+  paper's code does) the Trainer accumulates G/2 task batches, so a step sees align, task,
+  align, task, … and every task batch is used (the reference code dropped half of each stream).
+  The order within a pair does not change the accumulated gradient; alignment goes first so
+  that the backward that syncs gradients across processes is a task backward, which reaches
+  every LoRA parameter. This is what the authors' code does: its trainer flips the objective at
+  every micro-batch, inside one optimizer step.
+- ``alternate-steps``: the paper's text, "we optimize either the task-specific objective or the
+  alignment objective in each training step": whole optimizer steps of G alignment micro-batches
+  and of G task micro-batches in turn (alignment first), each with the full effective batch.
+  The Trainer's loader carries the alternation (:mod:`midalign.data.steps`), so epochs, the
+  last step of an epoch and resume count both kinds of step.
+- ``joint``: one backward of task + λ·align per micro-batch.
+- ``task``: plain SFT. ``align``: alignment only; the Trainer's "dataset" is then the first
+  max_steps·G micro-batches of the alignment stream.
+
+Every micro-batch loss is a mean over its own tokens (task) or pairs (alignment), and is divided
+by the number of micro-batches in the step, so the accumulated gradient is exactly the mean over
+micro-batches. The Trainer's own division by its accumulation count is not used (the mixin
+calls ``accelerator.backward`` itself); the accelerator is built with num_steps = 1 and does not
+scale either.
+
+The alignment micro-batch is B pairs as one batch of 2B rows through
+:func:`midalign.models.pooled_states`: the forward stops after the alignment layer (no later
+layers, no final norm, no lm_head: at layer L the residual stream before the norm, as in the
+paper's code), and LoRA gradients flow through it. ``align.normalize`` centres or standardises
+the pooled states before the cosine (:mod:`midalign.losses`), with the current batch's statistics
+or the base model's (:mod:`midalign.align_stats`, computed once before LoRA is attached).
+
+Several processes (``accelerate launch``): every forward, task or alignment, runs as the
+forward of the engine's wrapper (DDP, FSDP, DeepSpeed; :meth:`AlignmentMixin.wrapped_forward`), so
+the engine sees each graph it must reduce. Only the last backward of an optimizer step syncs:
+the first backward of an ``alternate`` pair only accumulates (:meth:`AlignmentMixin.
+accumulate_only`). Task micro-batches are split over ranks by the Trainer's data loader, and
+alignment micro-batches by :class:`~midalign.data.pairs.AlignStream`, so W processes with
+batch b and B pairs take the optimizer steps one process takes with W·b and W·B, up to float
+error, when micro-batches hold equal numbers of response tokens (each rank's task loss is a
+mean over its own tokens, and the ranks' gradients are averaged).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+from transformers.trainer_utils import EvalLoopOutput
+
+from midalign.config import AlignConfig
+from midalign.data.pairs import AlignStream, Pairs, encode_pairs
+from midalign.data.steps import ALIGN_STEP, AlternatingSteps, StepsDataset
+from midalign.errors import InputError
+from midalign.losses import Stats, info_nce, top1_accuracy
+from midalign.models import num_layers, parse_layers, pooled_states
+from midalign.probe import extract_embeddings, special_token_ids
+from midalign.retrieval import pair_accuracy
+
+log = logging.getLogger(__name__)
+
+STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
+
+
+class TrainingDiverged(InputError):
+    """The loss or the LoRA weights became NaN or infinite. An InputError because the fix is
+    an option (a lower learning rate) or the data; the CLI reports it in one line."""
+
+
+@dataclass
+class AlignSetup:
+    """Everything the alignment loss needs besides the model."""
+
+    stream: AlignStream
+    layers: list[int]
+    temperature: float = 0.1
+    symmetric: bool = False
+    gather: bool = False
+    pool: str = "mean"
+    normalize: str = "none"
+    stats: Stats | None = None  # the base model's (μ, σ) [n_layers, d]; None: the batch's
+    weight: float = 1.0
+    max_length: int = 128
+    special_ids: list[int] = field(default_factory=list)
+    dev_batches: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, Stats | None]:
+        """Pooled alignment-layer states (before the final norm) of a 2B-row batch, x rows
+        first: x and y, each [n_layers, B, d], and the constant statistics on their device."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        pooled = pooled_states(
+            model, ids, mask, self.layers, self.pool, self.special_ids, final_norm=False
+        )  # [n_layers, 2B, d]
+        b = ids.shape[0] // 2
+        if self.stats is None:
+            return pooled[:, :b], pooled[:, b:], None
+        mean, std = (t.to(pooled.device) for t in self.stats)
+        return pooled[:, :b], pooled[:, b:], (mean, std)
+
+
+class AlignmentMixin:
+    """The four schedules of a training step, for a ``Trainer`` class: mix it in first
+    (``class T(AlignmentMixin, Trainer)``), call :meth:`init_alignment` after the Trainer's
+    ``__init__`` and define :meth:`task_loss`."""
+
+    def init_alignment(
+        self,
+        schedule: str,
+        align: AlignSetup | None,
+        tokenizer: PreTrainedTokenizerBase | None,
+        has_task_dev: bool,
+    ) -> None:
+        """``tokenizer`` encodes the alignment pairs; ``has_task_dev``: evaluations include
+        the Trainer's own dev task loss (otherwise only the dev alignment metrics)."""
+        if schedule != "task" and align is None:
+            raise ValueError(f"the {schedule} schedule needs alignment data")
+        self.schedule = schedule
+        self.align = align
+        self.align_tokenizer = tokenizer
+        self.has_task_dev = has_task_dev
+        self.align_position = 0  # alignment micro-batches drawn so far = the stream position
+        self._sums: dict[str, list[float]] = {"task_loss": [0.0, 0], "align_loss": [0.0, 0]}
+
+    # ------------------------------------------------------------------ losses
+
+    def wrapped_forward(self, model: torch.nn.Module, fn: Callable[..., Any], **inputs: Any) -> Any:
+        """``fn(**inputs)`` (which calls the unwrapped model) run as the forward of ``model``,
+        the engine's wrapper when there is one: DDP prepares its gradient reduction from what a
+        forward returns (and, with ``find_unused_parameters``, finds the parameters an
+        early-exit forward never reached), FSDP gathers sharded weights around it, DeepSpeed
+        hooks it. The wrapper's inner module lends it its ``forward`` for this one call."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.NO:
+            return fn(**inputs)
+        # DDP, FSDP1 and DeepSpeed wrap the model (`.module`); FSDP2 hooks the model itself
+        inner = getattr(model, "module", model)
+        own = inner.__dict__.get("forward")  # e.g. accelerate's mixed-precision forward
+        inner.forward = fn
+        try:
+            return model(**inputs)
+        finally:
+            if own is None:
+                del inner.forward
+            else:
+                inner.forward = own
+
+    @contextmanager
+    def accumulate_only(self, model: torch.nn.Module) -> Iterator[None]:
+        """Backward passes inside add to the local gradients: no cross-rank sync (DDP, FSDP:
+        ``no_sync``), no optimizer step (DeepSpeed steps at an accumulation boundary)."""
+        state = self.accelerator.gradient_state
+        sync = state.sync_gradients
+        state._set_sync_gradients(False)
+        try:
+            with self.accelerator.no_sync(model):
+                yield
+        finally:
+            state._set_sync_gradients(sync)
+
+    def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The task loss of one micro-batch: a mean over its own labelled tokens (module
+        docstring), computed the trainer's way."""
+        raise NotImplementedError
+
+    def align_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """InfoNCE over the pooled alignment-layer states of a 2B-row batch (x rows first),
+        normalised as configured."""
+        a = self.align
+        x, y, stats = a.states(model, inputs)
+        return info_nce(x, y, a.temperature, a.symmetric, a.gather, a.normalize, stats)
+
+    def next_align_batch(self) -> dict[str, torch.Tensor]:
+        """The stream's next micro-batch, tokenised and on the model's device."""
+        _, pairs = self.align.stream.batch(self.align_position)
+        self.align_position += 1
+        batch = encode_pairs(self.align_tokenizer, pairs, self.align.max_length)
+        return self._prepare_inputs(batch)
+
+    def _record(self, name: str, loss: torch.Tensor) -> None:
+        """Add a micro-batch loss to the logged sums; a NaN/inf loss stops training here,
+        before its backward and the optimizer step, so no checkpoint holds what follows."""
+        value = loss.item()
+        if not math.isfinite(value):
+            step = self.state.global_step + 1
+            raise self._diverged(f"the {name.replace('_', ' ')} became {value} at step {step}")
+        self._sums[name][0] += value
+        self._sums[name][1] += 1
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error for a run that diverged (``midalign train`` adds its last checkpoint)."""
+        return TrainingDiverged(f"training diverged: {what}; lower the learning rate")
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # the loss is already divided by the micro-batches of the step (module docstring);
+            # DeepSpeed would divide it again by its accumulation count
+            self.accelerator.backward(loss, scale_wrt_gas=False)
+        else:
+            self.accelerator.backward(loss)
+
+    # ------------------------------------------------------------------ the step
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        """The Trainer's own sampler; under ``alternate-steps`` that sampler's task order inside
+        :class:`~midalign.data.steps.AlternatingSteps`, which adds the alignment steps."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not isinstance(dataset, StepsDataset):
+            return super()._get_train_sampler(train_dataset)
+        return AlternatingSteps(
+            super()._get_train_sampler(dataset.task),
+            len(dataset.task),
+            self._train_batch_size,
+            self.args.gradient_accumulation_steps,
+            self.args.world_size,
+        )
+
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """One call per batch of the Trainer's dataloader; returns the scaled loss it added."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        inner = self.model
+        # Task-loader batches in this optimizer step (fewer in an epoch's last step).
+        n = self.current_gradient_accumulation_steps
+
+        def task(**batch: torch.Tensor) -> torch.Tensor:
+            return self.task_loss(inner, batch)
+
+        def align(**batch: torch.Tensor) -> torch.Tensor:
+            return self.align_loss(inner, batch)
+
+        if self.schedule == "alternate-steps" and ALIGN_STEP in inputs:
+            # a micro-batch of an alignment step: the marker stands for the stream's next batch
+            loss = self.wrapped_forward(model, align, **self.next_align_batch())
+            self._record("align_loss", loss)
+            scaled = loss / n
+            self._backward(scaled)
+        elif self.schedule in ("task", "alternate-steps"):
+            loss = self.wrapped_forward(model, task, **inputs)
+            self._record("task_loss", loss)
+            scaled = loss / n
+            self._backward(scaled)
+        elif self.schedule == "align":
+            loss = self.wrapped_forward(model, align, **inputs)
+            self.align_position += 1
+            self._record("align_loss", loss)
+            scaled = loss / n
+            self._backward(scaled)
+        elif self.schedule == "joint":  # one forward of both, one backward
+
+            def both(**batches: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                return task(**batches["task"]), align(**batches["align"])
+
+            task_l, align_l = self.wrapped_forward(
+                model, both, task=inputs, align=self.next_align_batch()
+            )
+            self._record("task_loss", task_l)
+            self._record("align_loss", align_l)
+            scaled = (task_l + self.align.weight * align_l) / n
+            self._backward(scaled)
+        else:  # alternate: 2n micro-batches in this step, n of each kind (module docstring)
+            with self.accumulate_only(model):
+                align_l = self.wrapped_forward(model, align, **self.next_align_batch())
+                self._record("align_loss", align_l)
+                self._backward(align_l / (2 * n))
+            task_l = self.wrapped_forward(model, task, **inputs)
+            self._record("task_loss", task_l)
+            self._backward(task_l / (2 * n))
+            scaled = (task_l + align_l) / (2 * n)
+        return scaled.detach()
+
+    # ------------------------------------------------------------------ logging and eval
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs also carry the task and alignment losses since the last log."""
+        if "loss" in logs:  # every rank logs at the same step: the sums can be reduced
+            sums = torch.tensor(
+                [v for pair in self._sums.values() for v in pair], dtype=torch.float64
+            )
+            sums = self.accelerator.reduce(sums.to(self.accelerator.device), "sum").cpu()
+            for i, name in enumerate(self._sums):
+                total, count = sums[2 * i].item(), sums[2 * i + 1].item()
+                if count:
+                    logs[name] = total / count
+            self._sums = {name: [0.0, 0] for name in self._sums}
+        super().log(logs, start_time)
+
+    @torch.no_grad()
+    def dev_alignment(self) -> tuple[float, float]:
+        """On the fixed held-out batches (model in eval mode): the mean alignment loss, and the
+        in-batch top-1 accuracy x → y (:func:`midalign.losses.top1_accuracy`: the share of all
+        held-out x, averaged over the alignment layers), which unlike the loss does not depend
+        on τ. Every rank holds every dev batch, so nothing is gathered: gathering would repeat
+        each batch W times as false negatives."""
+        a, model = self.align, self.model
+        was_training = model.training
+        model.eval()
+        losses, correct, rows = [], 0.0, 0
+        for batch in a.dev_batches:
+            x, y, stats = a.states(model, self._prepare_inputs(batch))
+            losses.append(
+                info_nce(x, y, a.temperature, a.symmetric, False, a.normalize, stats).item()
+            )
+            correct += top1_accuracy(x, y, a.normalize, stats).item() * x.shape[-2]
+            rows += x.shape[-2]
+        model.train(was_training)
+        return sum(losses) / len(losses), correct / rows
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        """The Trainer's dev task loss (as ``eval_task_loss``) plus the dev alignment loss and
+        top-1 accuracy (``eval_align_loss``, ``eval_align_acc``)."""
+        if self.has_task_dev:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+            output.metrics[f"{metric_key_prefix}_task_loss"] = output.metrics[
+                f"{metric_key_prefix}_loss"
+            ]
+        else:
+            output = EvalLoopOutput(predictions=None, label_ids=None, metrics={}, num_samples=0)
+        if self.align is not None and self.align.dev_batches:
+            loss, acc = self.dev_alignment()
+            output.metrics[f"{metric_key_prefix}_align_loss"] = loss
+            output.metrics[f"{metric_key_prefix}_align_acc"] = acc
+        return output
+
+
+# ---------------------------------------------------------------------- setup
+
+
+def choose_auto_layer(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    per_lang: int,
+    pool: str,
+) -> tuple[int, dict[str, float]]:
+    """The layer (1..L) where the base model retrieves the alignment pairs best: mean xsim
+    accuracy over languages and both directions, on up to ``per_lang`` pairs per language."""
+    n_layers = num_layers(model)
+    layers = list(range(1, n_layers + 1))
+    emb, sides = {}, []
+    for lang, items in pairs.items():
+        sample = items[:per_lang]
+        for side, texts in (("x", [x for x, _ in sample]), ("y", [y for _, y in sample])):
+            emb[f"{lang}:{side}"] = extract_embeddings(
+                model, tokenizer, texts, layers, pool, progress=False
+            )
+        sides += [(f"{lang}:x", f"{lang}:y"), (f"{lang}:y", f"{lang}:x")]
+    smallest = min(len(v) for v in pairs.values())
+    margin = "ratio" if min(smallest, per_lang) > 4 else "cosine"
+    acc = pair_accuracy(emb, sides, k=4, margin=margin).mean(dim=1)  # [L]
+    by_layer = {str(layer): float(a) for layer, a in zip(layers, acc, strict=True)}
+    best = layers[int(acc.argmax())]
+    return best, by_layer
+
+
+def resolve_layers(
+    spec: str,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    per_lang: int,
+    pool: str,
+) -> tuple[list[int], dict[str, float] | None]:
+    """``middle`` → L // 2; ``auto`` → probed peak; integers → themselves (1..L)."""
+    n_layers = num_layers(model)
+    if spec == "auto":
+        layer, by_layer = choose_auto_layer(model, tokenizer, pairs, per_lang, pool)
+        log.info(
+            "--align-layers auto: layer %d (mean retrieval %.3f; by layer %s)",
+            layer,
+            by_layer[str(layer)],
+            ", ".join(f"{k}: {v:.2f}" for k, v in by_layer.items()),
+        )
+        return [layer], by_layer
+    layers = parse_layers(spec, n_layers, "--align-layers")
+    if 0 in layers:
+        raise InputError(
+            "--align-layers: layer 0 is the embedding output, which LoRA does not change; "
+            f"use 1 to {n_layers}"
+        )
+    return layers, None
+
+
+def dev_batches(
+    dev: Pairs, tokenizer: PreTrainedTokenizerBase, batch_pairs: int, max_length: int
+) -> list[dict[str, torch.Tensor]]:
+    """Held-out pairs in chunks of B per language (a last chunk of one pair joins the previous)."""
+    batches = []
+    for items in dev.values():
+        starts = list(range(0, len(items), batch_pairs))
+        if len(items) - starts[-1] < 2 and len(starts) > 1:
+            starts.pop()
+        bounds = [*starts[1:], len(items)]
+        for start, end in zip(starts, bounds, strict=True):
+            batches.append(encode_pairs(tokenizer, items[start:end], max_length))
+    return batches
+
+
+def align_setup(
+    a: AlignConfig,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    dev_pairs: Pairs,
+    seed: int,
+    max_length: int,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[AlignSetup, dict[str, float] | None]:
+    """The alignment loss's setup from the ``align`` config section (without base statistics,
+    which need the model before LoRA), and the auto layer choice's retrieval by layer (None
+    unless ``layers: auto``). ``rank`` of ``world`` processes trains on its slice of the
+    stream (:class:`~midalign.data.pairs.AlignStream`)."""
+    layers, auto_retrieval = resolve_layers(a.layers, model, tokenizer, pairs, a.auto_pairs, a.pool)
+    setup = AlignSetup(
+        stream=AlignStream(pairs, a.batch_pairs, seed, rank, world),
+        layers=layers,
+        temperature=a.temperature,
+        symmetric=a.symmetric,
+        gather=a.gather_negatives,
+        pool=a.pool,
+        normalize=a.normalize,
+        weight=a.weight,
+        max_length=max_length,
+        special_ids=special_token_ids(tokenizer),
+        dev_batches=dev_batches(dev_pairs, tokenizer, a.batch_pairs, max_length),
+    )
+    return setup, auto_retrieval

@@ -1,0 +1,143 @@
+"""Middle-layer alignment in TRL's ``SFTTrainer`` (``pip install 'midalign[trl]'``).
+
+:class:`AlignmentSFTTrainer` is ``SFTTrainer`` with :class:`midalign.alignment.AlignmentMixin`:
+the same schedules, alignment loss, stream of pairs and logging as ``midalign train``, set by
+the same ``align`` section (:class:`midalign.config.AlignConfig`, checked by
+:func:`midalign.config.check_align`). What differs is the trainer around them:
+
+- The task loss is ``SFTTrainer``'s own (its fused LM head, ``loss_type``, completion-only and
+  assistant-only labels, its entropy and token-accuracy metrics), taken as a mean over each
+  micro-batch's own tokens, as ``midalign train`` takes it (``SFTTrainer`` alone divides by the
+  tokens of the whole optimizer step).
+- ``gradient_accumulation_steps`` of the ``SFTConfig`` counts task micro-batches. Under
+  ``alternate`` each is paired with one alignment micro-batch, so one optimizer step sees 2·g
+  micro-batches: ``midalign train``'s G is 2·g.
+- Schedules ``alternate``, ``joint`` and ``task``. ``alternate-steps`` and ``align`` write the
+  alternation into the Trainer's data loader, which ``SFTTrainer`` builds its own way: use
+  ``midalign train`` for them.
+- The stream's seed is ``args.seed``; the pair data's ``max_length`` is ``align_max_length``.
+- ``layers: auto`` and ``stats: base`` measure the model with its adapter disabled: the base
+  model, as ``midalign train`` measures it before attaching LoRA.
+- A checkpoint holds the stream position (``align_stream.json``), and a resumed run goes on
+  from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from trl import SFTTrainer
+
+from midalign.align_stats import base_stats
+from midalign.alignment import STREAM_FILE, AlignmentMixin, align_setup
+from midalign.config import AlignConfig, check_align
+from midalign.data.pairs import Pairs
+from midalign.io import write_json
+
+SCHEDULES = ("alternate", "joint", "task")
+
+
+def as_pairs(rows: Pairs | Iterable[Mapping[str, str]]) -> Pairs:
+    """Translation pairs by language from rows ``{x, y, lang?}`` (a ``datasets.Dataset`` or
+    any iterable of mappings; y is the pivot side, English in ``midalign train``), or
+    ``midalign``'s own ``{lang: [(x, y), ...]}``. Rows without ``lang`` form one group. Each
+    alignment micro-batch draws its pairs from one language, as in ``midalign train``."""
+    if isinstance(rows, Mapping):
+        return {lang: [(x, y) for x, y in items] for lang, items in rows.items()}
+    pairs: Pairs = {}
+    for i, row in enumerate(rows):
+        if "x" not in row or "y" not in row:
+            raise ValueError(f"alignment pair {i} needs the columns x and y, has {sorted(row)}")
+        pairs.setdefault(row.get("lang", "all"), []).append((row["x"], row["y"]))
+    return pairs
+
+
+class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
+    """``SFTTrainer`` whose step adds middle-layer alignment (module docstring).
+
+    ``align``: the ``align`` section of a ``midalign train`` config. ``align_pairs``: the
+    translation pairs (:func:`as_pairs`); ``align_eval_pairs``: held-out pairs whose
+    alignment loss and in-batch top-1 accuracy every evaluation adds (``eval_align_loss``,
+    ``eval_align_acc``). Every other argument is ``SFTTrainer``'s.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        align: AlignConfig,
+        align_pairs: Pairs | Iterable[Mapping[str, str]],
+        align_eval_pairs: Pairs | Iterable[Mapping[str, str]] | None = None,
+        align_max_length: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        check_align(align, error=ValueError)
+        if align.schedule not in SCHEDULES:
+            raise ValueError(
+                f"align.schedule {align.schedule} is not available with SFTTrainer (only "
+                f"{', '.join(SCHEDULES)}): train it with `midalign train`"
+            )
+        super().__init__(*args, **kwargs)
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        pairs = as_pairs(align_pairs)
+        dev = as_pairs(align_eval_pairs) if align_eval_pairs is not None else {}
+        model, seed = self.model, self.args.seed
+        with model.disable_adapter() if isinstance(model, PeftModel) else nullcontext():
+            setup, _ = align_setup(
+                align,
+                model,
+                tokenizer,
+                pairs,
+                dev,
+                seed,
+                align_max_length,
+                self.args.process_index,
+                self.args.world_size,
+            )
+            if align.normalize != "none" and align.stats == "base":
+                setup.stats = base_stats(
+                    model,
+                    tokenizer,
+                    pairs,
+                    setup.layers,
+                    align.pool,
+                    setup.special_ids,
+                    align_max_length,
+                    align.stats_pairs,
+                    seed,
+                )
+        self.init_alignment(align.schedule, setup, tokenizer, has_task_dev=True)
+
+    def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``SFTTrainer``'s loss of one micro-batch, a mean over its own tokens (no
+        ``num_items_in_batch``)."""
+        return self.compute_loss(model, dict(inputs))
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with self.maybe_activation_offload_context:  # as SFTTrainer's own step
+            return super().training_step(*args, **kwargs)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """``SFTTrainer``'s checkpoint and the alignment stream position."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = Path(self._get_output_dir(trial)) / name
+            write_json(folder / STREAM_FILE, {"align_position": self.align_position})
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """``Trainer.train``; a resumed run draws the alignment micro-batches from where the
+        checkpoint left the stream."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if checkpoint and (Path(checkpoint) / STREAM_FILE).is_file():
+            saved = json.loads((Path(checkpoint) / STREAM_FILE).read_text())
+            self.align_position = saved["align_position"]
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
