@@ -261,6 +261,30 @@ def decoder_stack(model: nn.Module) -> nn.Module:
     )
 
 
+def _execution_device(module: nn.Module) -> torch.device:
+    """The device ``module`` computes on: its accelerate hook's execution device when it has
+    one (an offloaded module's weights sit on meta between forwards), else its weights'."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    weight = next(module.parameters(), None)
+    if weight is None or weight.is_meta:
+        raise RuntimeError(f"no device for {type(module).__name__}: offloaded without a hook")
+    return weight.device
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where input ids go: the input embeddings' device (a module without any: its first
+    parameter's). ``model.device`` is the first parameter's, which for a model placed by
+    ``--device-map`` may be another device, or meta when the embeddings are offloaded."""
+    inner = _unwrap(model)
+    get = getattr(inner, "get_input_embeddings", None)
+    embeddings = get() if get is not None else None
+    return _execution_device(embeddings if embeddings is not None else inner)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return decoder_stack(model).layers
 
@@ -370,12 +394,20 @@ def pooled_states(
     padding (positions are computed from the mask). ``final_norm``: layer L after the final
     norm (HF's ``hidden_states[L]``, the probe's view) or before it (the residual stream, the
     alignment loss's view); other layers are unaffected.
+
+    A model spread over devices by ``--device-map`` runs as well: the inputs go to the
+    embedding layer's device, accelerate's hooks carry the states from layer to layer (and
+    bring an offloaded layer's weights in for its forward), each layer is pooled on its own
+    device, and the result comes back to the device of ``input_ids``.
     """
     stack = decoder_stack(model)
     n_layers = len(stack.layers)
     layers = list(layers)
     if not layers or min(layers) < 0 or max(layers) > n_layers:
         raise InputError(f"layers {layers} out of range 0..{n_layers}")
+    caller = input_ids.device
+    device = input_device(model)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     weights = pooling_mask(input_ids, attention_mask, pool, special_ids)
     norm = stack.norm
     pooled: dict[int, torch.Tensor] = {}
@@ -408,7 +440,7 @@ def pooled_states(
     finally:
         for hook in hooks:
             hook.remove()
-    return torch.stack([pooled[index] for index in layers])
+    return torch.stack([pooled[index].to(caller) for index in layers])
 
 
 # --------------------------------------------------------------------------- task loss
