@@ -28,7 +28,7 @@ from midalign.data.pairs import Pairs, encode_pairs
 from midalign.errors import InputError
 from midalign.io import atomic_file
 from midalign.losses import Stats, floored_std
-from midalign.models import pooled_states
+from midalign.models import input_device, pooled_states
 
 STATS_FILE = "align_stats.safetensors"
 
@@ -50,7 +50,7 @@ def base_stats(
     it before LoRA is attached) over at most ``per_lang`` pairs per language."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = input_device(model)
     means, variances = [], []
     for i, items in enumerate(pairs.values()):
         n = min(per_lang, len(items))

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from midalign import __version__
@@ -55,6 +56,31 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "folder, a .gguf file or a hub id (default: %(default)s)",
     )
     p.add_argument("--adapter", help="a PEFT adapter folder to apply on top of --model")
+
+
+def add_placement_options(p: argparse.ArgumentParser) -> None:
+    """``--device-map``, ``--max-memory`` and ``--offload-folder``, for a model bigger than one
+    device (accelerate's big-model loading; ``midalign.models.parse_placement`` reads them)."""
+    p.add_argument(
+        "--device-map",
+        metavar="STRATEGY|FILE",
+        help="spread the model over accelerators, CPU RAM and disk with accelerate: auto, "
+        "balanced, balanced_low_0, sequential, or a JSON file {module name: device} with devices "
+        "0, 1, … (accelerators), cpu or disk (default: the whole model on one device)",
+    )
+    p.add_argument(
+        "--max-memory",
+        metavar="DEVICE=SIZE,…",
+        help="with a --device-map strategy: the memory each device may hold, e.g. "
+        "0=20GiB,1=20GiB,cpu=60GiB; what does not fit goes to disk",
+    )
+    p.add_argument(
+        "--offload-folder",
+        type=Path,
+        help="with --device-map: where weights offloaded to disk are re-saved when they cannot "
+        "be read in place from the model's safetensors files (default: a temp dir, removed at "
+        "exit)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

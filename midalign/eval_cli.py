@@ -20,11 +20,11 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from midalign.cli import LIMIT_HELP, add_model_options, positive_int
+from midalign.cli import LIMIT_HELP, add_model_options, add_placement_options, positive_int
 from midalign.errors import InputError
 from midalign.generate import generate
 from midalign.io import atomic_output_dir, check_output_dir, write_json
-from midalign.models import load_model
+from midalign.models import load_model, parse_placement
 from midalign.prompting import encode_prompt, prompt_text
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms
 from midalign.tasks.translation import PIVOT, comet_scores
@@ -162,6 +162,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p)
+    add_placement_options(p)
     p.add_argument("--task", required=True, choices=list(TASKS), help="the task to evaluate")
     p.add_argument("--data", required=True, help="the task's data: a path or hub id (see above)")
     p.add_argument(
@@ -229,6 +230,7 @@ def _parse_groups(task: Task, specs: list[str], keys: list[str]) -> dict[str, li
 def run(args: argparse.Namespace) -> int:
     start = time.time()
     check_output_dir(args.out, args.overwrite)
+    placement = parse_placement(args.device_map, args.max_memory, args.offload_folder)
     task = get_task(args.task)
     keys = task.languages(args.langs)
     groups = _parse_groups(task, args.group, keys)
@@ -236,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--comet-model: COMET scores translations only (--task mt)")
     examples = task.read(args.data, keys, args.split, args.limit)
     log.info("%d examples in %d languages", len(examples), len(keys))
-    model, tokenizer = load_model(args.model, args.adapter, args.dtype)
+    model, tokenizer = load_model(args.model, args.adapter, args.dtype, placement=placement)
     results = evaluate(
         model,
         tokenizer,
@@ -262,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens or task.max_new_tokens,
         "dtype": args.dtype,
+        "device_map": args.device_map,
+        "max_memory": args.max_memory,
     }
     results["seconds"] = round(time.time() - start, 1)
     with atomic_output_dir(args.out, args.overwrite) as tmp:

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria
 
+from midalign.models import input_device
 from midalign.tasks.json_ner import json_complete
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def generate(
         pad_token_id=pad,
         eos_token_id=eos,
     )
-    device = next(model.parameters()).device
+    device = input_device(model)  # the embeddings' device, also under --device-map
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     answers: list[str] = [""] * len(prompts)
     desc = f"generating (up to {max_new_tokens} new tokens)"  # the cap sets how long a row can take

@@ -20,7 +20,9 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -123,35 +125,203 @@ def resolve_model(name: str) -> str:
     return name  # a hub id, e.g. meta-llama/Meta-Llama-3-8B-Instruct
 
 
+# --------------------------------------------------------------------------- placement
+
+# device_map strategies of accelerate's big-model loading (transformers' from_pretrained)
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+# max_memory keys besides accelerator indices, as accelerate's get_max_memory knows them
+MEMORY_DEVICES = ("cpu", "disk", "mps")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model bigger than one device goes: accelerate's big-model loading.
+
+    ``device_map`` is a strategy of :data:`DEVICE_MAP_STRATEGIES` (accelerate fills the devices
+    in order, within ``max_memory`` per device: ``{0: bytes, "cpu": bytes}``) or an explicit
+    ``{module name: device}`` with devices as accelerator indices, ``"cpu"`` or ``"disk"``.
+    A module on "disk", or on "cpu" while the model runs on an accelerator, is offloaded: its
+    weights wait on disk or in RAM (on meta in the module) and an accelerate hook brings them
+    to the execution device for each forward. ``offload_folder`` takes weights that must be
+    re-saved for disk; those of a safetensors checkpoint are read from it in place.
+    """
+
+    device_map: str | dict[str, int | str]
+    max_memory: dict[int | str, int] | None = None
+    offload_folder: str | None = None
+
+
+def parse_placement(
+    device_map: str | None, max_memory: str | None, offload_folder: str | Path | None
+) -> Placement | None:
+    """``--device-map``, ``--max-memory`` and ``--offload-folder`` as a :class:`Placement`
+    (None: the whole model on one device), checked before any data is read."""
+    if device_map is None:
+        for option, value in (("--max-memory", max_memory), ("--offload-folder", offload_folder)):
+            if value is not None:
+                raise InputError(f"{option}: needs --device-map (e.g. --device-map auto)")
+        return None
+    if device_map in DEVICE_MAP_STRATEGIES:
+        strategy: str | dict[str, int | str] = device_map
+    else:
+        strategy = _read_device_map(Path(device_map))
+        if max_memory is not None:
+            raise InputError(
+                "--max-memory: only with a --device-map strategy "
+                f"({', '.join(DEVICE_MAP_STRATEGIES)}), not with a map file"
+            )
+    budget = None if max_memory is None else parse_max_memory(max_memory)
+    folder = None if offload_folder is None else str(offload_folder)
+    return Placement(strategy, budget, folder)
+
+
+def parse_max_memory(text: str, option: str = "--max-memory") -> dict[int | str, int]:
+    """``0=20GiB,1=20GiB,cpu=60GiB`` -> ``{0: 21474836480, 1: ..., "cpu": ...}``: bytes per
+    device, keyed as accelerate's ``max_memory`` (accelerator indices, cpu, disk, mps)."""
+    from accelerate.utils import convert_file_size_to_int
+
+    budget: dict[int | str, int] = {}
+    for item in text.split(","):
+        key, sep, size = (part.strip() for part in item.partition("="))
+        if not sep or not key or not size:
+            raise InputError(
+                f"{option}: expected DEVICE=SIZE pairs such as 0=20GiB,cpu=60GiB; got {item!r}"
+            )
+        device: int | str = int(key) if key.isdigit() else key
+        if device not in MEMORY_DEVICES and not isinstance(device, int):
+            raise InputError(
+                f"{option}: unknown device {key!r} (accelerator indices 0, 1, …, or "
+                f"{', '.join(MEMORY_DEVICES)})"
+            )
+        _check_device(device, option)
+        if device in budget:
+            raise InputError(f"{option}: device {key} is given twice")
+        try:
+            budget[device] = int(size) if size.isdigit() else convert_file_size_to_int(size)
+        except ValueError:
+            raise InputError(
+                f"{option}: {key}={size}: not a size (bytes, or a number with a unit such as "
+                "500MB, 20GiB)"
+            ) from None
+    return budget
+
+
+def _read_device_map(path: Path) -> dict[str, int | str]:
+    """A JSON ``{module name: device}`` file (names as ``model.named_modules()`` gives them;
+    checked against the model once it is built)."""
+    from midalign.data.reading import read_json
+
+    option = "--device-map"
+    if not path.is_file():
+        raise InputError(
+            f"{option}: expected {', '.join(DEVICE_MAP_STRATEGIES)} or a JSON file mapping "
+            f"module names to devices; {str(path)!r} is neither"
+        )
+    mapping = read_json(path, option)
+    if not isinstance(mapping, dict) or not mapping:
+        raise InputError(f"{option}: {path}: expected an object {{module name: device}}")
+    for name, device in mapping.items():
+        if isinstance(device, bool) or not isinstance(device, int | str):
+            raise InputError(
+                f"{option}: {path}: device of {name!r} must be an accelerator index, "
+                f'"cpu" or "disk", not {device!r}'
+            )
+        _check_device(device, f"{option}: {path}: {name}")
+    return mapping
+
+
+def _check_device(device: int | str, where: str) -> None:
+    """An accelerator named by an index or a name (``cuda:1``) must exist here: accelerate would
+    fail deep inside loading instead ("Cannot access accelerator device when none is
+    available")."""
+    if device in ("cpu", "disk"):
+        return
+    if isinstance(device, str):
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise InputError(
+                f"{where}: unknown device {device!r} (cpu, disk, an accelerator index or a "
+                "name such as cuda:1)"
+            ) from None
+        if parsed.type in ("cpu", "meta"):
+            raise InputError(f"{where}: device {device!r} cannot hold a module (use cpu or disk)")
+        kind, index = parsed.type, parsed.index or 0
+    else:
+        kind, index = None, device
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    count = torch.accelerator.device_count() if accelerator is not None else 0
+    if index >= count or kind not in (None, accelerator and accelerator.type):
+        have = f"{count} {accelerator.type} device(s)" if accelerator else "no accelerator"
+        raise InputError(f"{where}: device {device!r} is not available (this machine has {have})")
+
+
+def _placement_kwargs(placement: Placement) -> tuple[dict, tempfile.TemporaryDirectory | None]:
+    """``from_pretrained`` arguments for ``placement``, and the temp dir that serves as offload
+    folder (for weights transformers must re-save) when it names none: the caller keeps it
+    as long as the model."""
+    temp = None
+    if placement.offload_folder is None:
+        temp = tempfile.TemporaryDirectory(prefix="midalign-offload-")
+    folder = placement.offload_folder or temp.name
+    kwargs = {"device_map": placement.device_map, "offload_folder": folder}
+    if placement.max_memory is not None:
+        kwargs["max_memory"] = placement.max_memory
+    return kwargs, temp
+
+
 def load_model(
     name: str,
     adapter: str | None = None,
     dtype: str = "float32",
     device: str | torch.device | None = None,
+    placement: Placement | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, optionally with a PEFT adapter on top.
 
     ``dtype`` is float32 (CPU default), bfloat16 (GPU default; also fast on CPUs with AVX512-BF16)
-    or float16. ``device`` defaults to CUDA when present.
+    or float16. ``device`` defaults to CUDA when present; ``placement`` instead spreads the
+    model over devices, RAM and disk (``--device-map``).
     """
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if placement is not None and device is not None:
+        raise ValueError("give a device or a placement, not both")
     source = resolve_model(name)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kwargs, temp = ({}, None) if placement is None else _placement_kwargs(placement)
     hf_logging.disable_progress_bar()  # a bar for a one-second load is noise on stderr
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        with warnings.catch_warnings():  # a map key naming no module is an error, below
+            warnings.filterwarnings("ignore", message="The following device_map keys do not match")
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
     except OSError as e:
         raise InputError(f"--model: cannot load {name!r}: {e}") from e
+    except (ValueError, RuntimeError) as e:
+        if placement is None:
+            raise
+        first = str(e).strip().splitlines()[0][:300]
+        raise InputError(f"--device-map: cannot place {name!r}: {first}") from e
     finally:
         hf_logging.enable_progress_bar()
+    if temp is not None:  # the offload folder lives as long as the model
+        weakref.finalize(model, temp.cleanup)
+    if isinstance(placement and placement.device_map, dict):
+        modules = dict(model.named_modules())
+        unknown = [key for key in placement.device_map if key not in modules]
+        if unknown:
+            raise InputError(
+                f"--device-map: this model has no module {unknown[0]!r} (names as "
+                "model.named_modules() gives them, e.g. model.layers.0)"
+            )
     decoder_layers(model)  # fail now, clearly, on an architecture we cannot handle
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if adapter is not None:
         model = load_adapter(model, adapter)
-    model.to(device).eval()
+    if placement is None:
+        model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    model.eval()
     return model, tokenizer
 
 
@@ -214,13 +384,50 @@ def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
             "adapter_config.json)"
         )
     try:
-        with peft_quietly():
-            return PeftModel.from_pretrained(model, adapter)
+        if getattr(model, "hf_device_map", None) is None:
+            with peft_quietly():
+                return PeftModel.from_pretrained(model, adapter)
+        return _adapter_on_placed_model(model, adapter)
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:300]
         raise InputError(
             f"--adapter: {adapter} does not fit this model (trained for {base!r}?): {first}"
         ) from e
+
+
+def _adapter_on_placed_model(model: PreTrainedModel, adapter: str) -> nn.Module:
+    """PEFT's ``from_pretrained`` on a model placed by accelerate (``--device-map``).
+
+    PEFT's own route for such a model re-dispatches it and rewrites the safetensors files its
+    offloaded weights are read from; and without that route (as transformers'
+    ``load_adapter`` does) the LoRA weights of an offloaded layer follow its base weight to
+    the meta device, and the layer computes NaN. So PEFT wraps the model as if it were on one
+    device (the map hidden from it), each LoRA weight left on meta is made real on the device
+    its layer executes on (its accelerate hook's), and the adapter's weights are loaded again
+    into them. The model itself stays where accelerate put it.
+    """
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    device_map = model.hf_device_map
+    del model.hf_device_map
+    try:
+        with peft_quietly(), warnings.catch_warnings():
+            # the copies into meta LoRA weights that the second load below makes real
+            warnings.filterwarnings("ignore", message="for .*: copying from a non-meta parameter")
+            peft = PeftModel.from_pretrained(model, adapter)
+    finally:
+        model.hf_device_map = device_map
+    for module in peft.modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        for name in module.adapter_layer_names:
+            layer = getattr(module, name)
+            if any(p.is_meta for p in layer.parameters()):
+                layer.to_empty(device=_execution_device(module.get_base_layer()))
+    set_peft_model_state_dict(peft, load_peft_weights(adapter, device="cpu"))
+    return peft
 
 
 # --------------------------------------------------------------------------- layers
@@ -259,6 +466,30 @@ def decoder_stack(model: nn.Module) -> nn.Module:
         "(supported: models with .model.layers, .model.embed_tokens and .model.norm, "
         "e.g. Llama, Mistral, Qwen2, Gemma, Gemma 3)"
     )
+
+
+def _execution_device(module: nn.Module) -> torch.device:
+    """The device ``module`` computes on: its accelerate hook's execution device when it has
+    one (an offloaded module's weights sit on meta between forwards), else its weights'."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    weight = next(module.parameters(), None)
+    if weight is None or weight.is_meta:
+        raise RuntimeError(f"no device for {type(module).__name__}: offloaded without a hook")
+    return weight.device
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where input ids go: the input embeddings' device (a module without any: its first
+    parameter's). ``model.device`` is the first parameter's, which for a model placed by
+    ``--device-map`` may be another device, or meta when the embeddings are offloaded."""
+    inner = _unwrap(model)
+    get = getattr(inner, "get_input_embeddings", None)
+    embeddings = get() if get is not None else None
+    return _execution_device(embeddings if embeddings is not None else inner)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -370,12 +601,20 @@ def pooled_states(
     padding (positions are computed from the mask). ``final_norm``: layer L after the final
     norm (HF's ``hidden_states[L]``, the probe's view) or before it (the residual stream, the
     alignment loss's view); other layers are unaffected.
+
+    A model spread over devices by ``--device-map`` runs as well: the inputs go to the
+    embedding layer's device, accelerate's hooks carry the states from layer to layer (and
+    bring an offloaded layer's weights in for its forward), each layer is pooled on its own
+    device, and the result comes back to the device of ``input_ids``.
     """
     stack = decoder_stack(model)
     n_layers = len(stack.layers)
     layers = list(layers)
     if not layers or min(layers) < 0 or max(layers) > n_layers:
         raise InputError(f"layers {layers} out of range 0..{n_layers}")
+    caller = input_ids.device
+    device = input_device(model)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     weights = pooling_mask(input_ids, attention_mask, pool, special_ids)
     norm = stack.norm
     pooled: dict[int, torch.Tensor] = {}
@@ -408,7 +647,7 @@ def pooled_states(
     finally:
         for hook in hooks:
             hook.remove()
-    return torch.stack([pooled[index] for index in layers])
+    return torch.stack([pooled[index].to(caller) for index in layers])
 
 
 # --------------------------------------------------------------------------- task loss

@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import save_file
 
 from midalign.anisotropy import TOP_DIMS, anisotropy_by_layer
-from midalign.cli import add_model_options, positive_int
+from midalign.cli import add_model_options, add_placement_options, positive_int
 from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.reading import parse_json, read_text
 from midalign.errors import InputError
 from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.languages import parse_langs
-from midalign.models import POOL_MODES, load_model, num_layers, parse_layers
+from midalign.models import POOL_MODES, load_model, num_layers, parse_layers, parse_placement
 from midalign.probe import (
     CHARS_PER_TOKEN,
     MAX_TOKENS,
@@ -69,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p)
+    add_placement_options(p)
     p.add_argument("--data", default="udhr", help=DATA_HELP + " (default: %(default)s)")
     p.add_argument(
         "--langs",
@@ -205,6 +206,7 @@ def _is_number(value: object) -> bool:
 def run(args: argparse.Namespace) -> int:
     start = time.time()
     check_output_dir(args.out, args.overwrite)
+    placement = parse_placement(args.device_map, args.max_memory, args.offload_folder)
     groups = _parse_groups(args.group)
     scores = read_scores(args.scores) if args.scores else None
     langs = parse_langs(args.langs)
@@ -212,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     check_languages(corpus, f"--langs {args.langs}")
     check_characters(corpus, args.max_tokens)
     check_options(min(len(t) for t in corpus.texts.values()), args.k, args.margin)
-    model, tokenizer = load_model(args.model, args.adapter, args.dtype)
+    model, tokenizer = load_model(args.model, args.adapter, args.dtype, placement=placement)
     if args.batch_tokens is None:
         args.batch_tokens = default_batch_tokens(model)
     layers = parse_layers(args.layers, num_layers(model))
@@ -256,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
         "batch_tokens": args.batch_tokens,
         "max_tokens": args.max_tokens,
         "dtype": args.dtype,
+        "device_map": args.device_map,
+        "max_memory": args.max_memory,
     }
     results = {"config": config, **summary}
     if scores is not None:
