@@ -150,6 +150,7 @@ def all_pairs_predictions(emb: torch.Tensor, k: int = 4, margin: str = "ratio") 
     dtype that holds N (int16 up to 32,768 sentences). Scores need only
     :func:`all_pairs_accuracy`, which never holds all predictions."""
     n_layers, m, n, _ = emb.shape
+    check_options(n, k, margin)
     pred = torch.empty(n_layers, m, m, n, dtype=_index_dtype(n))
     for layer in range(n_layers):
         for src, tgt, block in layer_predictions(emb[layer], k, margin):
@@ -164,7 +165,12 @@ def all_pairs_accuracy(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> 
     normalised states and one similarity block, whatever L and M (FLoRes-200's 204 languages ×
     1,012 sentences included); predictions are reduced to accuracies block by block.
     """
-    return torch.stack([layer_accuracy(emb[layer], k, margin) for layer in range(emb.shape[0])])
+    n_layers, m, n, _ = emb.shape
+    check_options(n, k, margin)
+    acc = torch.empty(n_layers, m, m)
+    for layer in range(n_layers):
+        acc[layer] = layer_accuracy(emb[layer], k, margin)
+    return acc
 
 
 def layer_accuracy(e: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
