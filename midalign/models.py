@@ -92,7 +92,7 @@ def resolve_dtype(name: str) -> tuple[torch.dtype, str]:
     """The dtype ``--dtype name`` means on this machine, and why.
 
     ``auto`` is bfloat16 on a CUDA device with native bf16 and on a CPU with AMX or
-    AVX512-BF16 (2–3× faster than float32 there, with the same retrieval accuracy:
+    AVX512-BF16 (the probe ran 1.8–2.0× faster than in float32 there, with the same accuracy:
     docs/benchmarks.md), float32 everywhere else. An auto resolution is logged once per
     process; any other name is taken as it is.
     """

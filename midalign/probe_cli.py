@@ -139,7 +139,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=DTYPE_CHOICES,
         default="auto",
         help="model dtype; auto: bfloat16 on GPUs and on CPUs with AMX or AVX512-BF16, where it "
-        "is 2–3× faster with the same retrieval accuracy, float32 elsewhere (results.json "
+        "is about 2× faster with the same retrieval accuracy, float32 elsewhere (results.json "
         "records what it resolved to and why) (default: %(default)s)",
     )
     p.add_argument(
