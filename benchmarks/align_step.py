@@ -33,7 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from _common import REPO, SIB200, cpu_name, load_1min, timed, wait_for_quiet
+from _common import REPO, SIB200, load_1min, machine, print_machine, timed, wait_for_quiet
 
 from midalign.alignment import AlignSetup
 from midalign.data.pairs import encode_pairs, load_pairs
@@ -265,12 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(worker_step(args)))
         return
     load = wait_for_quiet(args.max_load, args.max_wait)
-    print(
-        f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"1-min load {load:.2f}"
-    )
+    info = machine()
+    print_machine(info)
+    print(f"1-min load {load:.2f}")
     figures = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
+        "machine": info,
         "load_1min_before": load,
     }
     for worker in ("reference", "ours"):

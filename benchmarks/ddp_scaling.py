@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from _common import REPO, cpu_name, load_1min, wait_for_quiet
+from _common import REPO, cpu_name, load_1min, machine, print_machine, wait_for_quiet
 
 TATOEBA = REPO.parent / "shared" / "data" / "tatoeba"
 SIB200 = REPO.parent / "shared" / "data" / "sib200"
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, default=REPO / "docs/bench/ddp_scaling.json")
     args = p.parse_args(argv)
     load = wait_for_quiet()
+    info = machine()
+    print_machine(info)
     root = Path(tempfile.mkdtemp(prefix="ddp-bench-"))
     results = []
     try:
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
+        "machine": info,
         "load_1min_before": load,
         "load_1min_after": load_1min(),
         "args": {k: str(v) for k, v in vars(args).items()},

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import cpu_name, load_1min, read_sib200, timed, wait_for_quiet
+from _common import load_1min, machine, print_machine, read_sib200, timed, wait_for_quiet
 
 from midalign.generate import generate
 from midalign.models import load_model
@@ -61,12 +61,13 @@ def main() -> None:
         system, prompt = task.instruction(ex)
         prompts.append(encode_prompt(tokenizer, prompt, system))
     lengths = [len(p) for p in prompts]
-    print(
-        f"{cpu_name()}, torch threads {torch.get_num_threads()}; {len(prompts)} prompts of "
-        f"{min(lengths)}–{max(lengths)} tokens, ≤ {args.max_new_tokens} new tokens, stop at newline"
-    )
     if not args.no_wait:
         wait_for_quiet()
+    print_machine(machine())
+    print(
+        f"{len(prompts)} prompts of {min(lengths)}–{max(lengths)} tokens, "
+        f"≤ {args.max_new_tokens} new tokens, stop at newline"
+    )
     load = load_1min()
 
     def run(batch_size: int) -> list[str]:

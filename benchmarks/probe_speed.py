@@ -24,7 +24,16 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import SIB200, cpu_name, matmul_gflops, read_sib200, timed, wait_for_quiet
+from _common import (
+    SIB200,
+    cpu_name,
+    machine,
+    matmul_gflops,
+    print_machine,
+    read_sib200,
+    timed,
+    wait_for_quiet,
+)
 from tqdm.auto import tqdm
 
 from midalign.models import decoder_layers, load_model, pooling_mask
@@ -185,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     tokens = sum(lengths)
 
     load_start = wait_for_quiet(args.max_load, args.max_wait)
+    info = machine()
+    print_machine(info)
     print(
         f"{m} languages × {n} sentences = {len(sentences)}, {tokens} tokens; "
         f"torch threads {torch.get_num_threads()}; 1-min load {load_start:.2f}"
@@ -248,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.date.today().isoformat(),
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "cpu": cpu_name(),
+        "machine": info,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_1min_at_start": round(load_start, 2),

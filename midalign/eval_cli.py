@@ -24,7 +24,7 @@ from midalign.cli import LIMIT_HELP, add_model_options, add_placement_options, p
 from midalign.errors import InputError
 from midalign.generate import generate
 from midalign.io import atomic_output_dir, check_output_dir, write_json
-from midalign.models import load_model, parse_placement
+from midalign.models import DTYPE_CHOICES, dtype_name, load_model, parse_placement, resolve_dtype
 from midalign.prompting import encode_prompt, prompt_text
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms
 from midalign.tasks.translation import PIVOT, comet_scores
@@ -205,9 +205,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="model dtype (default: %(default)s)",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="model dtype; auto: bfloat16 on GPUs and on CPUs with AMX or AVX512-BF16, float32 "
+        "elsewhere (results.json records what it resolved to and why) (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -238,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--comet-model: COMET scores translations only (--task mt)")
     examples = task.read(args.data, keys, args.split, args.limit)
     log.info("%d examples in %d languages", len(examples), len(keys))
-    model, tokenizer = load_model(args.model, args.adapter, args.dtype, placement=placement)
+    dtype, dtype_reason = resolve_dtype(args.dtype)
+    model, tokenizer = load_model(args.model, args.adapter, dtype_name(dtype), placement=placement)
     results = evaluate(
         model,
         tokenizer,
@@ -263,7 +265,9 @@ def run(args: argparse.Namespace) -> int:
         "zero_shot": args.zero_shot,
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens or task.max_new_tokens,
-        "dtype": args.dtype,
+        "dtype": dtype_name(dtype),
+        "dtype_requested": args.dtype,
+        "dtype_reason": dtype_reason,
         "device_map": args.device_map,
         "max_memory": args.max_memory,
     }

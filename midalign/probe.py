@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from midalign.data.corpus import ParallelCorpus
 from midalign.errors import InputError
 from midalign.models import input_device, pooled_states
-from midalign.retrieval import all_pairs_accuracy, pair_accuracy
+from midalign.retrieval import layer_accuracy, pair_accuracy
 
 MAX_TOKENS = 2048
 """Longest sentence embedded, in tokens (``--max-tokens``): about 8× the longest SIB-200
@@ -182,8 +182,15 @@ def score_corpus(
     """Retrieval accuracy of every pair of ``corpus.pairs`` at every layer: [L, P]."""
     if is_multiway(corpus):
         sides = list(corpus.texts)
-        stacked = torch.stack([embeddings[s] for s in sides], dim=1)  # [L, M, N, d]
-        acc = all_pairs_accuracy(stacked, k=k, margin=margin)  # [L, M, M]
+        n_layers = embeddings[sides[0]].shape[0]
+        acc = torch.stack(  # [L, M, M]; one layer's states stacked at a time, [M, N, d]
+            [
+                layer_accuracy(torch.stack([embeddings[s][li] for s in sides]), k, margin)
+                for li in range(n_layers)
+            ]
+        )
         index = {s: i for i, s in enumerate(sides)}
-        return torch.stack([acc[:, index[a], index[b]] for a, b in corpus.pairs], dim=1)
+        src = torch.tensor([index[a] for a, _ in corpus.pairs])
+        tgt = torch.tensor([index[b] for _, b in corpus.pairs])
+        return acc[:, src, tgt]
     return pair_accuracy(embeddings, corpus.pairs, k=k, margin=margin)

@@ -9,7 +9,8 @@ avg_y = mean cosine of y's k nearest sources;
 the prediction is the best-scoring candidate, and accuracy is the share of sources whose
 prediction is their own translation. ``cosine`` is the plain nearest neighbour. The margin
 penalises "hub" targets that are close to everything, which plain cosine retrieval loves.
-Everything is batched matrix work: one [sources, targets, N, N] similarity block at a time.
+Everything is batched matrix work: one [sources, targets, N, N] similarity block at a time,
+streamed over layers and blocks of language pairs so that memory stays bounded at any scale.
 
 Before scoring, :func:`normalize_states` may centre or standardise the pooled states per
 dimension (``--normalize``): in small LMs a few "rogue" dimensions carry nearly all of ‖h‖²
@@ -18,7 +19,7 @@ dimension (``--normalize``): in small LMs a few "rogue" dimensions carry nearly 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -109,32 +110,76 @@ def retrieval_accuracy(
     return (pred == torch.arange(len(pred))).float().mean().item()
 
 
+def _index_dtype(n: int) -> torch.dtype:
+    """The smallest integer dtype that holds a sentence index below ``n``."""
+    return torch.int16 if n <= 2**15 else torch.int32
+
+
+def _pair_blocks(m: int, n: int) -> tuple[int, int]:
+    """Source and target languages per block: as many [N, N] float32 similarity matrices as
+    fit in the budget (at least one), targets first, so a small run is one block per layer."""
+    pairs = max(1, _BLOCK_BYTES // (n * n * 4))
+    targets = min(m, pairs)
+    return max(1, min(m, pairs // targets)), targets
+
+
+def layer_predictions(
+    e: torch.Tensor, k: int = 4, margin: str = "ratio"
+) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+    """Multiway retrieval of one layer, a block of language pairs at a time: e [M, N, d] ->
+    (sources, targets, predicted target index [len(sources), len(targets), N] long).
+
+    Each block is one [M_src, M_tgt, N, N] similarity tensor within a fixed memory budget; a
+    pair's N × N matrix is never split, so its margins (avg_y over all N sources) are exact.
+    The diagonal pairs (a language against itself) are scored too.
+    """
+    m, n, _ = e.shape
+    check_options(n, k, margin)
+    e = F.normalize(e.float(), dim=-1)
+    n_src, n_tgt = _pair_blocks(m, n)
+    for s0 in range(0, m, n_src):
+        for t0 in range(0, m, n_tgt):
+            src, tgt = slice(s0, s0 + n_src), slice(t0, t0 + n_tgt)
+            sim = torch.einsum("snd,tmd->stnm", e[src], e[tgt])  # [b_src, b_tgt, N, N]
+            yield src, tgt, _predict(sim, k, margin)
+
+
 def all_pairs_predictions(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
     """Multiway retrieval: emb [L, M, N, d] -> predicted target index [L, M, M, N] for every
-    layer, source language, target language and source sentence.
-
-    Per layer, blocks of source languages are scored against all targets as one
-    [M_src, M, N, N] similarity tensor, sized to stay within a fixed memory budget.
-    """
+    layer, source language, target language and source sentence, in the smallest integer
+    dtype that holds N (int16 up to 32,768 sentences). Scores need only
+    :func:`all_pairs_accuracy`, which never holds all predictions."""
     n_layers, m, n, _ = emb.shape
     check_options(n, k, margin)
-    emb = F.normalize(emb.float(), dim=-1)
-    block = max(1, _BLOCK_BYTES // (m * n * n * 4))
-    pred = torch.empty(n_layers, m, m, n, dtype=torch.long)
+    pred = torch.empty(n_layers, m, m, n, dtype=_index_dtype(n))
     for layer in range(n_layers):
-        e = emb[layer]  # [M, N, d]
-        for start in range(0, m, block):
-            sim = torch.einsum("snd,tmd->stnm", e[start : start + block], e)  # [b, M, N, N]
-            pred[layer, start : start + block] = _predict(sim, k, margin)
+        for src, tgt, block in layer_predictions(emb[layer], k, margin):
+            pred[layer, src, tgt] = block
     return pred
 
 
 def all_pairs_accuracy(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
-    """Multiway retrieval accuracy: emb [L, M, N, d] -> [L, M, M] (source, target), NaN diagonal."""
-    pred = all_pairs_predictions(emb, k, margin)
-    m, n = pred.shape[1], pred.shape[-1]
-    acc = (pred == torch.arange(n)).float().mean(-1)
-    acc[:, torch.arange(m), torch.arange(m)] = float("nan")
+    """Multiway retrieval accuracy: emb [L, M, N, d] -> [L, M, M] (source, target), NaN diagonal.
+
+    Streams over layers and blocks of language pairs: beyond the input, memory is one layer's
+    normalised states and one similarity block, whatever L and M (FLoRes-200's 204 languages ×
+    1,012 sentences included); predictions are reduced to accuracies block by block.
+    """
+    n_layers, m, n, _ = emb.shape
+    check_options(n, k, margin)
+    acc = torch.empty(n_layers, m, m)
+    for layer in range(n_layers):
+        acc[layer] = layer_accuracy(emb[layer], k, margin)
+    return acc
+
+
+def layer_accuracy(e: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
+    """:func:`all_pairs_accuracy` of one layer: e [M, N, d] -> [M, M], NaN diagonal."""
+    m, n, _ = e.shape
+    acc = torch.empty(m, m)
+    for src, tgt, pred in layer_predictions(e, k, margin):
+        acc[src, tgt] = (pred == torch.arange(n)).float().mean(-1)
+    acc[torch.arange(m), torch.arange(m)] = float("nan")
     return acc
 
 

@@ -45,19 +45,24 @@ PROBE_KEYS = (
     "k",
     "normalize",
     "report_layer",
+    "dtype",
 )
 SYSTEM_KEYS = ("name", "train", "merge", "zero_shot", "evaluate", "probe")
-EVAL_KEYS = ("batch_size", "max_new_tokens")
+EVAL_KEYS = ("batch_size", "max_new_tokens", "dtype")
 # Part of the hash of every step that reads data (prepare, evaluate, probe), raised when the
 # same settings come to read other examples, so that no run reuses a step read the old way.
 # 2: SIB-200's CSV quoting undone; ``limit`` a seeded sample instead of the first N rows.
 READING = 2
-# Training settings added after run directories existed: left out of a training step's hash
-# while at their default, so that those runs' training steps are reused (they trained the same).
+# Settings added after run directories existed: left out of a step's hash while at the value
+# those steps used, so that those runs' steps are reused (they computed the same). Training
+# steps, by section of their config; probe and eval steps: the dtype they load the model in,
+# resolved (``auto`` is float32 on a CPU without native bf16), as every one of them used float32.
 LATER_DEFAULTS = {
     ("align", "normalize"): "none",
     ("align", "stats"): "batch",
     ("align", "stats_pairs"): 256,
+    ("probe", "dtype"): "float32",
+    ("eval", "dtype"): "float32",
 }
 
 
@@ -216,6 +221,9 @@ def parse_recipe(values: Any, where: str) -> Recipe:
             )
         if normalize != "none":  # absent or none: one setting, so one probe step hash
             probe["normalize"] = normalize
+        _check_dtype(probe, f"{where}: probe.dtype")
+    evaluation = dict(_mapping(r.get("eval") or {}, f"{where}: eval", EVAL_KEYS))
+    _check_dtype(evaluation, f"{where}: eval.dtype")
     train = r.get("train") or {}
     if not isinstance(train, dict):
         raise InputError(f"{where}: train must be a mapping of config sections")
@@ -240,11 +248,20 @@ def parse_recipe(values: Any, where: str) -> Recipe:
         probe=probe,
         train=train,
         systems=systems,
-        eval=dict(_mapping(r.get("eval") or {}, f"{where}: eval", EVAL_KEYS)),
+        eval=evaluation,
         path=where,
     )
     check_recipe(recipe)
     return recipe
+
+
+def _check_dtype(section: dict[str, Any], where: str) -> None:
+    from midalign.models import DTYPE_CHOICES
+
+    if section.get("dtype", "auto") not in DTYPE_CHOICES:
+        raise InputError(
+            f"{where} must be one of {', '.join(DTYPE_CHOICES)}, not {section['dtype']!r}"
+        )
 
 
 def system_config(
@@ -321,7 +338,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hashed(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A training config as its step's hash sees it: without LATER_DEFAULTS at their default."""
+    """Settings by section as a step's hash sees them: without LATER_DEFAULTS at their default."""
     return {
         section: {
             k: v for k, v in entries.items() if LATER_DEFAULTS.get((section, k), object()) != v
@@ -523,6 +540,7 @@ class Runner:
         from midalign.models import load_model
 
         tests = self.recipe.test_data
+        settings = {**self.recipe.eval, "dtype": self.dtype(self.recipe.eval)}
         spec = {
             "model": self.recipe.model,
             "adapter": adapter["step"] if adapter else None,
@@ -530,14 +548,16 @@ class Runner:
             # a single source hashes as it did before test sources could be listed
             "test": vars(tests[0]) if len(tests) == 1 else [vars(t) for t in tests],
             "zero_shot": system.zero_shot,
-            "eval": self.recipe.eval,
+            "eval": _hashed({"eval": settings})["eval"],
             "groups": self.groups,
             "reading": READING,
         }
 
         def work(folder: Path) -> dict:
             examples = self.test_examples()
-            model, tokenizer = load_model(self.recipe.model, adapter and adapter["adapter"])
+            model, tokenizer = load_model(
+                self.recipe.model, adapter and adapter["adapter"], settings["dtype"]
+            )
             results = evaluate(
                 model,
                 tokenizer,
@@ -550,6 +570,7 @@ class Runner:
                 progress=self.opt.progress,
             )
             predictions = results.pop("predictions")
+            results["dtype"] = settings["dtype"]
             write_outputs(
                 folder, results, predictions, self.recipe.model, adapter and adapter["adapter"]
             )
@@ -587,6 +608,15 @@ class Runner:
             p["pool"] = trained
         return p
 
+    def dtype(self, section: dict[str, Any]) -> str:
+        """The dtype a probe or eval step loads the model in: the section's ``dtype`` (``auto``
+        unless the recipe names one) as :func:`midalign.models.resolve_dtype` resolves it on
+        this machine. Steps hash the resolved name, so a step is redone exactly when it would
+        compute in another dtype than before (see LATER_DEFAULTS)."""
+        from midalign.models import dtype_name, resolve_dtype
+
+        return dtype_name(resolve_dtype(section.get("dtype", "auto"))[0])
+
     def probe(self, name: str, adapter: dict | None) -> dict:
         """Retrieval per layer and language on the recipe's parallel text (model + adapter)."""
         from midalign.anisotropy import anisotropy_by_layer
@@ -596,11 +626,11 @@ class Runner:
         from midalign.probe import default_batch_tokens, embed_corpus, score_corpus
         from midalign.retrieval import normalize_states, summarize
 
-        p = self.probe_settings()
+        p = {**self.probe_settings(), "dtype": self.dtype(self.recipe.probe or {})}
         spec = {
             "model": self.recipe.model,
             "adapter": adapter["step"] if adapter else None,
-            **p,
+            **_hashed({"probe": p})["probe"],
             "reading": READING,
         }
 
@@ -612,7 +642,9 @@ class Runner:
                 p.get("max_sentences"),
                 unique=True,
             )
-            model, tokenizer = load_model(self.recipe.model, adapter and adapter["adapter"])
+            model, tokenizer = load_model(
+                self.recipe.model, adapter and adapter["adapter"], p["dtype"]
+            )
             n_layers = num_layers(model)
             layers = parse_layers(str(p.get("layers", "all")), n_layers, "probe.layers")
             report = p.get("report_layer", "middle")
@@ -631,6 +663,7 @@ class Runner:
             acc = score_corpus(normalize_states(emb, normalize), corpus, int(p.get("k", 4)))
             summary = summarize(acc, layers, corpus)
             summary["normalize"] = normalize
+            summary["dtype"] = p["dtype"]
             summary["anisotropy"] = anisotropy_by_layer(emb, layers)
             write_json(folder / "results.json", summary)
             return {

@@ -95,6 +95,16 @@ def assert_same_numbers(actual: torch.Tensor, expected: torch.Tensor, dtype: tor
     assert err <= ROUTE_REL[dtype], f"relative error {err:.3g} > {ROUTE_REL[dtype]:g} ({dtype})"
 
 
+@pytest.fixture(autouse=True)
+def _no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--dtype auto`` (the default of probe, eval and a recipe's steps) resolves to float32 in
+    every test, so that no figure a test asserts depends on whether the CPU has AMX or
+    AVX512-BF16; the tests of the resolution itself patch the detection their own way."""
+    import midalign.models
+
+    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: None)
+
+
 @pytest.fixture(params=["llama", "qwen2", "gemma3"])
 def family(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -347,3 +347,26 @@ def test_data_prepare_overwrites_only_its_own_files(tmp_path: Path, capsys) -> N
         "file (--overwrite replaces only midalign's own outputs)\n"
     )
     assert out.read_text() == '{"prompt": "mine"}\n'
+
+
+def test_eval_resolves_dtype_auto_and_records_it(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    import midalign.eval_cli
+    import midalign.models
+
+    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: "AVX512-BF16")
+    loaded = []
+
+    def spy(*args, **kwargs):
+        model, tokenizer = midalign.models.load_model(*args, **kwargs)
+        loaded.append(next(model.parameters()).dtype)
+        return model, tokenizer
+
+    monkeypatch.setattr(midalign.eval_cli, "load_model", spy)
+    out = tmp_path / "eval"
+    data = f"sib200:{FIXTURES / 'sib200'}"
+    argv = ["eval", "--model", str(tiny_model_dir), "--task", "topic", "--data", data]
+    assert main([*argv, "--langs", "de", "--max-new-tokens", "2", "--out", str(out)]) == 0
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["dtype"] == "bfloat16" and config["dtype_requested"] == "auto"
+    assert config["dtype_reason"] == "this CPU has AVX512-BF16"
+    assert loaded == [torch.bfloat16]

@@ -5,13 +5,16 @@ import torch
 from conftest import ROUTE_DTYPES, assert_same_numbers, precision, rel_error, tiny_model
 from torch import nn
 
+from midalign import models
 from midalign.errors import InputError
 from midalign.models import (
+    cpu_bf16_feature,
     decoder_layers,
     num_layers,
     parse_layers,
     pooled_states,
     pooling_mask,
+    resolve_dtype,
 )
 
 SPECIAL = (0, 1, 2)  # pad, bos, eos of the tiny models
@@ -268,3 +271,80 @@ def test_peft_wrapping_is_quiet_about_transformers_deprecation(tiny_model_dir, t
     assert [str(w.message) for w in seen if issubclass(w.category, FutureWarning)] == [
         "another FutureWarning"
     ]
+
+
+# --------------------------------------------------------------------------- --dtype auto
+
+
+@pytest.fixture
+def machine(monkeypatch, tmp_path):
+    """Set the machine ``--dtype auto`` sees: ``machine(cuda=..., amx=..., avx512_bf16=...)``
+    answers through torch's own detection; ``machine(cpuinfo="flags : ...")`` removes torch's
+    detection so that /proc/cpuinfo (here a file with those lines) decides."""
+    monkeypatch.setattr(models, "cpu_bf16_feature", cpu_bf16_feature)  # conftest pins it
+    models._reported.clear()
+
+    def set_machine(cuda=False, cuda_bf16=True, amx=False, avx512_bf16=False, cpuinfo=None):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(
+            torch.cuda, "is_bf16_supported", lambda including_emulation=True: cuda_bf16
+        )
+        if cpuinfo is None:
+            monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+            monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        else:
+            monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+            path = tmp_path / "cpuinfo"
+            path.write_text(f"processor : 0\nmodel name : Some CPU\n{cpuinfo}\n")
+            monkeypatch.setattr(models, "CPUINFO", path)
+
+    return set_machine
+
+
+NO_BF16 = "this CPU has no AMX/AVX512-BF16"
+
+
+@pytest.mark.parametrize(
+    ("where", "dtype", "reason"),
+    [
+        ({"cuda": True}, torch.bfloat16, "the CUDA device has native bf16"),
+        ({"cuda": True, "cuda_bf16": False}, torch.float32, "the CUDA device has no native bf16"),
+        ({"amx": True, "avx512_bf16": True}, torch.bfloat16, "this CPU has AMX"),
+        ({"avx512_bf16": True}, torch.bfloat16, "this CPU has AVX512-BF16"),
+        ({}, torch.float32, NO_BF16),
+        ({"cpuinfo": "flags : fpu avx2 amx_bf16 amx_tile"}, torch.bfloat16, "this CPU has AMX"),
+        ({"cpuinfo": "flags : avx512f avx512_bf16"}, torch.bfloat16, "this CPU has AVX512-BF16"),
+        ({"cpuinfo": "flags : fpu sse avx avx2 fma"}, torch.float32, NO_BF16),
+        ({"cpuinfo": ""}, torch.float32, NO_BF16),  # no flags line
+    ],
+    ids=[
+        "cuda",
+        "old-gpu",
+        "amx",
+        "avx512-bf16",
+        "neither",
+        "cpuinfo-amx",
+        "cpuinfo-avx512",
+        "cpuinfo-avx2",
+        "cpuinfo-no-flags",
+    ],
+)
+def test_dtype_auto_is_bf16_only_where_bf16_matmuls_are_native(
+    machine, caplog, where, dtype, reason
+):
+    machine(**where)
+    caplog.set_level("INFO", logger="midalign.models")
+    got, why = resolve_dtype("auto")
+    assert (got, why) == (dtype, reason)
+    assert resolve_dtype("auto") == (got, why)
+    # logged once per process, however many steps ask
+    name = str(dtype).removeprefix("torch.")
+    assert [r.getMessage() for r in caplog.records] == [f"dtype auto → {name}: {why}"]
+
+
+def test_an_explicit_dtype_is_taken_as_it_is(machine):
+    machine(amx=True)
+    assert resolve_dtype("float32") == (torch.float32, "as requested")
+    assert resolve_dtype("bfloat16") == (torch.bfloat16, "as requested")
+    with pytest.raises(InputError, match="--dtype must be auto or one of float32, bfloat16"):
+        resolve_dtype("int8")

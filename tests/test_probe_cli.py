@@ -240,3 +240,38 @@ def test_normalize_defaults_to_none(tiny_model_dir, tmp_path, capsys):
     assert results["config"]["normalize"] == "none"
     assert set(results["anisotropy"]) == {"2"}
     assert "xsim on raw states" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("feature", "extra", "dtype", "reason"),
+    [
+        (None, (), "float32", "this CPU has no AMX/AVX512-BF16"),
+        ("AMX", (), "bfloat16", "this CPU has AMX"),
+        ("AMX", ("--dtype", "float32"), "float32", "as requested"),
+    ],
+)
+def test_dtype_auto_is_resolved_loaded_and_recorded(
+    tiny_model_dir, tmp_path, monkeypatch, feature, extra, dtype, reason
+):
+    import midalign.models
+    import midalign.probe_cli
+
+    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: feature)
+    loaded = []
+
+    def spy(*args, **kwargs):
+        model, tokenizer = midalign.models.load_model(*args, **kwargs)
+        loaded.append(next(model.parameters()).dtype)
+        return model, tokenizer
+
+    monkeypatch.setattr(midalign.probe_cli, "load_model", spy)
+    out = tmp_path / "run"
+    assert _probe(tiny_model_dir, _files(tmp_path), out, "--layers", "2", *extra) == 0
+    config = json.loads((out / "results.json").read_text())["config"]
+    requested = extra[1] if extra else "auto"
+    assert (config["dtype"], config["dtype_requested"], config["dtype_reason"]) == (
+        dtype,
+        requested,
+        reason,
+    )
+    assert loaded == [getattr(torch, dtype)]

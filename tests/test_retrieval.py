@@ -3,11 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from midalign import retrieval
 from midalign.data.corpus import ParallelCorpus
 from midalign.errors import InputError
 from midalign.retrieval import (
     all_pairs_accuracy,
+    all_pairs_predictions,
     correlate,
     normalize_states,
     pair_accuracy,
@@ -85,6 +88,64 @@ def test_all_pairs_accuracy_equals_pairwise_loop():
     assert cosine[1, 0, 2].item() == pytest.approx(
         retrieval_accuracy(emb[1, 0], emb[1, 2], margin="cosine")
     )
+
+
+def _old_all_pairs_predictions(emb: torch.Tensor, k: int, margin: str) -> torch.Tensor:
+    """``all_pairs_predictions`` as it was before it streamed: every layer normalised at once,
+    blocks of source languages against all targets, int64 predictions [L, M, M, N] in full."""
+    n_layers, m, n, _ = emb.shape
+    emb = F.normalize(emb.float(), dim=-1)
+    block = max(1, retrieval._BLOCK_BYTES // (m * n * n * 4))
+    pred = torch.empty(n_layers, m, m, n, dtype=torch.long)
+    for layer in range(n_layers):
+        e = emb[layer]
+        for start in range(0, m, block):
+            sim = torch.einsum("snd,tmd->stnm", e[start : start + block], e)
+            pred[layer, start : start + block] = retrieval._predict(sim, k, margin)
+    return pred
+
+
+def _multiway(seed: int, layers: int = 3, m: int = 5, n: int = 40, d: int = 16) -> torch.Tensor:
+    """[L, M, N, d]: a shared meaning per sentence, an offset per language, noise per layer."""
+    g = torch.Generator().manual_seed(seed)
+    meaning = torch.randn(1, 1, n, d, generator=g)
+    language = torch.randn(1, m, 1, d, generator=g)
+    noise = torch.linspace(0.8, 2.0, layers).view(layers, 1, 1, 1)
+    return meaning + 0.7 * language + noise * torch.randn(layers, m, n, d, generator=g)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("k", "margin"), [(1, "ratio"), (4, "ratio"), (4, "cosine")])
+@pytest.mark.parametrize("pairs_per_block", [None, 1, 3, 7])
+def test_streamed_scoring_equals_the_old_all_at_once_computation(
+    monkeypatch, seed, k, margin, pairs_per_block
+):
+    emb = _multiway(seed)
+    reference = _old_all_pairs_predictions(emb, k, margin)
+    if pairs_per_block is not None:  # blocks that cut the 5 × 5 pairs unevenly
+        monkeypatch.setattr(retrieval, "_BLOCK_BYTES", pairs_per_block * 40 * 40 * 4)
+    pred = all_pairs_predictions(emb, k, margin)
+    assert pred.dtype == torch.int16
+    assert torch.equal(pred.long(), reference)
+    old = (reference == torch.arange(40)).float().mean(-1)
+    old[:, torch.arange(5), torch.arange(5)] = float("nan")
+    acc = all_pairs_accuracy(emb, k, margin)
+    torch.testing.assert_close(acc, old, rtol=0, atol=0, equal_nan=True)
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert 0.1 < acc[:, off].mean() < 0.9  # neither trivial nor hopeless
+
+
+def test_scoring_memory_is_one_block_at_flores_200_scale():
+    """204 languages × 1,012 sentences: a block holds 131 target languages of one source, 537 MB
+    of similarities (the budget), not the 204 × 204 pairs' 170 GB; predictions [19, 204, 204,
+    1012] would be int16 (1.6 GB), and all_pairs_accuracy keeps none of them."""
+    sources, targets = retrieval._pair_blocks(204, 1012)
+    assert (sources, targets) == (1, 131)
+    assert sources * targets * 1012 * 1012 * 4 <= retrieval._BLOCK_BYTES
+    assert retrieval._pair_blocks(5, 40) == (5, 5)  # a small run: one block per layer
+    assert retrieval._pair_blocks(3, 20_000) == (1, 1)  # a pair over budget is still one block
+    assert retrieval._index_dtype(1012) == torch.int16
+    assert retrieval._index_dtype(40_000) == torch.int32
 
 
 def test_pair_accuracy_for_explicit_pairs():

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from midalign import runner as runner_module
@@ -370,6 +371,14 @@ def test_report_written_for_a_dry_outcome(tmp_path: Path, recipe_file: Path) -> 
             lambda r: r["probe"].update(normalize="whiten"),
             "probe.normalize must be one of none, center, standardize, not 'whiten'",
         ),
+        (
+            lambda r: r["probe"].update(dtype="float64"),
+            "probe.dtype must be one of auto, float32, bfloat16, not 'float64'",
+        ),
+        (
+            lambda r: r["eval"].update(dtype="fp16"),
+            "eval.dtype must be one of auto, float32, bfloat16, not 'fp16'",
+        ),
     ],
 )
 def test_bad_recipes(tmp_path: Path, change, message: str) -> None:
@@ -624,3 +633,91 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
     assert got == before
     recipe["train"]["align"]["normalize"] = "standardize"
     assert step(recipe, "align-mid")[0] != got
+
+
+def test_probe_and_eval_steps_hash_as_before_unless_they_now_compute_in_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probe and eval steps load the model in ``dtype`` (``auto`` unless the recipe names one),
+    resolved before hashing. Every such step computed in float32 before ``dtype`` existed, so a
+    float32 step (``auto`` on a CPU without native bf16, or written out) hashes as those did and
+    their run directories are reused; a step that would now compute in bfloat16 (``auto`` on an
+    AMX CPU, or written out) is a new step, whichever way it was asked for."""
+    import midalign.models
+    from midalign.runner import READING, Steps
+
+    def steps(recipe: dict) -> tuple[str, str]:
+        runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path, dry_run=True))
+        base = next(s for s in runner.recipe.systems if s.name == "base")
+        return runner.probe("base", None)["step"], runner.evaluate(base, None, None)["step"]
+
+    recipe = _recipe(tmp_path / "model", tmp_path / "sib200")
+    sib = recipe["probe"]["data"]
+    # the specs as the runner wrote them before dtype existed, spelled out
+    probe = {
+        "model": recipe["model"],
+        "adapter": None,
+        "data": sib,
+        "langs": ["eng", "deu", "fra"],
+        "split": "train",
+        "layers": "1,3",
+        "reading": READING,
+    }
+    evaluation = {
+        "model": recipe["model"],
+        "adapter": None,
+        "task": "topic",
+        "test": {"source": sib, "langs": ["eng", "deu", "fra"], "split": "test", "limit": 4},
+        "zero_shot": True,
+        "eval": {"batch_size": 4, "max_new_tokens": 3},
+        "groups": {"supervised": ["eng_Latn"], "transfer": ["deu_Latn", "fra_Latn"]},
+        "reading": READING,
+    }
+    before = (
+        Steps(tmp_path).folder("probe-base", probe).name,
+        Steps(tmp_path).folder("eval-base", evaluation).name,
+    )
+    assert steps(recipe) == before  # auto → float32 here (conftest: no AMX, no AVX512-BF16)
+    recipe["probe"]["dtype"] = recipe["eval"]["dtype"] = "float32"
+    assert steps(recipe) == before
+
+    recipe["probe"]["dtype"] = recipe["eval"]["dtype"] = "bfloat16"
+    bf16 = steps(recipe)
+    assert bf16[0] != before[0] and bf16[1] != before[1]
+    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: "AMX")
+    recipe["probe"]["dtype"] = recipe["eval"]["dtype"] = "auto"
+    assert steps(recipe) == bf16
+    del recipe["probe"]["dtype"], recipe["eval"]["dtype"]
+    assert steps(recipe) == bf16
+    recipe["probe"]["dtype"] = recipe["eval"]["dtype"] = "float32"  # asked for: as before
+    assert steps(recipe) == before
+
+
+def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import midalign.models
+
+    loaded = []
+
+    def spy(*args, **kwargs):
+        model, tokenizer = real(*args, **kwargs)
+        loaded.append(next(model.parameters()).dtype)
+        return model, tokenizer
+
+    real = midalign.models.load_model
+    monkeypatch.setattr(midalign.models, "load_model", spy)
+    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: "AVX512-BF16")
+    data = _write_sib200(tmp_path / "sib200")
+    values = _recipe(tiny_model_dir, data)
+    values["eval"]["dtype"] = "float32"  # the recipe's own choice wins over auto
+    runner = Runner(parse_recipe(values, "r.yaml"), RunOptions(tmp_path / "run", progress=False))
+    probe = runner.probe("base", None)
+    base = next(s for s in runner.recipe.systems if s.name == "base")
+    evaluation = runner.evaluate(base, None, None)
+    assert loaded == [torch.bfloat16, torch.float32]
+    steps = tmp_path / "run" / "steps"
+    assert json.loads((steps / probe["step"] / "results.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((steps / evaluation["step"] / "results.json").read_text())["dtype"] == (
+        "float32"
+    )
