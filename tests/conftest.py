@@ -156,3 +156,19 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     tiny_model("gemma3", n_layers=4).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def spy_loaded_dtypes(monkeypatch, module) -> list:
+    """Replace ``module.load_model`` (a CLI module's import of it) by one that records the
+    dtype each loaded model has; returns the list it fills."""
+    import midalign.models
+
+    loaded = []
+
+    def spy(*args, **kwargs):
+        model, tokenizer = midalign.models.load_model(*args, **kwargs)
+        loaded.append(next(model.parameters()).dtype)
+        return model, tokenizer
+
+    monkeypatch.setattr(module, "load_model", spy)
+    return loaded

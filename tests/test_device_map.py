@@ -19,6 +19,7 @@ import torch
 from conftest import ROUTE_DTYPES, assert_same_numbers, precision, rel_error, tiny_model
 from conftest import tiny_tokenizer as make_tokenizer
 from safetensors.torch import load_file
+from test_probe_cli import _files as _parallel_files
 
 from midalign import generate as gen
 from midalign.cli import main
@@ -192,12 +193,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 
 
 def _data(tmp_path: Path) -> str:
-    paths = []
-    for lang, lines in SENTENCES.items():
-        path = tmp_path / f"text.{lang}"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        paths.append(str(path))
-    return "parallel:" + ",".join(paths)
+    return _parallel_files(tmp_path, SENTENCES)
 
 
 def _run(argv: list[str]) -> int:

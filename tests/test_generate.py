@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
+from conftest import spy_loaded_dtypes, tiny_model, tiny_tokenizer
 
 from midalign import generate as gen
 from midalign.cli import main
@@ -354,14 +354,7 @@ def test_eval_resolves_dtype_auto_and_records_it(tiny_model_dir, tmp_path, monke
     import midalign.models
 
     monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: "AVX512-BF16")
-    loaded = []
-
-    def spy(*args, **kwargs):
-        model, tokenizer = midalign.models.load_model(*args, **kwargs)
-        loaded.append(next(model.parameters()).dtype)
-        return model, tokenizer
-
-    monkeypatch.setattr(midalign.eval_cli, "load_model", spy)
+    loaded = spy_loaded_dtypes(monkeypatch, midalign.eval_cli)
     out = tmp_path / "eval"
     data = f"sib200:{FIXTURES / 'sib200'}"
     argv = ["eval", "--model", str(tiny_model_dir), "--task", "topic", "--data", data]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import spy_loaded_dtypes
 from safetensors.torch import load_file
 
 from midalign.cli import main
@@ -257,14 +258,7 @@ def test_dtype_auto_is_resolved_loaded_and_recorded(
     import midalign.probe_cli
 
     monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: feature)
-    loaded = []
-
-    def spy(*args, **kwargs):
-        model, tokenizer = midalign.models.load_model(*args, **kwargs)
-        loaded.append(next(model.parameters()).dtype)
-        return model, tokenizer
-
-    monkeypatch.setattr(midalign.probe_cli, "load_model", spy)
+    loaded = spy_loaded_dtypes(monkeypatch, midalign.probe_cli)
     out = tmp_path / "run"
     assert _probe(tiny_model_dir, _files(tmp_path), out, "--layers", "2", *extra) == 0
     config = json.loads((out / "results.json").read_text())["config"]
