@@ -41,7 +41,7 @@ def machine(gemm: int = 2048, repeats: int = 3) -> dict:
     AVX512-BF16 emulates bf16 matmuls (measured on an AVX2 EPYC: ~1 GFLOP/s against ~90 for
     fp32 on one thread), one with AMX runs them several times faster than fp32.
     """
-    from midalign.models import cpu_bf16_feature, cpu_flags, dtype_name, resolve_dtype
+    from midalign.dtypes import cpu_bf16_feature, cpu_flags, dtype_name, resolve_dtype
 
     flags = cpu_flags()
     peaks, sizes = {}, {}

@@ -37,8 +37,10 @@ from _common import REPO, SIB200, load_1min, machine, print_machine, timed, wait
 
 from midalign.alignment import AlignSetup
 from midalign.data.pairs import encode_pairs, load_pairs
+from midalign.forward import _masked_mean, pooling_mask
+from midalign.layers import num_layers
 from midalign.losses import info_nce
-from midalign.models import _masked_mean, load_model, num_layers, pooling_mask
+from midalign.models import load_model
 from midalign.probe import special_token_ids
 from midalign.prompting import encode_example
 from midalign.train import AlignmentTrainer

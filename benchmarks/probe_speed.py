@@ -36,7 +36,9 @@ from _common import (
 )
 from tqdm.auto import tqdm
 
-from midalign.models import decoder_layers, load_model, pooling_mask
+from midalign.forward import pooling_mask
+from midalign.layers import decoder_layers
+from midalign.models import load_model
 from midalign.probe import extract_embeddings, special_token_ids, token_budget_batches
 from midalign.retrieval import all_pairs_accuracy
 

@@ -26,9 +26,10 @@ from transformers import PreTrainedTokenizerBase
 
 from midalign.data.pairs import Pairs, encode_pairs
 from midalign.errors import InputError
+from midalign.forward import pooled_states
 from midalign.io import atomic_file
+from midalign.layers import input_device
 from midalign.losses import Stats, floored_std
-from midalign.models import input_device, pooled_states
 
 STATS_FILE = "align_stats.safetensors"
 

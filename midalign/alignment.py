@@ -67,8 +67,9 @@ from midalign.config import AlignConfig
 from midalign.data.pairs import AlignStream, Pairs, encode_pairs
 from midalign.data.steps import ALIGN_STEP, AlternatingSteps, StepsDataset
 from midalign.errors import InputError
+from midalign.forward import pooled_states
+from midalign.layers import num_layers, parse_layers
 from midalign.losses import Stats, info_nce, top1_accuracy
-from midalign.models import num_layers, parse_layers, pooled_states
 from midalign.probe import extract_embeddings, special_token_ids
 from midalign.retrieval import pair_accuracy
 

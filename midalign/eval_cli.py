@@ -21,10 +21,12 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from midalign.cli import LIMIT_HELP, add_model_options, add_placement_options, positive_int
+from midalign.dtypes import DTYPE_CHOICES, dtype_name, resolve_dtype
 from midalign.errors import InputError
 from midalign.generate import generate
 from midalign.io import atomic_output_dir, check_output_dir, write_json
-from midalign.models import DTYPE_CHOICES, dtype_name, load_model, parse_placement, resolve_dtype
+from midalign.models import load_model
+from midalign.placement import parse_placement
 from midalign.prompting import encode_prompt, prompt_text
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms
 from midalign.tasks.translation import PIVOT, comet_scores

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria
 
-from midalign.models import input_device
+from midalign.layers import input_device
 from midalign.tasks.json_ner import json_complete
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerBase
 
 from midalign.data.corpus import ParallelCorpus
 from midalign.errors import InputError
-from midalign.models import input_device, pooled_states
+from midalign.forward import pooled_states
+from midalign.layers import input_device
 from midalign.retrieval import layer_accuracy, pair_accuracy
 
 MAX_TOKENS = 2048

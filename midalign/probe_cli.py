@@ -17,19 +17,14 @@ from midalign.cli import add_model_options, add_placement_options, positive_int
 from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.reading import parse_json, read_text
+from midalign.dtypes import DTYPE_CHOICES, dtype_name, resolve_dtype
 from midalign.errors import InputError
+from midalign.forward import POOL_MODES
 from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.languages import parse_langs
-from midalign.models import (
-    DTYPE_CHOICES,
-    POOL_MODES,
-    dtype_name,
-    load_model,
-    num_layers,
-    parse_layers,
-    parse_placement,
-    resolve_dtype,
-)
+from midalign.layers import num_layers, parse_layers
+from midalign.models import load_model
+from midalign.placement import parse_placement
 from midalign.probe import (
     CHARS_PER_TOKEN,
     MAX_TOKENS,

@@ -256,7 +256,7 @@ def parse_recipe(values: Any, where: str) -> Recipe:
 
 
 def _check_dtype(section: dict[str, Any], where: str) -> None:
-    from midalign.models import DTYPE_CHOICES
+    from midalign.dtypes import DTYPE_CHOICES
 
     if section.get("dtype", "auto") not in DTYPE_CHOICES:
         raise InputError(
@@ -613,7 +613,7 @@ class Runner:
         unless the recipe names one) as :func:`midalign.models.resolve_dtype` resolves it on
         this machine. Steps hash the resolved name, so a step is redone exactly when it would
         compute in another dtype than before (see LATER_DEFAULTS)."""
-        from midalign.models import dtype_name, resolve_dtype
+        from midalign.dtypes import dtype_name, resolve_dtype
 
         return dtype_name(resolve_dtype(section.get("dtype", "auto"))[0])
 
@@ -622,7 +622,8 @@ class Runner:
         from midalign.anisotropy import anisotropy_by_layer
         from midalign.data import load_parallel
         from midalign.languages import parse_langs
-        from midalign.models import load_model, num_layers, parse_layers
+        from midalign.layers import num_layers, parse_layers
+        from midalign.models import load_model
         from midalign.probe import default_batch_tokens, embed_corpus, score_corpus
         from midalign.retrieval import normalize_states, summarize
 

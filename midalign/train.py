@@ -58,14 +58,11 @@ from midalign.data.pairs import (
 )
 from midalign.data.steps import StepsDataset, collate_steps
 from midalign.errors import InputError
+from midalign.forward import response_loss
 from midalign.io import follow_umask, write_json, write_text_atomic
 from midalign.losses import Stats
 from midalign.model_card import training_card, write_card
-from midalign.models import (
-    load_model,
-    peft_quietly,
-    response_loss,
-)
+from midalign.models import load_model, peft_quietly
 from midalign.probe import special_token_ids
 
 log = logging.getLogger(__name__)

@@ -100,9 +100,9 @@ def _no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--dtype auto`` (the default of probe, eval and a recipe's steps) resolves to float32 in
     every test, so that no figure a test asserts depends on whether the CPU has AMX or
     AVX512-BF16; the tests of the resolution itself patch the detection their own way."""
-    import midalign.models
+    import midalign.dtypes
 
-    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: None)
+    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: None)
 
 
 @pytest.fixture(params=["llama", "qwen2", "gemma3"])

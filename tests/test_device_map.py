@@ -23,7 +23,10 @@ from test_probe_cli import _files as _parallel_files
 
 from midalign import generate as gen
 from midalign.cli import main
-from midalign.models import Placement, decoder_layers, load_model, peft_quietly, pooled_states
+from midalign.forward import pooled_states
+from midalign.layers import decoder_layers
+from midalign.models import load_model, peft_quietly
+from midalign.placement import Placement
 from midalign.probe import extract_embeddings
 from midalign.prompting import encode_prompt
 

@@ -350,10 +350,10 @@ def test_data_prepare_overwrites_only_its_own_files(tmp_path: Path, capsys) -> N
 
 
 def test_eval_resolves_dtype_auto_and_records_it(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    import midalign.dtypes
     import midalign.eval_cli
-    import midalign.models
 
-    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: "AVX512-BF16")
+    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AVX512-BF16")
     loaded = spy_loaded_dtypes(monkeypatch, midalign.eval_cli)
     out = tmp_path / "eval"
     data = f"sib200:{FIXTURES / 'sib200'}"

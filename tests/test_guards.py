@@ -12,8 +12,9 @@ from test_train import _cli, _config, _run
 from tokenizers import processors
 from transformers import TrainerCallback
 
+from midalign.forward import _masked_mean, pooled_states
 from midalign.losses import info_nce
-from midalign.models import _masked_mean, load_adapter, pooled_states
+from midalign.models import load_adapter
 from midalign.probe import extract_embeddings
 from midalign.train import AlignmentTrainer, TrainingDiverged, last_checkpoint
 

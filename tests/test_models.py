@@ -5,17 +5,11 @@ import torch
 from conftest import ROUTE_DTYPES, assert_same_numbers, precision, rel_error, tiny_model
 from torch import nn
 
-from midalign import models
+from midalign import dtypes
+from midalign.dtypes import cpu_bf16_feature, resolve_dtype
 from midalign.errors import InputError
-from midalign.models import (
-    cpu_bf16_feature,
-    decoder_layers,
-    num_layers,
-    parse_layers,
-    pooled_states,
-    pooling_mask,
-    resolve_dtype,
-)
+from midalign.forward import pooled_states, pooling_mask
+from midalign.layers import decoder_layers, num_layers, parse_layers
 
 SPECIAL = (0, 1, 2)  # pad, bos, eos of the tiny models
 
@@ -180,7 +174,7 @@ def test_layers_found_through_peft_wrapper():
 @ROUTE_DTYPES
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_response_loss_equals_the_models_own_loss_and_gradient(family, softcap, dtype):
-    from midalign.models import response_loss
+    from midalign.forward import response_loss
 
     model = tiny_model(family, n_layers=2, dtype=dtype)
     if softcap is not None:
@@ -281,8 +275,8 @@ def machine(monkeypatch, tmp_path):
     """Set the machine ``--dtype auto`` sees: ``machine(cuda=..., amx=..., avx512_bf16=...)``
     answers through torch's own detection; ``machine(cpuinfo="flags : ...")`` removes torch's
     detection so that /proc/cpuinfo (here a file with those lines) decides."""
-    monkeypatch.setattr(models, "cpu_bf16_feature", cpu_bf16_feature)  # conftest pins it
-    models._reported.clear()
+    monkeypatch.setattr(dtypes, "cpu_bf16_feature", cpu_bf16_feature)  # conftest pins it
+    dtypes._reported.clear()
 
     def set_machine(cuda=False, cuda_bf16=True, amx=False, avx512_bf16=False, cpuinfo=None):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
@@ -296,7 +290,7 @@ def machine(monkeypatch, tmp_path):
             monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
             path = tmp_path / "cpuinfo"
             path.write_text(f"processor : 0\nmodel name : Some CPU\n{cpuinfo}\n")
-            monkeypatch.setattr(models, "CPUINFO", path)
+            monkeypatch.setattr(dtypes, "CPUINFO", path)
 
     return set_machine
 
@@ -333,7 +327,7 @@ def test_dtype_auto_is_bf16_only_where_bf16_matmuls_are_native(
     machine, caplog, where, dtype, reason
 ):
     machine(**where)
-    caplog.set_level("INFO", logger="midalign.models")
+    caplog.set_level("INFO", logger="midalign.dtypes")
     got, why = resolve_dtype("auto")
     assert (got, why) == (dtype, reason)
     assert resolve_dtype("auto") == (got, why)

@@ -5,7 +5,7 @@ import torch
 from conftest import assert_same_numbers, tiny_model, tiny_tokenizer
 
 from midalign.errors import InputError
-from midalign.models import pooled_states
+from midalign.forward import pooled_states
 from midalign.probe import extract_embeddings, special_token_ids, token_budget_batches
 
 SENTENCES = [

@@ -254,10 +254,10 @@ def test_normalize_defaults_to_none(tiny_model_dir, tmp_path, capsys):
 def test_dtype_auto_is_resolved_loaded_and_recorded(
     tiny_model_dir, tmp_path, monkeypatch, feature, extra, dtype, reason
 ):
-    import midalign.models
+    import midalign.dtypes
     import midalign.probe_cli
 
-    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: feature)
+    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: feature)
     loaded = spy_loaded_dtypes(monkeypatch, midalign.probe_cli)
     out = tmp_path / "run"
     assert _probe(tiny_model_dir, _files(tmp_path), out, "--layers", "2", *extra) == 0

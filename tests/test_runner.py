@@ -643,7 +643,7 @@ def test_probe_and_eval_steps_hash_as_before_unless_they_now_compute_in_bf16(
     float32 step (``auto`` on a CPU without native bf16, or written out) hashes as those did and
     their run directories are reused; a step that would now compute in bfloat16 (``auto`` on an
     AMX CPU, or written out) is a new step, whichever way it was asked for."""
-    import midalign.models
+    import midalign.dtypes
     from midalign.runner import READING, Steps
 
     def steps(recipe: dict) -> tuple[str, str]:
@@ -684,7 +684,7 @@ def test_probe_and_eval_steps_hash_as_before_unless_they_now_compute_in_bf16(
     recipe["probe"]["dtype"] = recipe["eval"]["dtype"] = "bfloat16"
     bf16 = steps(recipe)
     assert bf16[0] != before[0] and bf16[1] != before[1]
-    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: "AMX")
+    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AMX")
     recipe["probe"]["dtype"] = recipe["eval"]["dtype"] = "auto"
     assert steps(recipe) == bf16
     del recipe["probe"]["dtype"], recipe["eval"]["dtype"]
@@ -696,6 +696,7 @@ def test_probe_and_eval_steps_hash_as_before_unless_they_now_compute_in_bf16(
 def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import midalign.dtypes
     import midalign.models
 
     loaded = []
@@ -707,7 +708,7 @@ def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
 
     real = midalign.models.load_model
     monkeypatch.setattr(midalign.models, "load_model", spy)
-    monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: "AVX512-BF16")
+    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AVX512-BF16")
     data = _write_sib200(tmp_path / "sib200")
     values = _recipe(tiny_model_dir, data)
     values["eval"]["dtype"] = "float32"  # the recipe's own choice wins over auto

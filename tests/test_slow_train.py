@@ -18,8 +18,9 @@ from conftest import shared_data
 
 from midalign.config import TrainConfig
 from midalign.data.pairs import load_pairs
+from midalign.layers import num_layers
 from midalign.losses import info_nce
-from midalign.models import load_model, num_layers
+from midalign.models import load_model
 from midalign.probe import extract_embeddings
 from midalign.retrieval import retrieval_accuracy
 from midalign.train import read_log, train

@@ -20,9 +20,10 @@ from transformers import TrainerCallback
 from midalign.cli import main
 from midalign.config import TrainConfig
 from midalign.errors import InputError
+from midalign.forward import _masked_mean, pooled_states, pooling_mask
 from midalign.io import MARKER
+from midalign.layers import decoder_stack
 from midalign.losses import info_nce
-from midalign.models import _masked_mean, decoder_stack, pooled_states, pooling_mask
 from midalign.train import AlignmentTrainer, last_checkpoint, read_log, train
 
 WORDS = (

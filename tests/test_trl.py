@@ -24,8 +24,9 @@ from trl import SFTConfig  # noqa: E402
 
 from midalign.config import AlignConfig  # noqa: E402
 from midalign.data.pairs import encode_pairs, load_pairs  # noqa: E402
+from midalign.forward import pooled_states, response_loss  # noqa: E402
 from midalign.losses import info_nce  # noqa: E402
-from midalign.models import load_model, peft_quietly, pooled_states, response_loss  # noqa: E402
+from midalign.models import load_model, peft_quietly  # noqa: E402
 from midalign.probe import special_token_ids  # noqa: E402
 
 
