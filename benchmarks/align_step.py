@@ -35,7 +35,7 @@ from types import SimpleNamespace
 import torch
 from _common import REPO, SIB200, load_1min, machine, print_machine, timed, wait_for_quiet
 
-from midalign.alignment import AlignSetup
+from midalign.align_setup import AlignSetup
 from midalign.data.pairs import encode_pairs, load_pairs
 from midalign.forward import _masked_mean, pooling_mask
 from midalign.layers import num_layers
@@ -43,7 +43,7 @@ from midalign.losses import info_nce
 from midalign.models import load_model
 from midalign.probe import special_token_ids
 from midalign.prompting import encode_example
-from midalign.train import AlignmentTrainer
+from midalign.trainer import AlignmentTrainer
 
 TATOEBA = REPO.parent / "shared" / "data" / "tatoeba"
 TOPIC_PROMPT = (

@@ -6,6 +6,7 @@ LoRA is attached. They stay constant during training, so the normalisation does 
 the adapter it trains, and they are saved as ``align_stats.safetensors`` (tensors
 ``layer.<l>.mean`` and ``layer.<l>.std``, float64, [d]) in the run directory, next to the adapter
 and in every checkpoint; ``--resume`` loads them from the checkpoint instead of recomputing.
+Under several processes every rank computes them and all use rank 0's (:func:`broadcast_stats`).
 
 Every language weighs the same, as in the alignment stream (which draws a language uniformly):
 μ and σ² are those of the uniform mixture of the languages' rows (law of total variance), on at
@@ -104,3 +105,18 @@ def load_stats(path: Path, layers: Sequence[int]) -> Stats:
     mean = torch.stack([tensors[f"layer.{layer}.mean"] for layer in layers])
     std = torch.stack([tensors[f"layer.{layer}.std"] for layer in layers])
     return mean, std
+
+
+def broadcast_stats(stats: Stats, device: torch.device) -> Stats:
+    """Rank 0's statistics on every rank (unchanged without a process group): each rank
+    computed its own, and all must normalise with the same ones, bit for bit."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return stats
+    out = []
+    for t in stats:
+        t = t.to(device)
+        dist.broadcast(t, src=0)
+        out.append(t.cpu())
+    return out[0], out[1]

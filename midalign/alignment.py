@@ -4,7 +4,7 @@ The Trainer keeps what it does well: optimiser, scheduler, gradient accumulation
 evaluation, checkpoints, early stopping and resume. :class:`AlignmentMixin` changes one
 thing, what a ``training_step`` does with the task micro-batch it is handed, for any
 ``Trainer`` class it is mixed into: ``transformers.Trainer`` for ``midalign train``
-(:class:`midalign.train.AlignmentTrainer`), TRL's ``SFTTrainer`` for
+(:class:`midalign.trainer.AlignmentTrainer`), TRL's ``SFTTrainer`` for
 :class:`midalign.trl.AlignmentSFTTrainer`. The trainer supplies the task loss of a
 micro-batch (:meth:`AlignmentMixin.task_loss`); the schedules, the alignment loss and its
 logging are this module's, one implementation for both:
@@ -33,7 +33,7 @@ calls ``accelerator.backward`` itself); the accelerator is built with num_steps 
 scale either.
 
 The alignment micro-batch is B pairs as one batch of 2B rows through
-:func:`midalign.models.pooled_states`: the forward stops after the alignment layer (no later
+:func:`midalign.forward.pooled_states`: the forward stops after the alignment layer (no later
 layers, no final norm, no lm_head: at layer L the residual stream before the norm, as in the
 paper's code), and LoRA gradients flow through it. ``align.normalize`` centres or standardises
 the pooled states before the cosine (:mod:`midalign.losses`), with the current batch's statistics
@@ -52,28 +52,20 @@ mean over its own tokens, and the ranks' gradients are averaged).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.trainer_utils import EvalLoopOutput
 
-from midalign.config import AlignConfig
-from midalign.data.pairs import AlignStream, Pairs, encode_pairs
+from midalign.align_setup import AlignSetup
+from midalign.data.pairs import encode_pairs
 from midalign.data.steps import ALIGN_STEP, AlternatingSteps, StepsDataset
 from midalign.errors import InputError
-from midalign.forward import pooled_states
-from midalign.layers import num_layers, parse_layers
-from midalign.losses import Stats, info_nce, top1_accuracy
-from midalign.probe import extract_embeddings, special_token_ids
-from midalign.retrieval import pair_accuracy
-
-log = logging.getLogger(__name__)
+from midalign.losses import info_nce, top1_accuracy
 
 STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
 
@@ -81,39 +73,6 @@ STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream posit
 class TrainingDiverged(InputError):
     """The loss or the LoRA weights became NaN or infinite. An InputError because the fix is
     an option (a lower learning rate) or the data; the CLI reports it in one line."""
-
-
-@dataclass
-class AlignSetup:
-    """Everything the alignment loss needs besides the model."""
-
-    stream: AlignStream
-    layers: list[int]
-    temperature: float = 0.1
-    symmetric: bool = False
-    gather: bool = False
-    pool: str = "mean"
-    normalize: str = "none"
-    stats: Stats | None = None  # the base model's (μ, σ) [n_layers, d]; None: the batch's
-    weight: float = 1.0
-    max_length: int = 128
-    special_ids: list[int] = field(default_factory=list)
-    dev_batches: list[dict[str, torch.Tensor]] = field(default_factory=list)
-
-    def states(
-        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, Stats | None]:
-        """Pooled alignment-layer states (before the final norm) of a 2B-row batch, x rows
-        first: x and y, each [n_layers, B, d], and the constant statistics on their device."""
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        pooled = pooled_states(
-            model, ids, mask, self.layers, self.pool, self.special_ids, final_norm=False
-        )  # [n_layers, 2B, d]
-        b = ids.shape[0] // 2
-        if self.stats is None:
-            return pooled[:, :b], pooled[:, b:], None
-        mean, std = (t.to(pooled.device) for t in self.stats)
-        return pooled[:, :b], pooled[:, b:], (mean, std)
 
 
 class AlignmentMixin:
@@ -355,108 +314,3 @@ class AlignmentMixin:
             output.metrics[f"{metric_key_prefix}_align_loss"] = loss
             output.metrics[f"{metric_key_prefix}_align_acc"] = acc
         return output
-
-
-# ---------------------------------------------------------------------- setup
-
-
-def choose_auto_layer(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Pairs,
-    per_lang: int,
-    pool: str,
-) -> tuple[int, dict[str, float]]:
-    """The layer (1..L) where the base model retrieves the alignment pairs best: mean xsim
-    accuracy over languages and both directions, on up to ``per_lang`` pairs per language."""
-    n_layers = num_layers(model)
-    layers = list(range(1, n_layers + 1))
-    emb, sides = {}, []
-    for lang, items in pairs.items():
-        sample = items[:per_lang]
-        for side, texts in (("x", [x for x, _ in sample]), ("y", [y for _, y in sample])):
-            emb[f"{lang}:{side}"] = extract_embeddings(
-                model, tokenizer, texts, layers, pool, progress=False
-            )
-        sides += [(f"{lang}:x", f"{lang}:y"), (f"{lang}:y", f"{lang}:x")]
-    smallest = min(len(v) for v in pairs.values())
-    margin = "ratio" if min(smallest, per_lang) > 4 else "cosine"
-    acc = pair_accuracy(emb, sides, k=4, margin=margin).mean(dim=1)  # [L]
-    by_layer = {str(layer): float(a) for layer, a in zip(layers, acc, strict=True)}
-    best = layers[int(acc.argmax())]
-    return best, by_layer
-
-
-def resolve_layers(
-    spec: str,
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Pairs,
-    per_lang: int,
-    pool: str,
-) -> tuple[list[int], dict[str, float] | None]:
-    """``middle`` → L // 2; ``auto`` → probed peak; integers → themselves (1..L)."""
-    n_layers = num_layers(model)
-    if spec == "auto":
-        layer, by_layer = choose_auto_layer(model, tokenizer, pairs, per_lang, pool)
-        log.info(
-            "--align-layers auto: layer %d (mean retrieval %.3f; by layer %s)",
-            layer,
-            by_layer[str(layer)],
-            ", ".join(f"{k}: {v:.2f}" for k, v in by_layer.items()),
-        )
-        return [layer], by_layer
-    layers = parse_layers(spec, n_layers, "--align-layers")
-    if 0 in layers:
-        raise InputError(
-            "--align-layers: layer 0 is the embedding output, which LoRA does not change; "
-            f"use 1 to {n_layers}"
-        )
-    return layers, None
-
-
-def dev_batches(
-    dev: Pairs, tokenizer: PreTrainedTokenizerBase, batch_pairs: int, max_length: int
-) -> list[dict[str, torch.Tensor]]:
-    """Held-out pairs in chunks of B per language (a last chunk of one pair joins the previous)."""
-    batches = []
-    for items in dev.values():
-        starts = list(range(0, len(items), batch_pairs))
-        if len(items) - starts[-1] < 2 and len(starts) > 1:
-            starts.pop()
-        bounds = [*starts[1:], len(items)]
-        for start, end in zip(starts, bounds, strict=True):
-            batches.append(encode_pairs(tokenizer, items[start:end], max_length))
-    return batches
-
-
-def align_setup(
-    a: AlignConfig,
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Pairs,
-    dev_pairs: Pairs,
-    seed: int,
-    max_length: int,
-    rank: int = 0,
-    world: int = 1,
-) -> tuple[AlignSetup, dict[str, float] | None]:
-    """The alignment loss's setup from the ``align`` config section (without base statistics,
-    which need the model before LoRA), and the auto layer choice's retrieval by layer (None
-    unless ``layers: auto``). ``rank`` of ``world`` processes trains on its slice of the
-    stream (:class:`~midalign.data.pairs.AlignStream`)."""
-    layers, auto_retrieval = resolve_layers(a.layers, model, tokenizer, pairs, a.auto_pairs, a.pool)
-    setup = AlignSetup(
-        stream=AlignStream(pairs, a.batch_pairs, seed, rank, world),
-        layers=layers,
-        temperature=a.temperature,
-        symmetric=a.symmetric,
-        gather=a.gather_negatives,
-        pool=a.pool,
-        normalize=a.normalize,
-        weight=a.weight,
-        max_length=max_length,
-        special_ids=special_token_ids(tokenizer),
-        dev_batches=dev_batches(dev_pairs, tokenizer, a.batch_pairs, max_length),
-    )
-    return setup, auto_retrieval

@@ -60,7 +60,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_placement_options(p: argparse.ArgumentParser) -> None:
     """``--device-map``, ``--max-memory`` and ``--offload-folder``, for a model bigger than one
-    device (accelerate's big-model loading; ``midalign.models.parse_placement`` reads them)."""
+    device (accelerate's big-model loading; ``midalign.placement.parse_placement`` reads them)."""
     p.add_argument(
         "--device-map",
         metavar="STRATEGY|FILE",

@@ -1,11 +1,14 @@
 """Plots people would rather look at than read: accuracy by layer, language × layer heatmap,
-the pair matrix at one layer, the anisotropy of the states by layer. Plain matplotlib (Agg),
-PNG files, no state between calls."""
+the pair matrix at one layer, the anisotropy of the states by layer, a training run's curves.
+Plain matplotlib (Agg), PNG files, no state between calls."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -159,3 +162,40 @@ def plot_correlation(
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Task and alignment losses (train and dev), the dev in-batch top-1 accuracy (right axis)
+    and the learning rate against the step."""
+    series = ("task_loss", "align_loss", "eval_task_loss", "eval_align_loss")
+    fig, (ax_loss, ax_lr) = plt.subplots(
+        2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for name in series:
+        points = [(r["step"], r[name]) for r in rows if name in r and math.isfinite(r[name])]
+        if points:
+            style = "o--" if name.startswith("eval") else "-"
+            ax_loss.plot(*zip(*points, strict=True), style, label=name, markersize=4)
+    ax_loss.set_ylabel("loss")
+    ax_loss.grid(alpha=0.3)
+    handles, labels = ax_loss.get_legend_handles_labels()
+    acc = [(r["step"], r["eval_align_acc"]) for r in rows if "eval_align_acc" in r]
+    if acc:
+        ax_acc = ax_loss.twinx()
+        ax_acc.plot(*zip(*acc, strict=True), "s:", color="black", markersize=4)
+        ax_acc.set_ylim(0, 1)
+        ax_acc.set_ylabel("dev top-1 x → y (in batch)")
+        handles += ax_acc.get_lines()
+        labels += ["eval_align_acc"]
+    ax_loss.legend(handles, labels)
+    lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
+    if lr:
+        ax_lr.plot(*zip(*lr, strict=True), color="gray")
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -481,8 +481,10 @@ class Runner:
         return system_config(self.recipe, system, seed, data["train"].get("path"), dev).to_dict()
 
     def train(self, system: System, seed: int, data: dict[str, dict]) -> dict:
+        from midalign.callbacks import LOG_FILE
+        from midalign.checkpoints import last_checkpoint
         from midalign.config import from_dict
-        from midalign.train import LOG_FILE, last_checkpoint, train
+        from midalign.train import train
 
         sections = self.train_config(system, seed, data)
         # The data files' paths change with their hashes; their hashes are what matter.
@@ -610,7 +612,7 @@ class Runner:
 
     def dtype(self, section: dict[str, Any]) -> str:
         """The dtype a probe or eval step loads the model in: the section's ``dtype`` (``auto``
-        unless the recipe names one) as :func:`midalign.models.resolve_dtype` resolves it on
+        unless the recipe names one) as :func:`midalign.dtypes.resolve_dtype` resolves it on
         this machine. Steps hash the resolved name, so a step is redone exactly when it would
         compute in another dtype than before (see LATER_DEFAULTS)."""
         from midalign.dtypes import dtype_name, resolve_dtype
@@ -873,7 +875,7 @@ def dev_alignment(training: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """system -> mean ± CI over seeds of the last dev in-batch top-1 accuracy of the alignment
     pairs (``eval_align_acc`` in the training log; τ-free, unlike the dev InfoNCE), and of the
     dev alignment loss, for systems that logged one."""
-    from midalign.train import LOG_FILE, read_log
+    from midalign.callbacks import LOG_FILE, read_log
 
     out = {}
     for name, by_seed in training.items():

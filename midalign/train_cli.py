@@ -126,7 +126,8 @@ def _process_state() -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from midalign.train import last_checkpoint, train
+    from midalign.checkpoints import last_checkpoint
+    from midalign.train import train
 
     out: Path = args.out
     checkpoint = None

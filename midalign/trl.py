@@ -35,8 +35,9 @@ from peft import PeftModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
+from midalign.align_setup import align_setup
 from midalign.align_stats import base_stats
-from midalign.alignment import STREAM_FILE, AlignmentMixin, align_setup
+from midalign.alignment import STREAM_FILE, AlignmentMixin
 from midalign.config import AlignConfig, check_align
 from midalign.data.pairs import Pairs
 from midalign.io import write_json

@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 from test_runner import recipe_file  # noqa: F401  (fixture: a tiny recipe)
 from test_train import _adapter, _config, _run
 
+from midalign.checkpoints import COMPLETE_FILE, last_checkpoint
 from midalign.cli import main
-from midalign.train import COMPLETE_FILE, last_checkpoint, train
+from midalign.train import train
 
 TESTS = Path(__file__).parent
 
@@ -106,10 +107,11 @@ def test_sigkill_while_a_checkpoint_is_written(tmp_path: Path, straight: Path) -
         tmp_path,
         out,
         """
-        import midalign.train as t
+        import midalign.trainer as t
+        from midalign.checkpoints import COMPLETE_FILE
         write = t.write_text_atomic
         def dying_write(path, text):
-            if Path(path).name == t.COMPLETE_FILE and Path(path).parent.name == "checkpoint-4":
+            if Path(path).name == COMPLETE_FILE and Path(path).parent.name == "checkpoint-4":
                 os.kill(os.getpid(), signal.SIGKILL)
             write(path, text)
         t.write_text_atomic = dying_write

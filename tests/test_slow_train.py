@@ -16,6 +16,7 @@ from __future__ import annotations
 import pytest
 from conftest import shared_data
 
+from midalign.callbacks import read_log
 from midalign.config import TrainConfig
 from midalign.data.pairs import load_pairs
 from midalign.layers import num_layers
@@ -23,7 +24,7 @@ from midalign.losses import info_nce
 from midalign.models import load_model
 from midalign.probe import extract_embeddings
 from midalign.retrieval import retrieval_accuracy
-from midalign.train import read_log, train
+from midalign.train import train
 
 LANGS = ["deu", "jpn", "swh"]
 

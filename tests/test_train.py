@@ -17,6 +17,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from midalign.callbacks import read_log
+from midalign.checkpoints import last_checkpoint
 from midalign.cli import main
 from midalign.config import TrainConfig
 from midalign.errors import InputError
@@ -24,7 +26,8 @@ from midalign.forward import _masked_mean, pooled_states, pooling_mask
 from midalign.io import MARKER
 from midalign.layers import decoder_stack
 from midalign.losses import info_nce
-from midalign.train import AlignmentTrainer, last_checkpoint, read_log, train
+from midalign.train import train
+from midalign.trainer import AlignmentTrainer
 
 WORDS = (
     "the a is of and to in human rights all everyone free equal dignity born person people "
@@ -374,7 +377,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
         def fail(*args, **kwargs):
             raise AssertionError("statistics computed again on resume")
 
-        monkeypatch.setattr("midalign.train.base_stats", fail)
+        monkeypatch.setattr("midalign.align_setup.base_stats", fail)
     result = train(config, stopped, checkpoint, progress=False)
     assert not result.interrupted and result.global_step == 8
 
@@ -518,7 +521,7 @@ def test_cli_missing_response_field(tmp_path, capsys):
 
 
 def test_auto_layer_is_the_layer_of_peak_retrieval(tmp_path):
-    from midalign.alignment import resolve_layers
+    from midalign.align_setup import resolve_layers
     from midalign.data.pairs import load_pairs
     from midalign.probe import extract_embeddings
     from midalign.retrieval import retrieval_accuracy
@@ -657,8 +660,8 @@ def test_base_statistics_and_dev_accuracy_recomputed_by_hand(tmp_path):
     """standardize with the base model's statistics at the last layer (L = 4, before the final
     norm): the saved μ, σ are the uniform mixture of the languages' rows, recomputed from full
     forwards; the logged dev top-1 accuracy and loss are recomputed from the saved adapter."""
+    from midalign.align_setup import dev_batches
     from midalign.align_stats import load_stats
-    from midalign.alignment import dev_batches
     from midalign.data.pairs import encode_pairs, load_pairs, split_dev
     from midalign.losses import STD_FLOOR
     from midalign.models import load_model

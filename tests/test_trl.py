@@ -36,7 +36,7 @@ def _no_telemetry(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-from midalign.train import AlignmentTrainer  # noqa: E402
+from midalign.trainer import AlignmentTrainer  # noqa: E402
 from midalign.trl import AlignmentSFTTrainer, as_pairs  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
