@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from midalign.data.pairs import Pairs, encode_pairs
 from midalign.errors import InputError
-from midalign.io import atomic_file
+from midalign.files import atomic_file
 from midalign.losses import Stats, floored_std
 from midalign.models import input_device, pooled_states
 

@@ -22,8 +22,8 @@ from transformers import PreTrainedTokenizerBase
 
 from midalign.cli import LIMIT_HELP, add_model_options, add_placement_options, positive_int
 from midalign.errors import InputError
+from midalign.files import atomic_output_dir, check_output_dir, write_json
 from midalign.generate import generate
-from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.models import DTYPE_CHOICES, dtype_name, load_model, parse_placement, resolve_dtype
 from midalign.prompting import encode_prompt, prompt_text
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms

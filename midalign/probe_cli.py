@@ -18,7 +18,7 @@ from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.reading import parse_json, read_text
 from midalign.errors import InputError
-from midalign.io import atomic_output_dir, check_output_dir, write_json
+from midalign.files import atomic_output_dir, check_output_dir, write_json
 from midalign.languages import parse_langs
 from midalign.models import (
     DTYPE_CHOICES,

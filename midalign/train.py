@@ -58,7 +58,7 @@ from midalign.data.pairs import (
 )
 from midalign.data.steps import StepsDataset, collate_steps
 from midalign.errors import InputError
-from midalign.io import follow_umask, write_json, write_text_atomic
+from midalign.files import follow_umask, write_json, write_text_atomic
 from midalign.losses import Stats
 from midalign.model_card import training_card, write_card
 from midalign.models import (
