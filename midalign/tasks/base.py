@@ -60,7 +60,6 @@ class Task(ABC):
 
     name: str
     metric: str  # the headline score, a key of score()'s result
-    stop: str  # when generation stops early: "newline", "json" (closing bracket) or "eos"
     max_new_tokens: int  # enough for every reference answer of the paper's data sets
     source_help: str  # the --data / --source forms this task reads
     data_name: str  # what its data is called in errors: "not a NER data set"
@@ -97,6 +96,12 @@ class Task(ABC):
             raise InputError(f"{source!r}: not a {self.data_name} data set ({self.source_help})")
         reader, arg = found
         return reader.read(arg, keys, split)
+
+    def stop(self, answer: str) -> bool:
+        """Whether ``answer``, the text generated so far, is a whole answer, so generation may
+        stop early: here at a line break after its first text (leading blank lines are not an
+        end), since every answer but a JSON one is one line."""
+        return "\n" in answer.lstrip("\n")
 
     @abstractmethod
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:

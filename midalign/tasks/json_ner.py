@@ -252,7 +252,6 @@ def _aya_sentence(inputs: str) -> str:
 class JsonNER(Task):
     name = "ner"
     metric = "f1"
-    stop = "json"
     max_new_tokens = 200
     source_help = (
         "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2) | aya:FILE/DIR (templated_uner_llm "
@@ -263,6 +262,10 @@ class JsonNER(Task):
         "uner": Reader(read_uner, sniff=folder_with("*.iob2")),
         "aya": Reader(read_aya, sniff=lambda s, path: path.exists() or is_hub_id(s)),
     }
+
+    def stop(self, answer: str) -> bool:
+        """A JSON answer may span lines: it ends where its outer bracket closes."""
+        return json_complete(answer)
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
         return None, PROMPT + example.text

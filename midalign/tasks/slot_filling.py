@@ -455,7 +455,6 @@ def read_xsid(root: str | Path, langs: Sequence[str], split: str) -> list[Exampl
 class SlotFilling(Task):
     name = "slots"
     metric = "f1"
-    stop = "newline"
     max_new_tokens = 64
     source_help = (
         "xsid:DIR (xSID <lang>.<split>.conll) | massive:DIR or massive:FILE.jsonl (MASSIVE 1.0 "

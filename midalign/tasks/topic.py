@@ -119,7 +119,6 @@ def read_sib200_hub(source: str, langs: Sequence[str], split: str) -> list[Examp
 class Topic(Task):
     name = "topic"
     metric = "accuracy"
-    stop = "newline"
     max_new_tokens = 8
     source_help = (
         "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (a copy of its "

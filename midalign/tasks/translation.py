@@ -191,7 +191,6 @@ def read_udhr_mt(arg: str, keys: Sequence[str], split: str) -> list[Example]:
 class Translation(Task):
     name = "mt"
     metric = "bleu"
-    stop = "newline"
     max_new_tokens = 256
     source_help = (
         "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json, test.<s>-<t>.json) | "
