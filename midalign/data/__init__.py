@@ -22,38 +22,46 @@ from pathlib import Path
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.hub import read_hf
 from midalign.data.parallel import read_flores_dir, read_plain, read_sib200, read_tatoeba
-from midalign.data.sources import Reader, pick_reader
+from midalign.data.sources import Reader, forms, pick_reader
 from midalign.data.udhr import read_udhr
 from midalign.errors import InputError
 from midalign.languages import to_flores
 
 __all__ = ["ParallelCorpus", "load_parallel", "SPEC_FORMS"]
 
-SPEC_FORMS = (
-    "udhr, udhr:DIR, udhr=CODE,..., flores:DIR, sib200:DIR, tatoeba:DIR, "
-    "parallel:FILE,FILE,..., hf:flores_plus, hf:DATASET_ID, hf:DIR"
-)
 _ARG = ":(.+)"  # NAME:ARG, ARG not empty
 READERS: dict[str, Reader[ParallelCorpus]] = {
     # udhr's own forms: what follows the name (udhr, :DIR, =CODES, #PART) is read_udhr's argument
-    "udhr": Reader(lambda arg, langs, split: read_udhr(arg, langs), after="((?![a-z0-9]).*)"),
+    "udhr": Reader(
+        lambda arg, langs, split: read_udhr(arg, langs),
+        "udhr, udhr:DIR, udhr=CODE,...",
+        after="((?![a-z0-9]).*)",
+    ),
     "flores": Reader(
-        lambda arg, langs, split: read_flores_dir(Path(arg).expanduser(), langs, split), after=_ARG
+        lambda arg, langs, split: read_flores_dir(Path(arg).expanduser(), langs, split),
+        "flores:DIR",
+        after=_ARG,
     ),
     "sib200": Reader(
-        lambda arg, langs, split: read_sib200(Path(arg).expanduser(), langs, split), after=_ARG
+        lambda arg, langs, split: read_sib200(Path(arg).expanduser(), langs, split),
+        "sib200:DIR",
+        after=_ARG,
     ),
     "tatoeba": Reader(
-        lambda arg, langs, split: read_tatoeba(Path(arg).expanduser(), langs), after=_ARG
+        lambda arg, langs, split: read_tatoeba(Path(arg).expanduser(), langs),
+        "tatoeba:DIR",
+        after=_ARG,
     ),
     "parallel": Reader(
         lambda arg, langs, split: read_plain(
             [Path(f).expanduser() for f in arg.split(",") if f], langs
         ),
+        "parallel:FILE,FILE,...",
         after=_ARG,
     ),
-    "hf": Reader(read_hf, after=_ARG),
+    "hf": Reader(read_hf, "hf:flores_plus, hf:DATASET_ID, hf:DIR", after=_ARG),
 }
+SPEC_FORMS = forms(READERS, ", ")
 
 
 def load_parallel(

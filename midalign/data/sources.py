@@ -23,17 +23,18 @@ T = TypeVar("T")
 class Reader(Generic[T]):
     """How one data format is named, recognised and read.
 
-    A source names the format as ``NAME`` followed by what ``after`` matches (a regex whose group
+    ``form`` is how a source names it, for help texts and errors (``uner:DIR (UNER ...)``). A
+    source names the format as ``NAME`` followed by what ``after`` matches (a regex whose group
     1 is the argument ``read`` gets, ``""`` where the group is optional and absent): ``NAME:ARG``
-    by default.
-    ``sniff(source, path)`` recognises a source that does not name its format (a folder by the
-    files in it, a file by its suffix, a hub id; ``path`` is the source as a local path, ``~``
-    expanded); ``read`` then gets the whole source. ``folder``: the argument
-    is a directory, which ``read`` gets as a Path, and a source whose argument is none is no data
-    set of this format (the caller's error then lists the forms it reads).
+    by default. ``sniff(source, path)`` recognises a source that does not name its format (a
+    folder by the files in it, a file by its suffix, a hub id; ``path`` is the source as a local
+    path, ``~`` expanded); ``read`` then gets the whole source. ``folder``: the argument is a
+    directory, which ``read`` gets as a Path, and a source whose argument is none is no data set
+    of this format (the caller's error then lists the forms it reads).
     """
 
     read: Callable[[Any, Sequence[str], str], T]  # (argument, languages, split)
+    form: str
     sniff: Callable[[str, Path], bool] | None = None
     after: str = ":(.*)"
     folder: bool = False
@@ -55,6 +56,11 @@ def pick_reader(source: str, readers: Mapping[str, Reader[T]]) -> tuple[Reader[T
         if reader.sniff is not None and reader.sniff(source, path):
             return reader, path if reader.folder else source
     return None
+
+
+def forms(readers: Mapping[str, Reader[Any]], sep: str = " | ") -> str:
+    """The forms of a source that the registry ``readers`` reads, for help texts and errors."""
+    return sep.join(reader.form for reader in readers.values())
 
 
 def folder(name: str, arg: str | Path) -> Path:

@@ -61,10 +61,10 @@ class Task(ABC):
     name: str
     metric: str  # the headline score, a key of score()'s result
     max_new_tokens: int  # enough for every reference answer of the paper's data sets
-    source_help: str  # the --data / --source forms this task reads
-    data_name: str  # what its data is called in errors: "not a NER data set"
     # format name -> reader of its examples; bare sources are sniffed in this order
     readers: Mapping[str, Reader[list[Example]]]
+    source_help: str  # the --data / --source forms this task reads: forms(readers)
+    data_name: str  # what its data is called in errors: "not a NER data set"
 
     def languages(self, spec: str, option: str = "--langs") -> list[str]:
         """The ``--langs`` value as the keys examples are grouped by (FLoRes codes here); an

@@ -18,7 +18,7 @@ from typing import Any
 
 from midalign.data.hub import load_hf_table, load_split
 from midalign.data.reading import by_language, conll_sentences, select
-from midalign.data.sources import Reader, folder, folder_with, is_hub_id
+from midalign.data.sources import Reader, folder, folder_with, forms, is_hub_id
 from midalign.errors import InputError
 from midalign.languages import to_flores
 from midalign.tasks.base import Example, Parsed, Task
@@ -249,19 +249,26 @@ def _aya_sentence(inputs: str) -> str:
     return (inputs[at + len(marker) :] if at >= 0 else inputs.splitlines()[-1]).strip()
 
 
+READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
+    "uner": Reader(
+        read_uner, "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2)", folder_with("*.iob2")
+    ),
+    "aya": Reader(
+        read_aya,
+        "aya:FILE/DIR (templated_uner_llm parquet, or a copy of the repo) | "
+        "aya:CohereLabs/aya_collection or hub id",
+        lambda s, path: path.exists() or is_hub_id(s),
+    ),
+}
+
+
 class JsonNER(Task):
     name = "ner"
     metric = "f1"
     max_new_tokens = 200
-    source_help = (
-        "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2) | aya:FILE/DIR (templated_uner_llm "
-        "parquet, or a copy of the repo) | aya:CohereLabs/aya_collection or hub id"
-    )
+    readers = READERS
+    source_help = forms(READERS)
     data_name = "NER"
-    readers = {
-        "uner": Reader(read_uner, sniff=folder_with("*.iob2")),
-        "aya": Reader(read_aya, sniff=lambda s, path: path.exists() or is_hub_id(s)),
-    }
 
     def stop(self, answer: str) -> bool:
         """A JSON answer may span lines: it ends where its outer bracket closes."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from midalign.data.hub import load_hf_table, load_split
 from midalign.data.reading import by_language, conll_sentences, jsonl_rows, select
-from midalign.data.sources import Reader, folder, folder_with, is_hub_id
+from midalign.data.sources import Reader, folder, folder_with, forms, is_hub_id
 from midalign.errors import InputError
 from midalign.languages import to_flores
 from midalign.tasks.base import Example, Parsed, Task
@@ -452,24 +452,28 @@ def read_xsid(root: str | Path, langs: Sequence[str], split: str) -> list[Exampl
     ]
 
 
+READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
+    "xsid": Reader(read_xsid, "xsid:DIR (xSID <lang>.<split>.conll)", folder_with("*.conll")),
+    "massive": Reader(
+        read_massive,
+        "massive:DIR or massive:FILE.jsonl (MASSIVE 1.0 jsonl)",
+        lambda s, path: path.is_dir() or path.suffix == ".jsonl",
+    ),
+    "hf": Reader(
+        read_massive_table,
+        "hf:AmazonScience/massive, a hub id, or hf:FILE/DIR (parquet of the hub schema)",
+        lambda s, path: path.suffix == ".parquet" or is_hub_id(s),
+    ),
+}
+
+
 class SlotFilling(Task):
     name = "slots"
     metric = "f1"
     max_new_tokens = 64
-    source_help = (
-        "xsid:DIR (xSID <lang>.<split>.conll) | massive:DIR or massive:FILE.jsonl (MASSIVE 1.0 "
-        "jsonl) | hf:AmazonScience/massive, a hub id, or hf:FILE/DIR (parquet of the hub schema)"
-    )
+    readers = READERS
+    source_help = forms(READERS)
     data_name = "slot-filling"
-    readers = {
-        "xsid": Reader(read_xsid, sniff=folder_with("*.conll")),
-        "massive": Reader(
-            read_massive, sniff=lambda s, path: path.is_dir() or path.suffix == ".jsonl"
-        ),
-        "hf": Reader(
-            read_massive_table, sniff=lambda s, path: path.suffix == ".parquet" or is_hub_id(s)
-        ),
-    }
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
         if zero_shot:

@@ -15,7 +15,7 @@ from typing import Any
 
 from midalign.data.hub import load_split
 from midalign.data.reading import by_language, read_tsv, select
-from midalign.data.sources import Reader, folder, folder_with, is_hub_id
+from midalign.data.sources import Reader, folder, folder_with, forms, is_hub_id
 from midalign.errors import InputError
 from midalign.tasks.base import Example, Parsed, Task
 
@@ -116,19 +116,25 @@ def read_sib200_hub(source: str, langs: Sequence[str], split: str) -> list[Examp
     return examples
 
 
+READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
+    "sib200": Reader(
+        read_sib200_dir, "sib200:DIR (SIB-200 <code>/<split>.tsv)", folder_with("*/*.tsv")
+    ),
+    "hf": Reader(
+        read_sib200_hub,
+        "hf:Davlan/sib200 or hf:DIR (a copy of its parquet conversion, <code>/<split>/*.parquet)",
+        lambda s, path: path.is_dir() or is_hub_id(s),
+    ),
+}
+
+
 class Topic(Task):
     name = "topic"
     metric = "accuracy"
     max_new_tokens = 8
-    source_help = (
-        "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (a copy of its "
-        "parquet conversion, <code>/<split>/*.parquet)"
-    )
+    readers = READERS
+    source_help = forms(READERS)
     data_name = "topic"
-    readers = {
-        "sib200": Reader(read_sib200_dir, sniff=folder_with("*/*.tsv")),
-        "hf": Reader(read_sib200_hub, sniff=lambda s, path: path.is_dir() or is_hub_id(s)),
-    }
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
         return SYSTEM, example.text

@@ -21,7 +21,7 @@ from midalign.data import load_parallel
 from midalign.data.alma import read_alma_pairs, two_letter
 from midalign.data.parallel import ENGLISH as PIVOT
 from midalign.data.reading import read_sentences
-from midalign.data.sources import Reader, folder_with
+from midalign.data.sources import Reader, folder_with, forms
 from midalign.errors import InputError
 from midalign.languages import language_name, to_flores
 from midalign.tasks.base import Example, Parsed, Task
@@ -188,25 +188,35 @@ def read_udhr_mt(arg: str, keys: Sequence[str], split: str) -> list[Example]:
     return examples
 
 
+_wmt23_folder = folder_with("generaltest2023.*")
+READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
+    "alma": Reader(
+        read_alma,
+        "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json, test.<s>-<t>.json)",
+        lambda s, path: path.is_dir() and not _wmt23_folder(s, path),
+        folder=True,
+    ),
+    "wmt23": Reader(
+        lambda root, keys, split: read_wmt23(root, keys),
+        "wmt23:DIR (generaltest2023.<s>-<t>.{src.<s>,ref.refA.<t>})",
+        _wmt23_folder,
+        folder=True,
+    ),
+    "udhr": Reader(  # udhr or udhr:DIR, read as "" or ":DIR"
+        read_udhr_mt,
+        "udhr or udhr:DIR (UDHR paragraphs; train/dev/test = articles 1-16/17-20/21-30)",
+        after="((?::.*)?)",
+    ),
+}
+
+
 class Translation(Task):
     name = "mt"
     metric = "bleu"
     max_new_tokens = 256
-    source_help = (
-        "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json, test.<s>-<t>.json) | "
-        "wmt23:DIR (generaltest2023.<s>-<t>.{src.<s>,ref.refA.<t>}) | "
-        "udhr or udhr:DIR (UDHR paragraphs; train/dev/test = articles 1-16/17-20/21-30)"
-    )
+    readers = READERS
+    source_help = forms(READERS)
     data_name = "translation"
-    readers = {
-        "udhr": Reader(read_udhr_mt, after="((?::.*)?)"),  # udhr, udhr:DIR; read as "", ":DIR"
-        "wmt23": Reader(
-            lambda root, keys, split: read_wmt23(root, keys),
-            sniff=folder_with("generaltest2023.*"),
-            folder=True,
-        ),
-        "alma": Reader(read_alma, sniff=lambda s, path: path.is_dir(), folder=True),
-    }
 
     def languages(self, spec: str, option: str = "--langs") -> list[str]:
         return parse_directions(spec, option)
