@@ -76,7 +76,7 @@ def main() -> None:
             tokenizer,
             prompts,
             max_new_tokens=args.max_new_tokens,
-            stop="newline",
+            stop=task.stop,
             batch_size=batch_size,
             progress=False,
         )

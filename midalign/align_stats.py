@@ -27,8 +27,8 @@ from transformers import PreTrainedTokenizerBase
 
 from midalign.data.pairs import Pairs, encode_pairs
 from midalign.errors import InputError
+from midalign.files import atomic_file
 from midalign.forward import pooled_states
-from midalign.io import atomic_file
 from midalign.layers import input_device
 from midalign.losses import Stats, floored_std
 

@@ -16,7 +16,7 @@ from typing import Any
 from transformers import ProgressCallback, TrainerCallback, TrainerState
 
 from midalign.errors import InputError
-from midalign.io import write_text_atomic
+from midalign.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from midalign.io import write_text_atomic
+from midalign.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from midalign.cli import LIMIT_HELP, positive_int
-from midalign.io import check_output_file, write_text_atomic
+from midalign.files import check_output_file, write_text_atomic
 from midalign.tasks import TASKS, Example, Task, get_task, source_forms
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from transformers import PreTrainedTokenizerBase
 from midalign.cli import LIMIT_HELP, add_model_options, add_placement_options, positive_int
 from midalign.dtypes import DTYPE_CHOICES, dtype_name, resolve_dtype
 from midalign.errors import InputError
+from midalign.files import atomic_output_dir, check_output_dir, write_json
 from midalign.generate import generate
-from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.models import load_model
 from midalign.placement import parse_placement
 from midalign.prompting import encode_prompt, prompt_text

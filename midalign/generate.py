@@ -18,15 +18,8 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria
 
 from midalign.layers import input_device
-from midalign.tasks.json_ner import json_complete
 
 log = logging.getLogger(__name__)
-
-STOP_RULES: dict[str, Callable[[str], bool] | None] = {
-    "newline": lambda text: "\n" in text.lstrip("\n"),
-    "json": json_complete,
-    "eos": None,
-}
 
 
 class TextStop(StoppingCriteria):
@@ -62,17 +55,17 @@ def generate(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int = 64,
-    stop: str = "eos",
+    stop: Callable[[str], bool] | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers (decoded, special tokens dropped) to token-id ``prompts``, in order.
 
-    ``stop`` is a rule of :data:`STOP_RULES`; the text after the stop point is returned too
-    (the task's parser reads only what it needs), so nothing the model said is hidden.
+    ``stop`` says whether a row's text so far is a whole answer (a task's
+    :meth:`~midalign.tasks.Task.stop`); without it a row runs to EOS or the cap. The text after
+    the stop point is returned too (the task's parser reads only what it needs), so nothing the
+    model said is hidden.
     """
-    if stop not in STOP_RULES:
-        raise ValueError(f"stop must be one of {', '.join(STOP_RULES)}, not {stop!r}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
     config = GenerationConfig(
@@ -97,8 +90,7 @@ def generate(
         for r, i in enumerate(rows):
             ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]) :] = 1
-        done = STOP_RULES[stop]
-        criteria = [TextStop(tokenizer, width, done)] if done is not None else []
+        criteria = [TextStop(tokenizer, width, stop)] if stop is not None else []
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -110,7 +102,7 @@ def generate(
         for r, (i, text) in enumerate(zip(rows, texts, strict=True)):
             answers[i] = text
             if new.shape[1] == max_new_tokens and not set(new[r].tolist()) & set(eos):
-                capped += done is None or not done(text)
+                capped += stop is None or not stop(text)
         bar.update(len(rows))
     bar.close()
     if capped:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from midalign.data.reading import read_json
 from midalign.errors import InputError
-from midalign.io import atomic_output_dir, write_json
+from midalign.files import atomic_output_dir, write_json
 from midalign.model_card import merge_card, write_card
 from midalign.models import same_base
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from midalign.cli import LIMIT_HELP, positive_int
 from midalign.errors import InputError
-from midalign.io import check_output_dir, write_json
+from midalign.files import check_output_dir, write_json
 from midalign.merge import merge_adapters
 
 

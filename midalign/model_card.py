@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from midalign.io import write_text_atomic
+from midalign.files import write_text_atomic
 
 CARD = "README.md"
 _RETRIEVAL = ("<!-- midalign:retrieval -->", "<!-- /midalign:retrieval -->")

@@ -19,8 +19,8 @@ from midalign.data.corpus import ParallelCorpus
 from midalign.data.reading import parse_json, read_text
 from midalign.dtypes import DTYPE_CHOICES, dtype_name, resolve_dtype
 from midalign.errors import InputError
+from midalign.files import atomic_output_dir, check_output_dir, write_json
 from midalign.forward import POOL_MODES
-from midalign.io import atomic_output_dir, check_output_dir, write_json
 from midalign.languages import parse_langs
 from midalign.layers import num_layers, parse_layers
 from midalign.models import load_model

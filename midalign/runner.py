@@ -27,7 +27,7 @@ from typing import Any
 from midalign.config import TrainConfig
 from midalign.data.reading import read_yaml
 from midalign.errors import InputError
-from midalign.io import write_json, write_text_atomic
+from midalign.files import write_json, write_text_atomic
 from midalign.model_card import add_retrieval
 
 log = logging.getLogger(__name__)
@@ -1033,7 +1033,7 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
 
 def write_report(recipe: Recipe, outcome: dict, groups: dict[str, list[str]], out: Path) -> dict:
     """``out/report/``: report.md, results.json and the plots, replaced as a whole."""
-    from midalign.io import atomic_output_dir
+    from midalign.files import atomic_output_dir
     from midalign.report import plot_correlation, plot_grouped_bars
     from midalign.retrieval import NORMALIZED_STATES
 

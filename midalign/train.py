@@ -51,7 +51,7 @@ from midalign.data.instructions import TaskDataset, load_task_dataset, read_inst
 from midalign.data.pairs import AlignBatches
 from midalign.data.steps import StepsDataset, collate_steps
 from midalign.errors import InputError
-from midalign.io import follow_umask
+from midalign.files import follow_umask
 from midalign.model_card import training_card, write_card
 from midalign.models import load_model, peft_quietly
 from midalign.trainer import AlignmentTrainer

@@ -24,7 +24,7 @@ from midalign.config import (
     validate,
 )
 from midalign.errors import InputError
-from midalign.io import check_output_dir, mark_output_dir, write_json, write_text_atomic
+from midalign.files import check_output_dir, mark_output_dir, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from midalign.alignment import STREAM_FILE, AlignmentMixin, TrainingDiverged
 from midalign.checkpoints import COMPLETE_FILE, TRAINER_STATE, best_relative, last_checkpoint
 from midalign.config import no_learning, no_learning_message
 from midalign.errors import InputError
+from midalign.files import follow_umask, write_json, write_text_atomic
 from midalign.forward import response_loss
-from midalign.io import follow_umask, write_json, write_text_atomic
 
 
 class AlignmentTrainer(AlignmentMixin, Trainer):

@@ -40,7 +40,7 @@ from midalign.align_stats import base_stats
 from midalign.alignment import STREAM_FILE, AlignmentMixin
 from midalign.config import AlignConfig, check_align
 from midalign.data.pairs import Pairs
-from midalign.io import write_json
+from midalign.files import write_json
 
 SCHEDULES = ("alternate", "joint", "task")
 

@@ -45,14 +45,17 @@ def test_batched_equals_one_at_a_time(family: str) -> None:
     assert again == batched  # deterministic, any batching
 
 
-def test_stop_rule_cuts_each_row_at_its_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_rule_cuts_each_row_at_its_stop() -> None:
     model, tok = tiny_model("llama", n_layers=2), tiny_tokenizer()
     prompts = _prompts(tok)
     full = gen.generate(model, tok, prompts, max_new_tokens=12, progress=False)
     words = [w for text in full for w in text.split()]
     word = max(set(words), key=words.count)  # a word some answers contain and others may not
-    monkeypatch.setitem(gen.STOP_RULES, "word", lambda text: word in text.split())
-    stopped = gen.generate(model, tok, prompts, max_new_tokens=12, stop="word", progress=False)
+
+    def at_word(text: str) -> bool:
+        return word in text.split()
+
+    stopped = gen.generate(model, tok, prompts, max_new_tokens=12, stop=at_word, progress=False)
     assert stopped != full  # some row was cut short
     for long, short in zip(full, stopped, strict=True):
         tokens = long.split()
@@ -61,12 +64,12 @@ def test_stop_rule_cuts_each_row_at_its_stop(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_stop_rules() -> None:
-    newline = gen.STOP_RULES["newline"]
-    assert not newline("time: five am") and newline("time: five am\nUser")
-    assert not newline("\n\ntime")  # leading blank lines are not the end of an answer
-    assert gen.STOP_RULES["json"]('{"Results": []} more')
-    with pytest.raises(ValueError, match="stop must be one of"):
-        gen.generate(tiny_model("llama"), tiny_tokenizer(), [[1]], stop="never")
+    for name in ("slots", "mt", "topic"):
+        newline = get_task(name).stop
+        assert not newline("time: five am") and newline("time: five am\nUser")
+        assert not newline("\n\ntime")  # leading blank lines are not the end of an answer
+    json = get_task("ner").stop
+    assert json('{"Results": []} more') and not json('{"Results": [\n')
 
 
 def test_evaluate_counts_garbage_and_scores_per_language() -> None:
@@ -300,10 +303,13 @@ class _Planned(torch.nn.Module):
         return torch.cat([input_ids, new], dim=1)
 
 
-def test_answers_that_run_to_the_cap_are_counted_and_the_cap_shown(monkeypatch, caplog, capsys):
-    monkeypatch.setitem(gen.STOP_RULES, "z", lambda text: "z" in text.split())
+def test_answers_that_run_to_the_cap_are_counted_and_the_cap_shown(caplog, capsys):
     prompts = [[1, 10], [1, 11], [1, 12]]
-    answers = gen.generate(_Planned(), tiny_tokenizer(), prompts, max_new_tokens=4, stop="z")
+
+    def at_z(text: str) -> bool:
+        return "z" in text.split()
+
+    answers = gen.generate(_Planned(), tiny_tokenizer(), prompts, max_new_tokens=4, stop=at_z)
     assert answers == ["a b c d", "a", "z b c d"]
     # only the first ran to the cap: the second ended with EOS, the third at its stop rule
     assert [r.getMessage() for r in caplog.records if r.name == "midalign.generate"] == [

@@ -11,7 +11,7 @@ import pytest
 
 from midalign import __version__
 from midalign.errors import InputError
-from midalign.io import (
+from midalign.files import (
     MARKER,
     atomic_output_dir,
     check_output_dir,

@@ -22,8 +22,8 @@ from midalign.checkpoints import last_checkpoint
 from midalign.cli import main
 from midalign.config import TrainConfig
 from midalign.errors import InputError
+from midalign.files import MARKER
 from midalign.forward import _masked_mean, pooled_states, pooling_mask
-from midalign.io import MARKER
 from midalign.layers import decoder_stack
 from midalign.losses import info_nce
 from midalign.train import train
@@ -679,7 +679,7 @@ def test_base_statistics_and_dev_accuracy_recomputed_by_hand(tmp_path):
     out = tmp_path / "run"
     _run(config, out)
     mean, std = load_stats(out / "align_stats.safetensors", [4])
-    # written through io.atomic_file: the modes of any other output, not safetensors' 0600
+    # written through files.atomic_file: the modes of any other output, not safetensors' 0600
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((out / "align_stats.safetensors").stat().st_mode) == 0o666 & ~umask

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from midalign.data import load_parallel
-from midalign.data.udhr import UDHR_VERSION, Translation, choose, read_index
+from midalign.data.udhr import UDHR_VERSION, UdhrTranslation, choose, read_index
 from midalign.errors import InputError
 from midalign.languages import PRESETS
 
@@ -106,36 +106,38 @@ def test_index_js_parser_is_tolerant() -> None:
     translations = read_index(PACKAGE)
     assert [t.code for t in translations] == ["062", "deu_1901", "deu_1996", "eng", "swh"]
     # double-quoted value; a value on the line after its key (ohchr) must not shift fields
-    assert translations[0] == Translation("062", "swh", "sw", "Swahili (Chimwiini)", 4)
-    assert translations[3] == Translation("eng", "eng", "en", "English", 4)
+    assert translations[0] == UdhrTranslation("062", "swh", "sw", "Swahili (Chimwiini)", 4)
+    assert translations[3] == UdhrTranslation("eng", "eng", "en", "English", 4)
 
 
 def test_translation_languages_take_the_script_from_bcp47() -> None:
-    assert Translation("srp_latn", "srp", "sr-Latn", "Serbian (Latin)", 4).flores == "srp_Latn"
-    assert Translation("srp_cyrl", "srp", "sr-Cyrl", "Serbian (Cyrillic)", 4).flores == "srp_Cyrl"
-    assert Translation("cmn_hant", "cmn", "zh-Hant", "Chinese (Trad.)", 4).flores == "zho_Hant"
-    assert Translation("por_PT", "por", "pt-PT", "Portuguese", 4).flores == "por_Latn"
+    assert UdhrTranslation("srp_latn", "srp", "sr-Latn", "Serbian (Latin)", 4).flores == "srp_Latn"
+    assert (
+        UdhrTranslation("srp_cyrl", "srp", "sr-Cyrl", "Serbian (Cyrillic)", 4).flores == "srp_Cyrl"
+    )
+    assert UdhrTranslation("cmn_hant", "cmn", "zh-Hant", "Chinese (Trad.)", 4).flores == "zho_Hant"
+    assert UdhrTranslation("por_PT", "por", "pt-PT", "Portuguese", 4).flores == "por_Latn"
     # a language outside FLoRes without a script in its tag: reached with an explicit script
-    tetun = Translation("010", "tdt", "tdt", "Tetun Dili", 4)
+    tetun = UdhrTranslation("010", "tdt", "tdt", "Tetun Dili", 4)
     assert tetun.flores is None
     assert tetun.serves("tdt_Latn") and not tetun.serves("deu_Latn")
 
 
 def test_default_choice_outside_the_table() -> None:
     hausa = [
-        Translation("053", "hau", "hau", "Hausa (2)", 4),
-        Translation("hau_NE", "hau", "ha-NE", "Hausa (Niger)", 4),
-        Translation("hau_3", "hau", "ha", "Hausa", 4),
+        UdhrTranslation("053", "hau", "hau", "Hausa (2)", 4),
+        UdhrTranslation("hau_NE", "hau", "ha-NE", "Hausa (Niger)", 4),
+        UdhrTranslation("hau_3", "hau", "ha", "Hausa", 4),
     ]
     assert choose(hausa, ["hau_Latn"], [])["hau_Latn"].code == "hau_3"
     tamazight = [
-        Translation("tzm_tfng", "tzm", "tzm-Tfng", "Tamazight (Tifinagh)", 1),
-        Translation("tzm", "tzm", "tzm", "Tamazight", 4),
+        UdhrTranslation("tzm_tfng", "tzm", "tzm-Tfng", "Tamazight (Tifinagh)", 1),
+        UdhrTranslation("tzm", "tzm", "tzm", "Tamazight", 4),
     ]
     assert choose(tamazight, ["tzm_Tfng"], [])["tzm_Tfng"].code == "tzm"  # most complete
     minang = [
-        Translation("048", "min", "min", "Minangkabau (2)", 4),
-        Translation("min", "min", "min", "Minangkabau", 4),
+        UdhrTranslation("048", "min", "min", "Minangkabau (2)", 4),
+        UdhrTranslation("min", "min", "min", "Minangkabau", 4),
     ]
     assert choose(minang, ["min_Latn"], [])["min_Latn"].code == "min"
 

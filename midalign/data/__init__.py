@@ -17,22 +17,51 @@ recipes name data the same way everywhere:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.hub import read_hf
 from midalign.data.parallel import read_flores_dir, read_plain, read_sib200, read_tatoeba
+from midalign.data.sources import Reader, forms, pick_reader
 from midalign.data.udhr import read_udhr
 from midalign.errors import InputError
 from midalign.languages import to_flores
 
 __all__ = ["ParallelCorpus", "load_parallel", "SPEC_FORMS"]
 
-SPEC_FORMS = (
-    "udhr, udhr:DIR, udhr=CODE,..., flores:DIR, sib200:DIR, tatoeba:DIR, "
-    "parallel:FILE,FILE,..., hf:flores_plus, hf:DATASET_ID, hf:DIR"
-)
+_ARG = ":(.+)"  # NAME:ARG, ARG not empty
+READERS: dict[str, Reader[ParallelCorpus]] = {
+    # udhr's own forms: what follows the name (udhr, :DIR, =CODES, #PART) is read_udhr's argument
+    "udhr": Reader(
+        lambda arg, langs, split: read_udhr(arg, langs),
+        "udhr, udhr:DIR, udhr=CODE,...",
+        after="((?![a-z0-9]).*)",
+    ),
+    "flores": Reader(
+        lambda arg, langs, split: read_flores_dir(Path(arg).expanduser(), langs, split),
+        "flores:DIR",
+        after=_ARG,
+    ),
+    "sib200": Reader(
+        lambda arg, langs, split: read_sib200(Path(arg).expanduser(), langs, split),
+        "sib200:DIR",
+        after=_ARG,
+    ),
+    "tatoeba": Reader(
+        lambda arg, langs, split: read_tatoeba(Path(arg).expanduser(), langs),
+        "tatoeba:DIR",
+        after=_ARG,
+    ),
+    "parallel": Reader(
+        lambda arg, langs, split: read_plain(
+            [Path(f).expanduser() for f in arg.split(",") if f], langs
+        ),
+        "parallel:FILE,FILE,...",
+        after=_ARG,
+    ),
+    "hf": Reader(read_hf, "hf:flores_plus, hf:DATASET_ID, hf:DIR", after=_ARG),
+}
+SPEC_FORMS = forms(READERS, ", ")
 
 
 def load_parallel(
@@ -52,26 +81,11 @@ def load_parallel(
     langs = list(dict.fromkeys(to_flores(lang) for lang in langs))
     if max_sentences is not None and max_sentences < 2:
         raise InputError(f"max_sentences must be at least 2, not {max_sentences}")
-    match = re.match(r"[a-z0-9]+", spec)
-    kind = match.group(0) if match else ""
-    rest = spec[len(kind) :]
-    if kind == "udhr":
-        corpus = read_udhr(rest, langs)
-    elif kind in ("flores", "sib200", "tatoeba", "parallel", "hf") and rest[1:] and rest[0] == ":":
-        arg = rest[1:]
-        if kind == "flores":
-            corpus = read_flores_dir(Path(arg).expanduser(), langs, split)
-        elif kind == "sib200":
-            corpus = read_sib200(Path(arg).expanduser(), langs, split)
-        elif kind == "tatoeba":
-            corpus = read_tatoeba(Path(arg).expanduser(), langs)
-        elif kind == "parallel":
-            files = [Path(f).expanduser() for f in arg.split(",") if f]
-            corpus = read_plain(files, langs)
-        else:
-            corpus = read_hf(arg, langs, split)
-    else:
+    found = pick_reader(spec, READERS)
+    if found is None:
         raise InputError(f"unknown parallel data {spec!r}; use one of: {SPEC_FORMS}")
+    reader, arg = found
+    corpus = reader.read(arg, langs, split)
     corpus = corpus.truncate(max_sentences)
     n = min(len(texts) for texts in corpus.texts.values())
     if n < 2:

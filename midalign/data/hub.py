@@ -157,6 +157,20 @@ def load_from_hub(where: str, *args: Any, **kwargs: Any) -> Dataset:
         raise InputError(f"{where}: cannot load ({one_line(e)})") from e
 
 
+def load_hf_table(where: str, *args: Any, **kwargs: Any) -> Any:
+    """``datasets.load_dataset(*args, **kwargs)`` with failures as one-line InputErrors (offline,
+    unknown config or split, unreadable file: all fixable by the user). Without ``data_files``
+    it is a hub data set, and an unreachable hub fails at once (:func:`load_from_hub`)."""
+    from datasets import load_dataset
+
+    if "data_files" not in kwargs:
+        return load_from_hub(where, *args, **kwargs)
+    try:
+        return load_dataset(*args, **kwargs)
+    except Exception as e:  # datasets raises many types for the same user mistakes
+        raise InputError(f"{where}: cannot load ({one_line(e)})") from e
+
+
 def load_split(
     where: str, source: str, config: str, split: str, *, export: bool = False
 ) -> Dataset:

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Example:
+class Instruction:
+    """One row of instruction data: a prompt (with its system turn) and the response taught."""
+
     prompt: str
     response: str
     system: str | None = None
@@ -46,7 +48,7 @@ def _from_messages(messages: object, where: str) -> tuple[str | None, str, str]:
     return system, contents[-2], contents[-1]
 
 
-def read_instructions(path: Path) -> list[Example]:
+def read_instructions(path: Path) -> list[Instruction]:
     """Every row of a jsonl file; a bad row is an error naming ``file:line``."""
     path = Path(path)
     examples = []
@@ -67,7 +69,7 @@ def read_instructions(path: Path) -> list[Example]:
         if not response.strip():
             raise InputError(f"{where}: empty response (nothing to learn)")
         examples.append(
-            Example(
+            Instruction(
                 prompt=prompt,
                 response=response,
                 system=system or None,
@@ -89,7 +91,7 @@ class TaskDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        examples: list[Example],
+        examples: list[Instruction],
         tokenizer: PreTrainedTokenizerBase,
         max_length: int,
         source: str = "task data",

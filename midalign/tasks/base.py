@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import reprlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from midalign.data.hub import HubUnreachable, load_from_hub, one_line
+from midalign.data.hub import HubUnreachable
+from midalign.data.sources import Reader, pick_reader
 from midalign.errors import InputError
 from midalign.languages import parse_langs
 
@@ -61,9 +60,11 @@ class Task(ABC):
 
     name: str
     metric: str  # the headline score, a key of score()'s result
-    stop: str  # when generation stops early: "newline", "json" (closing bracket) or "eos"
     max_new_tokens: int  # enough for every reference answer of the paper's data sets
-    source_help: str  # the --data / --source forms this task reads
+    # format name -> reader of its examples; bare sources are sniffed in this order
+    readers: Mapping[str, Reader[list[Example]]]
+    source_help: str  # the --data / --source forms this task reads: forms(readers)
+    data_name: str  # what its data is called in errors: "not a NER data set"
 
     def languages(self, spec: str, option: str = "--langs") -> list[str]:
         """The ``--langs`` value as the keys examples are grouped by (FLoRes codes here); an
@@ -87,9 +88,20 @@ class Task(ABC):
         warn_one_reference(examples, f"{source} ({split})")
         return examples
 
-    @abstractmethod
     def load(self, source: str, keys: Sequence[str], split: str) -> list[Example]:
-        """The examples of ``keys`` in ``source`` (the data set's own reader)."""
+        """The examples of ``keys`` in ``source``, read by the reader of the format it names or
+        whose layout it has (:func:`midalign.data.sources.pick_reader`)."""
+        found = pick_reader(source, self.readers)
+        if found is None:
+            raise InputError(f"{source!r}: not a {self.data_name} data set ({self.source_help})")
+        reader, arg = found
+        return reader.read(arg, keys, split)
+
+    def stop(self, answer: str) -> bool:
+        """Whether ``answer``, the text generated so far, is a whole answer, so generation may
+        stop early: here at a line break after its first text (leading blank lines are not an
+        end), since every answer but a JSON one is one line."""
+        return "\n" in answer.lstrip("\n")
 
     @abstractmethod
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
@@ -107,22 +119,6 @@ class Task(ABC):
     @abstractmethod
     def score(self, examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, Any]:
         """Scores of parsed predictions against the examples' references (one language)."""
-
-
-def split_source(source: str, kinds: Sequence[str]) -> tuple[str | None, str]:
-    """``kind:rest`` → (kind, rest) when kind is one of ``kinds``; otherwise (None, source)."""
-    kind, sep, rest = source.partition(":")
-    if sep and kind in kinds:
-        return kind, rest
-    return None, source
-
-
-def is_hub_id(source: str) -> bool:
-    """A hub dataset id (``owner/name``) that is not a path on this machine."""
-    return (
-        not Path(source).expanduser().exists()
-        and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is not None
-    )
 
 
 def limit_per_key(examples: list[Example], limit: int | None) -> list[Example]:
@@ -177,17 +173,3 @@ def check_found(examples: list[Example], keys: Sequence[str], where: str) -> Non
     missing = [k for k in keys if k not in found]
     if missing:
         raise InputError(f"{where}: no examples for {', '.join(missing)}")
-
-
-def load_hf_table(where: str, *args: Any, **kwargs: Any) -> Any:
-    """``datasets.load_dataset(*args, **kwargs)`` with failures as one-line InputErrors (offline,
-    unknown config or split, unreadable file: all fixable by the user). Without ``data_files``
-    it is a hub data set, and an unreachable hub fails at once (:func:`load_from_hub`)."""
-    from datasets import load_dataset
-
-    if "data_files" not in kwargs:
-        return load_from_hub(where, *args, **kwargs)
-    try:
-        return load_dataset(*args, **kwargs)
-    except Exception as e:  # datasets raises many types for the same user mistakes
-        raise InputError(f"{where}: cannot load ({one_line(e)})") from e

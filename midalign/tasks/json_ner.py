@@ -16,18 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from midalign.data.hub import load_split
+from midalign.data.hub import load_hf_table, load_split
 from midalign.data.reading import by_language, conll_sentences, select
+from midalign.data.sources import Reader, folder, folder_with, forms, is_hub_id
 from midalign.errors import InputError
 from midalign.languages import to_flores
-from midalign.tasks.base import (
-    Example,
-    Parsed,
-    Task,
-    is_hub_id,
-    load_hf_table,
-    split_source,
-)
+from midalign.tasks.base import Example, Parsed, Task
 
 TYPES = ("PER", "ORG", "LOC")
 AYA_CONFIG = "templated_uner_llm"  # aya_collection's UNER, templated as the paper's JSON task
@@ -191,8 +185,9 @@ def read_iob2(path: Path, lang: str) -> list[Example]:
     return examples
 
 
-def read_uner(root: Path, langs: Sequence[str], split: str) -> list[Example]:
+def read_uner(root: str | Path, langs: Sequence[str], split: str) -> list[Example]:
     """UNER v1: ``DIR/<lang>_<treebank>-ud-<split>.iob2`` (or ``<lang>-ud-<split>.iob2``)."""
+    root = folder("uner", root)
     split = {"valid": "dev", "validation": "dev"}.get(split, split)
     files: dict[str, Path] = {}
     for path in sorted(root.glob(f"*-ud-{split}.iob2")):
@@ -254,32 +249,30 @@ def _aya_sentence(inputs: str) -> str:
     return (inputs[at + len(marker) :] if at >= 0 else inputs.splitlines()[-1]).strip()
 
 
+READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
+    "uner": Reader(
+        read_uner, "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2)", folder_with("*.iob2")
+    ),
+    "aya": Reader(
+        read_aya,
+        "aya:FILE/DIR (templated_uner_llm parquet, or a copy of the repo) | "
+        "aya:CohereLabs/aya_collection or hub id",
+        lambda s, path: path.exists() or is_hub_id(s),
+    ),
+}
+
+
 class JsonNER(Task):
     name = "ner"
     metric = "f1"
-    stop = "json"
     max_new_tokens = 200
-    source_help = (
-        "uner:DIR (UNER <lang>_<treebank>-ud-<split>.iob2) | aya:FILE/DIR (templated_uner_llm "
-        "parquet, or a copy of the repo) | aya:CohereLabs/aya_collection or hub id"
-    )
+    readers = READERS
+    source_help = forms(READERS)
+    data_name = "NER"
 
-    def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
-        kind, rest = split_source(source, ("uner", "aya"))
-        path = Path(rest).expanduser()
-        if kind is None and path.is_dir() and any(path.glob("*.iob2")):
-            kind = "uner"
-        elif kind is None and (path.exists() or is_hub_id(rest)):
-            kind = "aya"
-        if kind == "uner":
-            if not path.is_dir():
-                raise InputError(f"uner:{path}: directory not found")
-            examples = read_uner(path, langs, split)
-        elif kind == "aya":
-            examples = read_aya(rest, langs, split)
-        else:
-            raise InputError(f"{source!r}: not a NER data set ({self.source_help})")
-        return examples
+    def stop(self, answer: str) -> bool:
+        """A JSON answer may span lines: it ends where its outer bracket closes."""
+        return json_complete(answer)
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
         return None, PROMPT + example.text

@@ -24,18 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from midalign.data.hub import load_split
+from midalign.data.hub import load_hf_table, load_split
 from midalign.data.reading import by_language, conll_sentences, jsonl_rows, select
+from midalign.data.sources import Reader, folder, folder_with, forms, is_hub_id
 from midalign.errors import InputError
 from midalign.languages import to_flores
-from midalign.tasks.base import (
-    Example,
-    Parsed,
-    Task,
-    is_hub_id,
-    load_hf_table,
-    split_source,
-)
+from midalign.tasks.base import Example, Parsed, Task
 
 # Appendix D.2, shortened from He and Garner (2023); its typos are kept on purpose.
 SYSTEM = (
@@ -313,6 +307,20 @@ def read_massive_jsonl(paths: Sequence[Path], langs: Sequence[str], split: str) 
     return examples
 
 
+def read_massive(source: str, langs: Sequence[str], split: str) -> list[Example]:
+    """MASSIVE 1.0 jsonl: one file, or a folder of them (``<locale>.jsonl``)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise InputError(f"massive:{path}: not found")
+    if not files:
+        raise InputError(f"massive:{path}: no .jsonl files")
+    return read_massive_jsonl(files, langs, split)
+
+
 def read_massive_table(source: str, langs: Sequence[str], split: str) -> list[Example]:
     """The hub's ``AmazonScience/massive`` or a local copy of its Parquet conversion, or a local
     parquet/jsonl file or folder of the same schema (rows with ``locale``, ``annot_utt``,
@@ -427,9 +435,10 @@ def _conll_example(
     )
 
 
-def read_xsid(root: Path, langs: Sequence[str], split: str) -> list[Example]:
+def read_xsid(root: str | Path, langs: Sequence[str], split: str) -> list[Example]:
     """xSID 0.5: ``DIR/<lang>.<split>.conll`` (splits ``valid``, ``test``); the zero-shot
     prompt lists the slot types found in the files read."""
+    root = folder("xsid", root)
     split = XSID_SPLITS.get(split, split)
     files = {p.name[: -len(f".{split}.conll")]: p for p in sorted(root.glob(f"*.{split}.conll"))}
     if not files:
@@ -443,44 +452,28 @@ def read_xsid(root: Path, langs: Sequence[str], split: str) -> list[Example]:
     ]
 
 
+READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
+    "xsid": Reader(read_xsid, "xsid:DIR (xSID <lang>.<split>.conll)", folder_with("*.conll")),
+    "massive": Reader(
+        read_massive,
+        "massive:DIR or massive:FILE.jsonl (MASSIVE 1.0 jsonl)",
+        lambda s, path: path.is_dir() or path.suffix == ".jsonl",
+    ),
+    "hf": Reader(
+        read_massive_table,
+        "hf:AmazonScience/massive, a hub id, or hf:FILE/DIR (parquet of the hub schema)",
+        lambda s, path: path.suffix == ".parquet" or is_hub_id(s),
+    ),
+}
+
+
 class SlotFilling(Task):
     name = "slots"
     metric = "f1"
-    stop = "newline"
     max_new_tokens = 64
-    source_help = (
-        "xsid:DIR (xSID <lang>.<split>.conll) | massive:DIR or massive:FILE.jsonl (MASSIVE 1.0 "
-        "jsonl) | hf:AmazonScience/massive, a hub id, or hf:FILE/DIR (parquet of the hub schema)"
-    )
-
-    def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
-        kind, rest = split_source(source, ("xsid", "massive", "hf"))
-        path = Path(rest).expanduser()
-        if kind is None and path.is_dir():
-            kind = "xsid" if any(path.glob("*.conll")) else "massive"
-        elif kind is None and path.suffix == ".jsonl":
-            kind = "massive"
-        elif kind is None and (path.suffix == ".parquet" or is_hub_id(rest)):
-            kind = "hf"
-        if kind == "xsid":
-            if not path.is_dir():
-                raise InputError(f"xsid:{path}: directory not found")
-            examples = read_xsid(path, langs, split)
-        elif kind == "massive":
-            if path.is_dir():
-                files = sorted(path.glob("*.jsonl"))
-            elif path.is_file():
-                files = [path]
-            else:
-                raise InputError(f"massive:{path}: not found")
-            if not files:
-                raise InputError(f"massive:{path}: no .jsonl files")
-            examples = read_massive_jsonl(files, langs, split)
-        elif kind == "hf":
-            examples = read_massive_table(rest, langs, split)
-        else:
-            raise InputError(f"{source!r}: not a slot-filling data set ({self.source_help})")
-        return examples
+    readers = READERS
+    source_help = forms(READERS)
+    data_name = "slot-filling"
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
         if zero_shot:

@@ -15,8 +15,9 @@ from typing import Any
 
 from midalign.data.hub import load_split
 from midalign.data.reading import by_language, read_tsv, select
+from midalign.data.sources import Reader, folder, folder_with, forms, is_hub_id
 from midalign.errors import InputError
-from midalign.tasks.base import Example, Parsed, Task, is_hub_id, split_source
+from midalign.tasks.base import Example, Parsed, Task
 
 LABELS = (
     "science/technology",
@@ -70,8 +71,9 @@ def _example(lang: str, id_: str, label: str, text: str, where: str) -> Example:
     return Example(id=id_, lang=lang, key=lang, text=text.strip(), reference=label)
 
 
-def read_sib200_dir(root: Path, langs: Sequence[str], split: str) -> list[Example]:
+def read_sib200_dir(root: str | Path, langs: Sequence[str], split: str) -> list[Example]:
     """SIB-200 TSVs: ``DIR/<flores_code>/<split>.tsv`` with ``index_id, category, text``."""
+    root = folder("sib200", root)
     split = {"valid": "dev", "validation": "dev"}.get(split, split)
     files = {p.parent.name: p for p in sorted(root.glob(f"*/{split}.tsv"))}
     if not files:
@@ -114,32 +116,25 @@ def read_sib200_hub(source: str, langs: Sequence[str], split: str) -> list[Examp
     return examples
 
 
+READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
+    "sib200": Reader(
+        read_sib200_dir, "sib200:DIR (SIB-200 <code>/<split>.tsv)", folder_with("*/*.tsv")
+    ),
+    "hf": Reader(
+        read_sib200_hub,
+        "hf:Davlan/sib200 or hf:DIR (a copy of its parquet conversion, <code>/<split>/*.parquet)",
+        lambda s, path: path.is_dir() or is_hub_id(s),
+    ),
+}
+
+
 class Topic(Task):
     name = "topic"
     metric = "accuracy"
-    stop = "newline"
     max_new_tokens = 8
-    source_help = (
-        "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (a copy of its "
-        "parquet conversion, <code>/<split>/*.parquet)"
-    )
-
-    def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
-        kind, rest = split_source(source, ("sib200", "hf"))
-        path = Path(rest).expanduser()
-        if kind is None and path.is_dir():
-            kind = "sib200" if any(path.glob("*/*.tsv")) else "hf"
-        elif kind is None and is_hub_id(rest):
-            kind = "hf"
-        if kind == "sib200":
-            if not path.is_dir():
-                raise InputError(f"sib200:{path}: directory not found")
-            examples = read_sib200_dir(path, langs, split)
-        elif kind == "hf":
-            examples = read_sib200_hub(rest, langs, split)
-        else:
-            raise InputError(f"{source!r}: not a topic data set ({self.source_help})")
-        return examples
+    readers = READERS
+    source_help = forms(READERS)
+    data_name = "topic"
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
         return SYSTEM, example.text

