@@ -697,6 +697,7 @@ def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import midalign.models
+    import midalign.probe_run
 
     loaded = []
 
@@ -707,6 +708,7 @@ def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
 
     real = midalign.models.load_model
     monkeypatch.setattr(midalign.models, "load_model", spy)
+    monkeypatch.setattr(midalign.probe_run, "load_model", spy)
     monkeypatch.setattr(midalign.models, "cpu_bf16_feature", lambda: "AVX512-BF16")
     data = _write_sib200(tmp_path / "sib200")
     values = _recipe(tiny_model_dir, data)
