@@ -60,7 +60,7 @@ def tiny_model_dir(root: Path) -> str:
 
 def task_file(root: Path, n: int) -> str:
     """n SIB-200 English topic questions as a task jsonl (prompt, response)."""
-    from midalign.data_cli import write_instructions
+    from midalign.data.instructions import write_instructions
     from midalign.tasks import get_task
 
     task = get_task("topic")

@@ -10,14 +10,18 @@ B = [w_1 s_1 B_1, w_2 s_2 B_2, …], saved with α = r so that PEFT's own scale 
 ``add_weighted_adapter(combination_type="linear")`` instead mixes A's and B's separately, which
 creates cross terms B_1 A_2; it is not this. A module that only some adapters touch gets zero
 factors for the others, so every module has the same rank and the result is a plain PEFT adapter.
+
+:func:`search_weight` chooses the task adapter's weight by a dev score (the paper's Appendix D.3).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,6 +31,9 @@ from midalign.errors import InputError
 from midalign.files import atomic_output_dir, write_json
 from midalign.model_card import merge_card, write_card
 from midalign.models import same_base
+
+if TYPE_CHECKING:
+    from midalign.tasks import Example, Task
 
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>[AB])\.weight$")
 
@@ -128,3 +135,37 @@ def merge_adapters(
         )
         write_card(tmp, merge_card(adapters, weights, tmp))
     return config
+
+
+def search_weight(
+    adapters: Sequence[Path],
+    candidates: Sequence[float],
+    model: str,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    on_score: Callable[[float, dict[str, Any]], None] | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Merge two adapters (task, then alignment) at each candidate task weight w (alignment
+    1 − w), evaluate each merge on the dev ``examples``, and return the best w and every score
+    by ``f"{w:g}"`` (a tie goes to the larger task weight). ``on_score(w, result)`` sees each
+    evaluation as it finishes."""
+    from midalign.evaluate import evaluate
+    from midalign.models import load_model
+
+    scores: dict[str, float] = {}
+    for w in sorted(candidates):
+        with tempfile.TemporaryDirectory(prefix="midalign-merge-") as tmp:
+            merged = Path(tmp) / "adapter"
+            merge_adapters(adapters, [w, 1 - w], merged)
+            lm, tokenizer = load_model(model, str(merged))
+            result = evaluate(
+                lm, tokenizer, task, examples, batch_size=batch_size, progress=progress
+            )
+        scores[f"{w:g}"] = result["average"]
+        if on_score is not None:
+            on_score(w, result)
+    best = max(candidates, key=lambda w: (scores[f"{w:g}"], w))
+    return best, scores

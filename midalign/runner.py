@@ -1,7 +1,7 @@
 """`midalign run`: one YAML recipe → prepared data, trained and merged adapters, transfer scores,
 retrieval before and after, and a report (SPEC §5). The recipe wires the parts; the parts
-(:mod:`midalign.train`, :mod:`midalign.eval_cli`, :mod:`midalign.probe`, :mod:`midalign.merge`)
-know nothing of recipes.
+(:mod:`midalign.train`, :mod:`midalign.evaluate`, :mod:`midalign.probe_run`,
+:mod:`midalign.merge`) know nothing of recipes.
 
 Every unit of work is a *step* (prepare data, train a system with one seed, merge, evaluate,
 probe). A step lives in ``<out>/steps/<name>-<hash>/``, where the hash covers everything its
@@ -460,7 +460,7 @@ class Runner:
 
     def prepare(self, spec: DataSpec, name: str) -> dict:
         """The split as instruction jsonl (the training contract of `midalign data prepare`)."""
-        from midalign.data_cli import write_instructions
+        from midalign.data.instructions import write_instructions
 
         def work(folder: Path) -> dict:
             examples = self.task.read(spec.source, spec.langs, spec.split, spec.limit)
@@ -481,8 +481,7 @@ class Runner:
         return system_config(self.recipe, system, seed, data["train"].get("path"), dev).to_dict()
 
     def train(self, system: System, seed: int, data: dict[str, dict]) -> dict:
-        from midalign.callbacks import LOG_FILE
-        from midalign.checkpoints import last_checkpoint
+        from midalign import run_dir
         from midalign.config import from_dict
         from midalign.train import train
 
@@ -496,13 +495,9 @@ class Runner:
             spec["last_layer"] = "before the final norm"
 
         def work(folder: Path) -> dict:
-            config = from_dict(sections, f"{folder}/config.yaml")
-            write_text_atomic(folder / "config.yaml", config.to_yaml())
-            checkpoint = last_checkpoint(folder)
-            if checkpoint is not None:
-                log.info("resuming %s from %s", folder.name, checkpoint.name)
-            else:  # a run that died before its first checkpoint starts over, log included
-                (folder / LOG_FILE).unlink(missing_ok=True)
+            config = from_dict(sections, f"{folder}/{run_dir.CONFIG_FILE}")
+            run_dir.write_config(folder, config)
+            checkpoint = run_dir.resume_point(folder, required=False)
             result = train(config, folder, checkpoint, progress=self.opt.progress)
             if result.interrupted:
                 raise KeyboardInterrupt
@@ -538,7 +533,7 @@ class Runner:
     # ----------------------------------------------------------------- evaluate and probe
 
     def evaluate(self, system: System, seed: int | None, adapter: dict | None) -> dict:
-        from midalign.eval_cli import evaluate, probe_scores, write_outputs
+        from midalign.evaluate import evaluate, probe_scores, write_outputs
         from midalign.models import load_model
 
         tests = self.recipe.test_data
@@ -621,13 +616,7 @@ class Runner:
 
     def probe(self, name: str, adapter: dict | None) -> dict:
         """Retrieval per layer and language on the recipe's parallel text (model + adapter)."""
-        from midalign.anisotropy import anisotropy_by_layer
-        from midalign.data import load_parallel
-        from midalign.languages import parse_langs
-        from midalign.layers import num_layers, parse_layers
-        from midalign.models import load_model
-        from midalign.probe import default_batch_tokens, embed_corpus, score_corpus
-        from midalign.retrieval import normalize_states, summarize
+        from midalign.probe_run import run_probe
 
         p = {**self.probe_settings(), "dtype": self.dtype(self.recipe.probe or {})}
         spec = {
@@ -638,37 +627,31 @@ class Runner:
         }
 
         def work(folder: Path) -> dict:
-            corpus = load_parallel(
-                p["data"],
-                parse_langs(",".join(p["langs"]), "probe.langs"),
-                p.get("split", "dev"),
-                p.get("max_sentences"),
-                unique=True,
-            )
-            model, tokenizer = load_model(
-                self.recipe.model, adapter and adapter["adapter"], p["dtype"]
-            )
-            n_layers = num_layers(model)
-            layers = parse_layers(str(p.get("layers", "all")), n_layers, "probe.layers")
-            report = p.get("report_layer", "middle")
-            layer = parse_layers(str(report), n_layers, "probe.report_layer")[0]
-            layers = sorted({*layers, layer})  # e.g. even layers + an odd middle (L = 18 → 9)
-            emb = embed_corpus(
-                model,
-                tokenizer,
-                corpus,
-                layers,
-                p.get("pool", "mean"),
-                default_batch_tokens(model),
-                self.opt.progress,
-            )
             normalize = p.get("normalize", "none")
-            acc = score_corpus(normalize_states(emb, normalize), corpus, int(p.get("k", 4)))
-            summary = summarize(acc, layers, corpus)
-            summary["normalize"] = normalize
-            summary["dtype"] = p["dtype"]
-            summary["anisotropy"] = anisotropy_by_layer(emb, layers)
+            probe = run_probe(
+                self.recipe.model,
+                adapter and adapter["adapter"],
+                p["data"],
+                ",".join(p["langs"]),
+                split=p.get("split", "dev"),
+                max_sentences=p.get("max_sentences"),
+                layers=str(p.get("layers", "all")),
+                report_layer=str(p.get("report_layer", "middle")),
+                pool=p.get("pool", "mean"),
+                normalize=normalize,
+                k=int(p.get("k", 4)),
+                dtype=p["dtype"],
+                progress=self.opt.progress,
+                option="probe.",
+            )
+            summary = {
+                **probe.summary,
+                "normalize": normalize,
+                "dtype": p["dtype"],
+                "anisotropy": probe.anisotropy,
+            }
             write_json(folder / "results.json", summary)
+            layer = probe.report_layer
             return {
                 "layer": layer,
                 "per_layer": {k: v["mean"] for k, v in summary["per_layer"].items()},

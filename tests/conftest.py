@@ -159,8 +159,8 @@ def tiny_model_dir(tmp_path: Path) -> Path:
 
 
 def spy_loaded_dtypes(monkeypatch, module) -> list:
-    """Replace ``module.load_model`` (a CLI module's import of it) by one that records the
-    dtype each loaded model has; returns the list it fills."""
+    """Replace ``module.load_model`` (the module whose import of it the command calls) by one
+    that records the dtype each loaded model has; returns the list it fills."""
     import midalign.models
 
     loaded = []

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from midalign.cli import build_parser
+from midalign.cli.train import resolve_config
 from midalign.config import (
     SECTIONS,
     TrainConfig,
@@ -17,7 +18,6 @@ from midalign.config import (
     validate,
 )
 from midalign.errors import InputError
-from midalign.train_cli import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -236,7 +236,7 @@ def test_probe_with_device_map_auto_writes_the_plain_runs_results(
     argv = ["probe", "--model", str(tiny_model_dir), "--data", data, "--langs", "en,de,fr"]
     argv += ["--k", "2", "--save-embeddings", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
-    loaded = _recording(monkeypatch, "midalign.probe_cli")
+    loaded = _recording(monkeypatch, "midalign.probe_run")
     split = ["--device-map", "auto", "--max-memory", "cpu=150kB"]
     assert main([*argv, *split, "--out", str(tmp_path / "split")]) == 0
     _assert_split(loaded[0])
@@ -265,7 +265,7 @@ def test_eval_with_a_device_map_file_writes_the_plain_runs_answers(
     argv = ["eval", "--model", str(tiny_model_dir), "--task", "topic", "--langs", "de,ja"]
     argv += ["--data", f"sib200:{FIXTURES / 'sib200'}", "--max-new-tokens", "6", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
-    loaded = _recording(monkeypatch, "midalign.eval_cli")
+    loaded = _recording(monkeypatch, "midalign.cli.eval")
     offload = tmp_path / "offload"
     split = ["--device-map", str(mapping), "--offload-folder", str(offload)]
     assert main([*argv, *split, "--out", str(tmp_path / "split")]) == 0
@@ -347,7 +347,7 @@ def test_bad_placement_options_fail_in_one_line_before_the_model_loads(
     tiny_model_dir, tmp_path, monkeypatch, capsys, options, message
 ):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("midalign.probe_cli.load_model", _never)
+    monkeypatch.setattr("midalign.probe_run.load_model", _never)
     if options[1].startswith("MAP:"):
         (tmp_path / "map.json").write_text(options[1].removeprefix("MAP:"))
         options = [options[0], "map.json", *options[2:]]

@@ -13,8 +13,8 @@ from conftest import spy_loaded_dtypes, tiny_model, tiny_tokenizer
 
 from midalign import generate as gen
 from midalign.cli import main
-from midalign.eval_cli import evaluate
-from midalign.probe_cli import read_scores
+from midalign.evaluate import evaluate
+from midalign.probe_run import read_scores
 from midalign.prompting import encode_prompt
 from midalign.tasks import get_task
 from midalign.tasks.slot_filling import SYSTEM
@@ -356,11 +356,11 @@ def test_data_prepare_overwrites_only_its_own_files(tmp_path: Path, capsys) -> N
 
 
 def test_eval_resolves_dtype_auto_and_records_it(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    import midalign.cli.eval
     import midalign.dtypes
-    import midalign.eval_cli
 
     monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AVX512-BF16")
-    loaded = spy_loaded_dtypes(monkeypatch, midalign.eval_cli)
+    loaded = spy_loaded_dtypes(monkeypatch, midalign.cli.eval)
     out = tmp_path / "eval"
     data = f"sib200:{FIXTURES / 'sib200'}"
     argv = ["eval", "--model", str(tiny_model_dir), "--task", "topic", "--data", data]

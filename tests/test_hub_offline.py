@@ -56,7 +56,7 @@ def _fails_at_once(tmp_path) -> None:
 def test_hf_hub_offline_set_after_start_fails_at_once(online, tmp_path, capsys):
     online.setenv("HF_HUB_OFFLINE", "1")
     online.setattr("datasets.load_dataset", _never)
-    online.setattr("midalign.eval_cli.load_model", _never)
+    online.setattr("midalign.cli.eval.load_model", _never)
     _fails_at_once(tmp_path)
     assert capsys.readouterr().err == (
         f"midalign eval: error: {WHERE}: HF_HUB_OFFLINE is set; give a local copy instead: "
@@ -76,7 +76,7 @@ def test_hf_hub_offline_tries_the_cache_then_names_the_alternative(online, tmp_p
     online.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     online.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     online.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
-    online.setattr("midalign.eval_cli.load_model", _never)
+    online.setattr("midalign.cli.eval.load_model", _never)
     _fails_at_once(tmp_path)
     assert capsys.readouterr().err == (
         f"midalign eval: error: {WHERE}: not in the local cache and HF_HUB_OFFLINE is set; give a "
@@ -95,7 +95,7 @@ def test_unreachable_hub_fails_at_once_without_datasets(online, tmp_path, capsys
 
     online.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     online.setattr("datasets.load_dataset", _never)
-    online.setattr("midalign.eval_cli.load_model", _never)
+    online.setattr("midalign.cli.eval.load_model", _never)
     _fails_at_once(tmp_path)
     assert capsys.readouterr().err == (
         f"midalign eval: error: {WHERE}: the hub is unreachable (ConnectError: [Errno 111] "

@@ -177,7 +177,7 @@ SEARCH_DATA = "sib200:" + str(
 
 def test_search_keeps_the_best_dev_weight(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """Scores are faked (by weight) to check the choice; the merges and plumbing are real."""
-    import midalign.eval_cli
+    import midalign.evaluate
     from midalign.cli import main
 
     task = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "task", 1)
@@ -188,7 +188,7 @@ def test_search_keeps_the_best_dev_weight(tiny_model_dir, tmp_path, monkeypatch,
         assert model.peft_config["default"].r == 4  # a merged adapter: rank 2 + 2
         return {"average": next(fake), "metric": "accuracy"}
 
-    monkeypatch.setattr(midalign.eval_cli, "evaluate", evaluate)
+    monkeypatch.setattr(midalign.evaluate, "evaluate", evaluate)
     out = tmp_path / "merged"
     args = ["merge", "--adapters", f"task={task}", f"align={align}", "--search", "0.9,0.5,0.7"]
     args += ["--model", str(tiny_model_dir), "--task", "topic", "--dev-data", SEARCH_DATA]

@@ -118,7 +118,7 @@ def test_a_megabyte_line_is_refused_before_the_model_loads(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
     """A file without its line breaks: one forward of it would need tens of gigabytes."""
-    monkeypatch.setattr("midalign.probe_cli.load_model", _never)
+    monkeypatch.setattr("midalign.probe_run.load_model", _never)
     long = dict(SENTENCES, deu_Latn=["frei " * 209_715, *SENTENCES["deu_Latn"][1:]])
     assert _probe(tiny_model_dir, _files(tmp_path, long), tmp_path / "run") == 2
     assert capsys.readouterr().err == (
@@ -130,7 +130,7 @@ def test_a_megabyte_line_is_refused_before_the_model_loads(
 def test_one_language_is_refused_before_the_model_loads(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr("midalign.probe_cli.load_model", _never)
+    monkeypatch.setattr("midalign.probe_run.load_model", _never)
     one = _files(tmp_path, {"eng_Latn": SENTENCES["eng_Latn"]})
     assert _probe(tiny_model_dir, one, tmp_path / "run", "--langs", "eng") == 2
     assert capsys.readouterr().err == (
@@ -255,10 +255,10 @@ def test_dtype_auto_is_resolved_loaded_and_recorded(
     tiny_model_dir, tmp_path, monkeypatch, feature, extra, dtype, reason
 ):
     import midalign.dtypes
-    import midalign.probe_cli
+    import midalign.probe_run
 
     monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: feature)
-    loaded = spy_loaded_dtypes(monkeypatch, midalign.probe_cli)
+    loaded = spy_loaded_dtypes(monkeypatch, midalign.probe_run)
     out = tmp_path / "run"
     assert _probe(tiny_model_dir, _files(tmp_path), out, "--layers", "2", *extra) == 0
     config = json.loads((out / "results.json").read_text())["config"]

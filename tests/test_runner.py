@@ -698,6 +698,7 @@ def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
 ) -> None:
     import midalign.dtypes
     import midalign.models
+    import midalign.probe_run
 
     loaded = []
 
@@ -708,6 +709,7 @@ def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
 
     real = midalign.models.load_model
     monkeypatch.setattr(midalign.models, "load_model", spy)
+    monkeypatch.setattr(midalign.probe_run, "load_model", spy)
     monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AVX512-BF16")
     data = _write_sib200(tmp_path / "sib200")
     values = _recipe(tiny_model_dir, data)

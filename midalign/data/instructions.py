@@ -1,22 +1,39 @@
-"""Instruction data for the task loss: jsonl rows, tokenised the one way prompting.py defines.
+"""Instruction data for the task loss: the jsonl rows `midalign data prepare` writes and training
+reads, tokenised the one way prompting.py defines.
 
 A row is either ``{"system"?, "prompt", "response", "lang"?, "id"?}`` or a single-turn chat
 ``{"messages": [{"role": "system"?}, {"role": "user"}, {"role": "assistant"}], "lang"?,
 "id"?}``. Tokens of the prompt carry label -100, so the loss is on the response only.
+
+What :func:`write_instructions` writes from a task's examples is one object per line::
+
+    {"system": str | null, "prompt": str, "response": str, "lang": "deu_Latn", "id": str,
+     "task": "slots"}
+
+``system``/``prompt`` are exactly what ``midalign eval`` gives the model and ``response`` is
+the task's target, so a model is trained on the questions it is tested with. Token ids are made
+later, by ``midalign.prompting.encode_example``, never here.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from midalign.data.reading import jsonl_rows
 from midalign.errors import InputError
+from midalign.files import write_text_atomic
 from midalign.prompting import IGNORE_INDEX, encode_example
+
+if TYPE_CHECKING:  # tasks read data sets through midalign.data; data needs them for types only
+    from midalign import tasks
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +97,46 @@ def read_instructions(path: Path) -> list[Instruction]:
     if not examples:
         raise InputError(f"{path}: no examples")
     return examples
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def instruction_record(task: tasks.Task, example: tasks.Example, zero_shot: bool = False) -> dict:
+    """The training contract's one object for ``example``."""
+    system, prompt = task.instruction(example, zero_shot)
+    return {
+        "system": system,
+        "prompt": prompt,
+        "response": task.target(example),
+        "lang": example.lang,
+        "id": example.id,
+        "task": task.name,
+    }
+
+
+def is_instruction_file(path: Path) -> bool:
+    """Whether ``path`` starts like a file :func:`write_instructions` wrote: its first line is
+    an :func:`instruction_record` (only that line is read)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            row = json.loads(f.readline(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(row, dict) and {"prompt", "response", "task"} <= row.keys()
+
+
+def write_instructions(
+    path: Path, task: tasks.Task, examples: Sequence[tasks.Example], zero_shot: bool = False
+) -> None:
+    """The examples as instruction jsonl, one :func:`instruction_record` a line, atomically."""
+    lines = [
+        json.dumps(instruction_record(task, ex, zero_shot), ensure_ascii=False) for ex in examples
+    ]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- tokenising
 
 
 class TaskDataset(torch.utils.data.Dataset):

@@ -3,7 +3,7 @@ given (the paper's Appendix D.2 prompts), the target it is trained to answer, a 
 answers, and a scorer.
 
 A task knows nothing of models: :mod:`midalign.generate` turns instructions into outputs and
-:func:`midalign.eval_cli.evaluate` wires the two together. Keeping the parts apart lets training
+:func:`midalign.evaluate.evaluate` wires the two together. Keeping the parts apart lets training
 data (``midalign data prepare``) and evaluation share one prompt and one target format.
 """
 

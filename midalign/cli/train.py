@@ -5,30 +5,23 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from midalign import run_dir
 from midalign.config import (
     SECTIONS,
     TrainConfig,
     apply_overrides,
     diff,
     field_help,
-    from_dict,
     load_config,
     option_names,
     validate,
 )
 from midalign.errors import InputError
-from midalign.files import check_output_dir, mark_output_dir, write_json, write_text_atomic
+from midalign.files import write_json
 
-log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
 _PREFIX = "config:"  # argparse dest prefix of the generated config options
 
 DESCRIPTION = """\
@@ -109,75 +102,42 @@ def resolve_config(args: argparse.Namespace, base: TrainConfig | None = None) ->
     return apply_overrides(config, overrides)
 
 
-def _saved_config(out: Path) -> TrainConfig:
-    path = out / CONFIG_FILE
-    if not path.is_file():
-        raise InputError(f"--resume: {path} not found (not a midalign train run)")
-    return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
-
-
-def _process_state() -> Any:
-    """accelerate's view of this process (rank, world size); one process without a launcher.
-    The same state the Trainer's arguments set up (CPU when there is no GPU)."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
+def _check_unchanged(out: Path, saved: TrainConfig, config: TrainConfig) -> None:
+    """--resume continues a run only with the config it was started with."""
+    changed = diff(saved, config)
+    if changed:
+        old, new = saved.to_dict(), config.to_dict()
+        details = "; ".join(
+            f"{k}: {_shown(old[k.split('.')[0]][k.split('.')[1]])} -> "
+            f"{_shown(new[k.split('.')[0]][k.split('.')[1]])}"
+            for k in changed
+        )
+        raise InputError(f"--resume: {out} was trained with a different config ({details})")
 
 
 def run(args: argparse.Namespace) -> int:
-    from midalign.checkpoints import last_checkpoint
     from midalign.train import train
 
     out: Path = args.out
     checkpoint = None
     if args.resume:
         # the run's own config.yaml, with any option given now on top: a change is refused
-        saved = _saved_config(out)
+        saved = run_dir.read_config(out)
         config = resolve_config(args, saved)
-        changed = diff(saved, config)
-        if changed:
-            old, new = saved.to_dict(), config.to_dict()
-            details = "; ".join(
-                f"{k}: {_shown(old[k.split('.')[0]][k.split('.')[1]])} -> "
-                f"{_shown(new[k.split('.')[0]][k.split('.')[1]])}"
-                for k in changed
-            )
-            raise InputError(f"--resume: {out} was trained with a different config ({details})")
+        _check_unchanged(out, saved, config)
         validate(config)
-        checkpoint = last_checkpoint(out)
-        if checkpoint is None:
-            raise InputError(
-                f"--resume: no complete checkpoint in {out}/checkpoints; "
-                "start over with --overwrite"
-            )
-        log.info("resuming from %s", checkpoint)
+        checkpoint = run_dir.resume_point(out, required=True)
     else:
         config = resolve_config(args)
         validate(config)
-        # Under `accelerate launch` every process runs this: all check --out before the main
-        # process replaces it, and all wait until it has.
-        state = _process_state()
-        check_output_dir(out, args.overwrite)
-        state.wait_for_everyone()
-        if state.is_main_process:
-            if out.exists():
-                shutil.rmtree(out)
-            try:
-                out.mkdir(parents=True)
-            except OSError as e:
-                raise InputError(f"--out: cannot create {out} ({e.strerror})") from None
-            mark_output_dir(out)
-            write_text_atomic(out / CONFIG_FILE, config.to_yaml())
-        state.wait_for_everyone()
-
+        run_dir.create(out, config, args.overwrite)
     try:
         result = train(config, out, checkpoint, progress=not args.no_progress)
     except BaseException:
-        if not args.resume and last_checkpoint(out) is None and _process_state().is_main_process:
-            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no stale run
+        if not args.resume:
+            run_dir.discard_unstarted(out)
         raise
-    if not _process_state().is_main_process:
+    if not run_dir.process_state().is_main_process:
         return 0
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "log_history"}
     write_json(out / "train_result.json", summary)

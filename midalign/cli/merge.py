@@ -4,13 +4,12 @@ with ``--search``, the task weight is chosen by a dev score (the paper's Appendi
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
-from midalign.cli import LIMIT_HELP, positive_int
+from midalign.cli.options import LIMIT_HELP, add_output_options, positive_int
 from midalign.errors import InputError
 from midalign.files import check_output_dir, write_json
-from midalign.merge import merge_adapters
+from midalign.merge import merge_adapters, search_weight
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,9 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=16, help="--search: prompts per batch"
     )
-    p.add_argument("--out", type=Path, required=True, help="output adapter folder")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_output_options(p, "output adapter folder", "no progress bars")
 
 
 def parse_weights(text: str, option: str = "--weights") -> list[float]:
@@ -63,11 +60,8 @@ def parse_weights(text: str, option: str = "--weights") -> list[float]:
         raise InputError(f"{option}: expected numbers such as 0.9,0.1; got {text!r}") from e
 
 
-def search_weight(args: argparse.Namespace, paths: list[Path]) -> tuple[float, dict[str, float]]:
-    """Merge at each candidate task weight, score on dev, return the best weight and all
-    scores (a tie goes to the larger task weight)."""
-    from midalign.eval_cli import evaluate
-    from midalign.models import load_model
+def _search(args: argparse.Namespace, paths: list[Path]) -> tuple[float, dict[str, float]]:
+    """``--search``: its options checked, the dev data read, the weights scored."""
     from midalign.tasks import get_task
 
     missing = [o for o in ("task", "dev_data", "langs") if getattr(args, o) is None]
@@ -81,24 +75,18 @@ def search_weight(args: argparse.Namespace, paths: list[Path]) -> tuple[float, d
     task = get_task(args.task)
     keys = task.languages(args.langs)
     examples = task.read(args.dev_data, keys, args.split, args.limit)
-    scores: dict[str, float] = {}
-    for w in sorted(candidates):
-        with tempfile.TemporaryDirectory(prefix="midalign-merge-") as tmp:
-            merged = Path(tmp) / "adapter"
-            merge_adapters(paths, [w, 1 - w], merged)
-            model, tokenizer = load_model(args.model, str(merged))
-            result = evaluate(
-                model,
-                tokenizer,
-                task,
-                examples,
-                batch_size=args.batch_size,
-                progress=not args.no_progress,
-            )
-        scores[f"{w:g}"] = result["average"]
-        print(f"task weight {w:g}: dev {result['metric']} {result['average']:.4f}")
-    best = max(candidates, key=lambda w: (scores[f"{w:g}"], w))
-    return best, scores
+    return search_weight(
+        paths,
+        candidates,
+        args.model,
+        task,
+        examples,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        on_score=lambda w, result: print(
+            f"task weight {w:g}: dev {result['metric']} {result['average']:.4f}"
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     search = None
     if args.search is not None:
         check_output_dir(args.out, args.overwrite)
-        best, scores = search_weight(args, paths)
+        best, scores = _search(args, paths)
         weights = [best, 1 - best]
         search = {"task": args.task, "data": args.dev_data, "langs": args.langs, "scores": scores}
     else:

@@ -1,0 +1,195 @@
+"""Evaluation as a function: prompts → batched greedy generation → parsing → per-language scores
+and group averages, and the files one evaluation writes.
+
+:func:`evaluate` is for callers that already hold a model (``midalign eval``, the experiment
+runner, ``midalign merge --search``); :func:`write_outputs` writes what ``midalign eval`` and a
+runner's eval step keep.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from midalign.errors import InputError
+from midalign.files import write_json
+from midalign.generate import generate
+from midalign.prompting import encode_prompt, prompt_text
+from midalign.tasks import Example, Task
+from midalign.tasks.translation import PIVOT, comet_scores
+
+
+def evaluate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    zero_shot: bool = False,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    groups: dict[str, list[str]] | None = None,
+    comet_model: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Answer every example greedily and score the answers per language (``example.key``).
+
+    Returns ``{"task", "metric", "zero_shot", "per_language": {key: scores + n + unparseable},
+    "groups": {name: mean of the headline metric over the group's keys}, "average",
+    "unparseable", "signatures", "predictions": [one dict per example]}``. Outputs that cannot
+    be parsed score as empty answers and are counted, never raised.
+    """
+    if not examples:
+        raise InputError("no examples to evaluate")
+    instructions = [task.instruction(ex, zero_shot) for ex in examples]
+    prompts = [encode_prompt(tokenizer, prompt, system) for system, prompt in instructions]
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens or task.max_new_tokens,
+        stop=task.stop,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    parsed = [task.parse(out, ex) for out, ex in zip(outputs, examples, strict=True)]
+    comet = None
+    if comet_model is not None:
+        if task.name != "mt":
+            raise InputError("--comet-model: COMET scores translations only (--task mt)")
+        comet = comet_scores(examples, [p.value for p in parsed], comet_model)
+
+    by_key: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_key.setdefault(ex.key, []).append(i)
+    per_language: dict[str, dict[str, Any]] = {}
+    signatures: dict[str, None] = {}  # distinct sacrebleu signatures, in order
+    for key, rows in by_key.items():
+        scores = task.score([examples[i] for i in rows], [parsed[i].value for i in rows])
+        signatures.update({sig: None for sig in scores.get("signatures", {}).values()})
+        if comet is not None:
+            scores["comet"] = sum(comet[i] for i in rows) / len(rows)
+        scores["n"] = len(rows)
+        scores["unparseable"] = sum(not parsed[i].ok for i in rows)
+        per_language[key] = scores
+
+    metric = task.metric
+    group_scores = {}
+    for name, keys in (groups or {}).items():
+        present = [k for k in keys if k in per_language]
+        if not present:
+            raise InputError(f"--group {name}: none of {', '.join(keys)} was evaluated")
+        group_scores[name] = {
+            metric: sum(per_language[k][metric] for k in present) / len(present),
+            "languages": present,
+            "missing": [k for k in keys if k not in per_language],
+        }
+    predictions = [
+        {
+            "id": ex.id,
+            "key": ex.key,
+            "lang": ex.lang,
+            "prompt": prompt_text(tokenizer, prompt, system),
+            "reference": task.target(ex),
+            "output": out,
+            "parsed": p.value,
+            "ok": p.ok,
+            **({"comet": comet[i]} if comet is not None else {}),
+        }
+        for i, (ex, (system, prompt), out, p) in enumerate(
+            zip(examples, instructions, outputs, parsed, strict=True)
+        )
+    ]
+    return {
+        "task": task.name,
+        "metric": metric,
+        "zero_shot": zero_shot,
+        "per_language": per_language,
+        "average": sum(s[metric] for s in per_language.values()) / len(per_language),
+        "groups": group_scores,
+        "n": len(examples),
+        "unparseable": sum(not p.ok for p in parsed),
+        "signatures": list(signatures),
+        "predictions": predictions,
+    }
+
+
+def probe_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per-language headline scores as ``midalign probe --scores`` reads them ({lang: score}),
+    by file name. Translation has two files, keyed by the non-English side: directions into
+    English and out of it (directions without English are left out)."""
+    metric, per = results["metric"], results["per_language"]
+    if results["task"] != "mt":
+        return {"probe_scores.json": {k: v[metric] for k, v in per.items()}}
+    into = {k.split("-")[0]: v[metric] for k, v in per.items() if k.endswith(f"-{PIVOT}")}
+    out_of = {k.split("-")[1]: v[metric] for k, v in per.items() if k.startswith(f"{PIVOT}-")}
+    files = {}
+    if into:
+        files[f"probe_scores_xx-{PIVOT}.json"] = into
+    if out_of:
+        files[f"probe_scores_{PIVOT}-xx.json"] = out_of
+    return files
+
+
+def write_outputs(
+    folder: Path,
+    results: dict[str, Any],
+    predictions: Sequence[dict[str, Any]],
+    model: str,
+    adapter: str | None,
+) -> None:
+    """results.json, predictions.jsonl, scores.csv, the probe's per-language scores and
+    scores.png of one evaluation, into ``folder``."""
+    write_json(folder / "results.json", results)
+    lines = [json.dumps(p, ensure_ascii=False) for p in predictions]
+    (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "scores.csv").write_text(_scores_csv(results), encoding="utf-8")
+    for name, scores in probe_scores(results).items():
+        write_json(folder / name, scores)
+    _plot(results, folder / "scores.png", model, adapter)
+
+
+def _scores_csv(results: dict[str, Any]) -> str:
+    per = results["per_language"]
+    first = next(iter(per.values()))
+    columns = [c for c, v in first.items() if not isinstance(v, dict)]  # signatures stay in JSON
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["language", *columns])
+    for key, scores in per.items():
+        writer.writerow([key, *(_fmt(scores[c]) for c in columns)])
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def _plot(results: dict[str, Any], path: Path, model: str, adapter: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, per = results["metric"], results["per_language"]
+    keys = list(per)
+    values = [per[k][metric] for k in keys]
+    fig, ax = plt.subplots(figsize=(2.0 + 0.45 * len(keys), 4))
+    ax.bar(range(len(keys)), values, color="tab:blue")
+    ax.axhline(results["average"], color="gray", linestyle=":", label="average")
+    ax.set_xticks(range(len(keys)), keys, rotation=60, ha="right", fontsize=8)
+    name = "Gemma 3 270M" if model == "default" else Path(model).name
+    name += f" + {Path(adapter).name}" if adapter else ""
+    shot = ", zero-shot" if results["zero_shot"] else ""
+    ax.set(ylabel=metric, title=f"{name}: {results['task']}{shot}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

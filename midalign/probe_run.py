@@ -1,0 +1,263 @@
+"""One probe run end to end: parallel text and a model in, retrieval per layer and pair (with
+the raw states' anisotropy) out, and the files `midalign probe` writes.
+
+:func:`run_probe` is what `midalign probe` and a recipe's probe step share: read the corpus,
+check it, load the model, embed every side in one pass (:mod:`midalign.probe`), score all
+pairs, summarise. Its callers choose what to keep: the command writes results.json, one CSV per
+layer, plots and, on request, the embeddings (:func:`write_probe`); a recipe step keeps the
+summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from midalign.anisotropy import anisotropy_by_layer
+from midalign.data import load_parallel
+from midalign.data.corpus import ParallelCorpus
+from midalign.data.reading import parse_json, read_text
+from midalign.dtypes import dtype_name, resolve_dtype
+from midalign.errors import InputError
+from midalign.files import write_json
+from midalign.languages import parse_langs
+from midalign.layers import num_layers, parse_layers
+from midalign.models import load_model
+from midalign.placement import Placement
+from midalign.probe import (
+    MAX_TOKENS,
+    check_characters,
+    check_languages,
+    default_batch_tokens,
+    embed_corpus,
+    score_corpus,
+)
+from midalign.report import (
+    plot_accuracy_by_layer,
+    plot_anisotropy,
+    plot_language_heatmap,
+    plot_pair_matrix,
+)
+from midalign.retrieval import NORMALIZED_STATES, check_options, normalize_states, summarize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProbeRun:
+    """What :func:`run_probe` computed."""
+
+    corpus: ParallelCorpus
+    layers: list[int]  # the probed layers, ascending
+    num_layers: int  # the model's L (layers 0..L)
+    report_layer: int | None  # ``report_layer`` resolved, one of ``layers``
+    embeddings: dict[str, torch.Tensor]  # side -> [len(layers), n_side, d], raw (not normalised)
+    acc: torch.Tensor  # [len(layers), len(corpus.pairs)] retrieval accuracy
+    summary: dict  # retrieval.summarize of acc
+    anisotropy: dict[str, dict]  # str(layer) -> diagnostics of the raw states
+    dtype: str  # the dtype the model ran in
+    dtype_reason: str
+    batch_tokens: int
+
+
+def run_probe(
+    model: str,
+    adapter: str | None,
+    data: str,
+    langs: str,
+    *,
+    split: str = "dev",
+    max_sentences: int | None = None,
+    layers: str = "all",
+    report_layer: str | None = None,
+    pool: str = "mean",
+    margin: str = "ratio",
+    normalize: str = "none",
+    k: int = 4,
+    batch_tokens: int | None = None,
+    max_tokens: int = MAX_TOKENS,
+    dtype: str = "auto",
+    placement: Placement | None = None,
+    groups: dict[str, list[str]] | None = None,
+    progress: bool = True,
+    option: str = "--",
+) -> ProbeRun:
+    """Retrieval of every ordered language pair of ``data`` at ``layers`` (plus
+    ``report_layer``), for ``model`` with ``adapter``. The corpus and the options are checked
+    before the model loads; an error names the option as ``option`` + its name (``--layers``,
+    or ``probe.layers`` in a recipe)."""
+    corpus = load_parallel(
+        data, parse_langs(langs, f"{option}langs"), split, max_sentences, unique=True
+    )
+    check_languages(corpus, f"{option}langs {langs}")
+    check_characters(corpus, max_tokens)
+    check_options(min(len(t) for t in corpus.texts.values()), k, margin)
+    resolved, dtype_reason = resolve_dtype(dtype)
+    lm, tokenizer = load_model(model, adapter, dtype_name(resolved), placement=placement)
+    if batch_tokens is None:
+        batch_tokens = default_batch_tokens(lm)
+    n_layers = num_layers(lm)
+    chosen = parse_layers(layers, n_layers, f"{option}layers")
+    extra = None
+    if report_layer is not None:
+        extra = parse_layers(report_layer, n_layers, f"{option}report_layer")[0]
+        chosen = sorted({*chosen, extra})  # e.g. even layers + an odd middle (L = 18 → 9)
+    log.info(
+        "%d sides, %d pairs, %d sentences per side, layers %s",
+        len(corpus.texts),
+        len(corpus.pairs),
+        len(next(iter(corpus.texts.values()))),
+        chosen,
+    )
+    embeddings = embed_corpus(
+        lm, tokenizer, corpus, chosen, pool, batch_tokens, progress, max_tokens
+    )
+    # [L, P], scored on normalised copies, freed at once; anisotropy and --save-embeddings get
+    # the raw states
+    acc = score_corpus(normalize_states(embeddings, normalize), corpus, k, margin)
+    return ProbeRun(
+        corpus=corpus,
+        layers=chosen,
+        num_layers=n_layers,
+        report_layer=extra,
+        embeddings=embeddings,
+        acc=acc,
+        summary=summarize(acc, chosen, corpus, groups=groups),
+        anisotropy=anisotropy_by_layer(embeddings, chosen),
+        dtype=dtype_name(resolved),
+        dtype_reason=dtype_reason,
+        batch_tokens=batch_tokens,
+    )
+
+
+def write_probe(
+    folder: Path,
+    run: ProbeRun,
+    results: dict,
+    model: str,
+    normalize: str,
+    save_embeddings: bool = False,
+) -> None:
+    """``results`` as results.json, then pairs_layer<l>.csv, the plots and, with
+    ``save_embeddings``, embeddings/ of ``run`` into ``folder``."""
+    write_json(folder / "results.json", results)
+    _write_pair_csvs(folder, run.acc, run.layers, run.corpus)
+    summary = {**run.summary, "anisotropy": run.anisotropy}
+    _plot(folder, summary, run.layers, run.num_layers, run.corpus, model, normalize)
+    if save_embeddings:
+        _save_embeddings(folder / "embeddings", run.embeddings, run.layers, run.corpus)
+
+
+def _write_pair_csvs(
+    out: Path, acc: torch.Tensor, layers: list[int], corpus: ParallelCorpus
+) -> None:
+    for li, layer in enumerate(layers):
+        with open(out / f"pairs_layer{layer}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["source", "target", "accuracy", "n"])
+            for p, (src, tgt) in enumerate(corpus.pairs):
+                writer.writerow(
+                    [
+                        corpus.lang[src],
+                        corpus.lang[tgt],
+                        f"{acc[li, p].item():.6f}",
+                        len(corpus.texts[src]),
+                    ]
+                )
+
+
+def _plot(
+    out: Path,
+    summary: dict,
+    layers: list[int],
+    n_layers: int,
+    corpus: ParallelCorpus,
+    model: str,
+    normalize: str,
+) -> None:
+    by_layer = [summary["per_layer"][str(layer)] for layer in layers]
+    name = Path(model).name if model != "default" else "Gemma 3 270M"
+    states = f"{NORMALIZED_STATES[normalize]} states"
+    plot_accuracy_by_layer(
+        layers,
+        [x["mean"] for x in by_layer],
+        [x["std"] for x in by_layer],
+        [x["min"] for x in by_layer],
+        [x["max"] for x in by_layer],
+        out / "accuracy_by_layer.png",
+        title=f"{name}: xsim retrieval, {len(corpus.pairs)} pairs, {states}",
+    )
+    langs = corpus.languages
+    heat = np.array(
+        [[summary["per_language"][str(layer)]["both"][lang] for layer in layers] for lang in langs]
+    )
+    plot_language_heatmap(
+        langs, layers, heat, out / "language_by_layer.png", title=f"accuracy per language, {states}"
+    )
+    middle = min(layers, key=lambda layer: abs(layer - n_layers // 2))
+    for layer in dict.fromkeys([middle, summary["best_layer"]]):
+        matrix = np.array(summary["pair_matrix"][str(layer)], dtype=float)
+        title = f"layer {layer}" + (" (best)" if layer == summary["best_layer"] else " (middle)")
+        title += f", {states}"
+        plot_pair_matrix(langs, matrix, out / f"pair_matrix_layer{layer}.png", title=title)
+    plot_anisotropy(layers, summary["anisotropy"], out / "anisotropy.png")
+
+
+def _save_embeddings(
+    out: Path, embeddings: dict, layers: list[int], corpus: ParallelCorpus
+) -> None:
+    out.mkdir()
+    index = {"layers": layers, "sides": {}}
+    for i, (side, emb) in enumerate(embeddings.items()):
+        name = f"side{i:03d}_{side.replace('@', '-at-')}.safetensors"
+        save_file(
+            {f"layer_{layer}": emb[li].contiguous() for li, layer in enumerate(layers)}, out / name
+        )
+        index["sides"][side] = {
+            "file": name,
+            "lang": corpus.lang[side],
+            "n": emb.shape[1],
+            "ids": corpus.ids.get(side),
+        }
+    write_json(out / "index.json", index)
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    """Per-language scores from JSON ({lang: score} or {"per_language": {...}}) or CSV."""
+    text = read_text(path)
+    if path.suffix == ".json":
+        data = parse_json(text, f"--scores: {path}")
+        data = data.get("per_language", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            raise InputError(f"--scores: {path} must hold an object {{lang: score}}")
+        rows = list(data.items())
+    else:
+        rows = []
+        for lineno, row in enumerate(csv.reader(text.splitlines()), 1):
+            if len(row) != 2:
+                raise InputError(f"--scores: {path}:{lineno}: expected 2 columns lang,score")
+            rows.append((row[0], row[1]))
+        if rows and not _is_number(rows[0][1]):
+            rows = rows[1:]  # header
+    if not rows:
+        raise InputError(f"--scores: {path}: no scores")
+    scores = {}
+    for lang, value in rows:
+        if not _is_number(value):
+            raise InputError(f"--scores: {path}: score of {lang!r} is not a number: {value!r}")
+        scores[parse_langs(str(lang), f"--scores: {path}")[0]] = float(value)
+    return scores
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
