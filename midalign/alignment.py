@@ -105,10 +105,19 @@ class AlignmentMixin:
         the engine's wrapper when there is one: DDP prepares its gradient reduction from what a
         forward returns (and, with ``find_unused_parameters``, finds the parameters an
         early-exit forward never reached), FSDP gathers sharded weights around it, DeepSpeed
-        hooks it. The wrapper's inner module lends it its ``forward`` for this one call."""
-        from accelerate.utils import DistributedType
+        hooks it. The wrapper's inner module lends it its ``forward`` for this one call.
 
-        if self.accelerator.distributed_type == DistributedType.NO:
+        A model sharded by FSDP2's ``fully_shard`` takes this path whatever accelerate reports
+        (no engine for a model sharded outside its launcher, never FSDP on CPU): FSDP2
+        all-gathers the root unit's weights (embeddings, final norm, lm_head, unless they are
+        units of their own) only in the root module's forward, and ``fn`` calls the inner
+        decoder stack."""
+        from accelerate.utils import DistributedType
+        from torch.distributed.fsdp import FSDPModule
+
+        if self.accelerator.distributed_type == DistributedType.NO and not isinstance(
+            model, FSDPModule
+        ):
             return fn(**inputs)
         # DDP, FSDP1 and DeepSpeed wrap the model (`.module`); FSDP2 hooks the model itself
         inner = getattr(model, "module", model)
@@ -275,13 +284,18 @@ class AlignmentMixin:
         in-batch top-1 accuracy x → y (:func:`midalign.losses.top1_accuracy`: the share of all
         held-out x, averaged over the alignment layers), which unlike the loss does not depend
         on τ. Every rank holds every dev batch, so nothing is gathered: gathering would repeat
-        each batch W times as false negatives."""
+        each batch W times as false negatives. The forward runs as the model's own (FSDP
+        gathers its root weights there; :meth:`wrapped_forward`)."""
         a, model = self.align, self.model
         was_training = model.training
         model.eval()
         losses, correct, rows = [], 0.0, 0
+
+        def states(**batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Stats | None]:
+            return a.states(model, batch)
+
         for batch in a.dev_batches:
-            x, y, stats = a.states(model, self._prepare_inputs(batch))
+            x, y, stats = self.wrapped_forward(model, states, **self._prepare_inputs(batch))
             losses.append(
                 info_nce(x, y, a.temperature, a.symmetric, False, a.normalize, stats).item()
             )
