@@ -1,5 +1,5 @@
-"""One alignment micro-batch (forward + backward), ours vs the reference style, and the
-throughput of an alternate training step vs a task-only step (SPEC §7).
+"""One alignment micro-batch (forward + backward) as a share of its FLOP floor, ours vs the
+reference style, and the throughput of an alternate training step vs a task-only step (SPEC §7).
 
 The same 16 Tatoeba pairs (deu↔eng), the default model with LoRA (r 8 on q,k,v,o,gate,up,down):
   reference  x and y in two separate forwards through every layer, logits computed,
@@ -10,11 +10,19 @@ Both then compute the same InfoNCE and backpropagate into the LoRA weights. Each
 its own subprocess; reported are the median seconds of the timed repeats and the step's memory:
 the peak resident memory during the first (warm-up) step above the resident memory before it.
 
+Headline: ours as a share of its FLOP floor, the time the floor's FLOPs (``flops.py``: forward of
+layers 1..l over the real tokens, the input-gradient backward, LoRA's forward and backward) take
+at the fp32 matmul peak measured on the floor's own matmul shapes, before and after the timings
+(the higher counts), over the measured time. Target ≥ 60 %. The speed-up over the reference is
+the second figure: the reference's backward also stops at layer l, so only its forward does
+extra work, which bounds the ratio near 3.3× in fp32 on the default model.
+
 Throughput: tokens (non-padding, both kinds) per second of one optimizer step of 2 micro-batches:
 task-only = 2 task micro-batches; alternate = 1 task + 1 alignment micro-batch. Task micro-batches
 are SIB-200 topic questions (8 examples, loss on the answer).
 
-Run on a quiet machine: ``nice python benchmarks/align_step.py`` (≈ 3 min).
+Run on a quiet machine: ``nice python benchmarks/align_step.py`` (≈ 3 min). ``--quick`` is a
+smoke run (4 pairs, 1 repeat, small matmul peaks, no wait): its figures are not results.
 """
 
 from __future__ import annotations
@@ -33,19 +41,31 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from _common import REPO, SIB200, load_1min, machine, print_machine, timed, wait_for_quiet
+from _common import (
+    REPO,
+    SIB200,
+    load_1min,
+    machine,
+    matmul_gflops,
+    print_machine,
+    timed,
+    wait_for_quiet,
+)
+from flops import LORA_TARGETS, align_step_flops, projection_shapes
+from transformers import AutoConfig
 
 from midalign.align_setup import AlignSetup
 from midalign.data.pairs import encode_pairs, load_pairs
 from midalign.forward import _masked_mean, pooling_mask
 from midalign.layers import num_layers
 from midalign.losses import info_nce
-from midalign.models import load_model
+from midalign.models import load_model, resolve_model
 from midalign.probe import special_token_ids
 from midalign.prompting import encode_example
 from midalign.trainer import AlignmentTrainer
 
 TATOEBA = REPO.parent / "shared" / "data" / "tatoeba"
+LORA_RANK = 8
 TOPIC_PROMPT = (
     "What is the topic of this sentence? Answer with one of: science/technology, travel, "
     "politics, sports, health, entertainment, geography.\nSentence: {text}"
@@ -70,8 +90,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-load", type=float, default=1.0, help="wait for this 1-min load")
     p.add_argument("--max-wait", type=float, default=900.0, help="give up waiting after s")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 4 pairs, 1 repeat, task batch 2, small matmul peaks, no wait for a "
+        "quiet machine; checks the script end to end, its figures are not results",
+    )
     p.add_argument("--worker", choices=["ours", "reference", "throughput"], help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.pairs, args.repeats, args.task_batch, args.max_wait = 4, 1, 2, 0.0
+    return args
 
 
 def _rss_mib() -> float:
@@ -109,19 +138,11 @@ def _setup(args: argparse.Namespace):
     model = get_peft_model(
         model,
         LoraConfig(
-            r=8,
+            r=LORA_RANK,
             lora_alpha=16,
             lora_dropout=0.1,
             task_type="CAUSAL_LM",
-            target_modules=[
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ],
+            target_modules=list(LORA_TARGETS),
         ),
     )
     model.train()
@@ -157,9 +178,9 @@ def _fake_trainer(layer: int, special: list[int]) -> SimpleNamespace:
 
 def worker_step(args: argparse.Namespace) -> dict:
     model, tokenizer, layer, pairs = _setup(args)
+    batch = encode_pairs(tokenizer, pairs, 128)
     if args.worker == "ours":
         trainer = _fake_trainer(layer, special_token_ids(tokenizer))
-        batch = encode_pairs(tokenizer, pairs, 128)
         run = lambda: ours_step(trainer, model, batch)  # noqa: E731
     else:
         run = lambda: reference_step(model, tokenizer, layer, pairs)  # noqa: E731
@@ -180,6 +201,8 @@ def worker_step(args: argparse.Namespace) -> dict:
         "step_rss_mib": step_mib,
         "other_cores_busy": max(others),
         "layer": layer,
+        "lengths": batch["attention_mask"].sum(dim=1).tolist(),  # real tokens per row
+        "padded_tokens": batch["attention_mask"].numel(),  # what ours runs
     }
 
 
@@ -266,15 +289,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker_step(args)))
         return
+    if args.quick:
+        print("--quick: a smoke run; its figures are not results")
     load = wait_for_quiet(args.max_load, args.max_wait)
-    info = machine()
+    info = machine(**({"gemm": 512, "repeats": 1} if args.quick else {}))
     print_machine(info)
     print(f"1-min load {load:.2f}")
     figures = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
+        "quick": args.quick,
         "machine": info,
         "load_1min_before": load,
     }
+    # The floor's rate: the fp32 matmul peak on its own products, X·W and the input gradients'
+    # dY·Wᵀ, taken before and after the timings; the higher take counts, so a busy moment
+    # cannot flatter us.
+    config = AutoConfig.from_pretrained(resolve_model("default"))
+    shapes = list(projection_shapes(config).values())
+    shapes += [(n_out, n_in) for n_in, n_out in shapes]
+    sizes = {"tokens": (512,), "repeats": 1} if args.quick else {}
+    peaks = [matmul_gflops(shapes, **sizes)]
     for worker in ("reference", "ours"):
         figures[worker] = _spawn(worker, args)
         r = figures[worker]
@@ -283,13 +317,22 @@ def main(argv: list[str] | None = None) -> None:
             f"peak RSS {r['peak_rss_mib']:.0f} MiB (+{r['step_rss_mib']:.0f} MiB for the step), "
             f"other processes kept {r['other_cores_busy']:.2f} cores busy"
         )
-    figures["speedup"] = figures["reference"]["seconds"] / figures["ours"]["seconds"]
-    figures["step_memory_ratio"] = (
-        figures["ours"]["step_rss_mib"] / figures["reference"]["step_rss_mib"]
-    )
+    peaks.append(matmul_gflops(shapes, **sizes))
+    ours = figures["ours"]
+    floor = align_step_flops(config, ours["lengths"], ours["layer"], LORA_RANK)
+    floor_seconds = floor["total"] / (max(peaks) * 1e9)
+    figures.update(flop_floor=floor, floor_matmul_gflops=peaks, floor_seconds=floor_seconds)
+    for worker in ("reference", "ours"):
+        figures[worker]["share_of_floor"] = floor_seconds / figures[worker]["seconds"]
+    figures["speedup"] = figures["reference"]["seconds"] / ours["seconds"]
+    figures["step_memory_ratio"] = ours["step_rss_mib"] / figures["reference"]["step_rss_mib"]
     print(
-        f"speed-up {figures['speedup']:.2f}x (target >= 4x); step memory ours/reference "
-        f"{figures['step_memory_ratio']:.2f}"
+        f"FLOP floor {floor['total'] / 1e9:.2f} GFLOP (layers 1..{ours['layer']}, "
+        f"{sum(ours['lengths'])} real tokens; ours runs {ours['padded_tokens']} with padding) "
+        f"= {floor_seconds:.3f} s at {max(peaks):.1f} GFLOP/s (fp32 peak on its shapes)\n"
+        f"ours {ours['share_of_floor']:.1%} of its FLOP floor (target >= 60 %), reference "
+        f"{figures['reference']['share_of_floor']:.1%}; speed-up over the reference "
+        f"{figures['speedup']:.2f}x; step memory ours/reference {figures['step_memory_ratio']:.2f}"
     )
     figures["throughput"] = _spawn("throughput", args)
     t = figures["throughput"]
@@ -298,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{t['alternate']['tokens_per_s']:.0f}, ratio {t['ratio']:.2f} (target >= 0.7)"
     )
     figures["load_1min_after"] = load_1min()
+    if args.quick:
+        print("--quick: a smoke run; its figures are not results")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
