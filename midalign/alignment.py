@@ -65,7 +65,7 @@ from midalign.align_setup import AlignSetup
 from midalign.data.pairs import encode_pairs
 from midalign.data.steps import ALIGN_STEP, AlternatingSteps, StepsDataset
 from midalign.errors import InputError
-from midalign.losses import info_nce, top1_accuracy
+from midalign.losses import Stats, info_nce, top1_accuracy
 
 STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
 

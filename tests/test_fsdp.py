@@ -25,12 +25,13 @@ from test_train import WORDS, X_WORDS
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from midalign.alignment import AlignmentMixin, AlignSetup, dev_batches
+from midalign.align_setup import AlignSetup, dev_batches
+from midalign.alignment import AlignmentMixin
 from midalign.data.pairs import AlignStream
 from midalign.forward import pooled_states
 from midalign.layers import decoder_stack, unwrap
 from midalign.probe import special_token_ids
-from midalign.train import AlignmentTrainer
+from midalign.trainer import AlignmentTrainer
 
 F64 = torch.float64
 STEPS, TASK_ROWS, PAIRS = 2, 4, 4  # per optimizer step, over all ranks
