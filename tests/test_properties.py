@@ -28,12 +28,8 @@ from midalign.errors import InputError
 from midalign.runner import load_recipe
 from midalign.tasks import Example, Parsed, get_task
 from midalign.tasks.json_ner import json_complete, parse_entities, read_iob2
-from midalign.tasks.slot_filling import (
-    parse_annotation,
-    parse_slots,
-    read_conll_slots,
-    read_massive_jsonl,
-)
+from midalign.tasks.slot_filling import parse_slots
+from midalign.tasks.slot_readers import parse_annotation, read_conll_slots, read_massive_jsonl
 from midalign.tasks.topic import LABELS, parse_label, read_sib200_dir
 from midalign.tasks.translation import read_alma
 

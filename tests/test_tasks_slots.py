@@ -14,15 +14,8 @@ from seqeval.metrics import f1_score
 from midalign.errors import InputError
 from midalign.tasks import get_task
 from midalign.tasks.base import Example
-from midalign.tasks.slot_filling import (
-    SYSTEM,
-    convert_to_bio,
-    format_slots,
-    parse_annotation,
-    parse_slots,
-    read_conll_slots,
-    span_f1,
-)
+from midalign.tasks.slot_filling import SYSTEM, convert_to_bio, format_slots, parse_slots, span_f1
+from midalign.tasks.slot_readers import parse_annotation, read_conll_slots
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 TASK = get_task("slots")
