@@ -293,7 +293,7 @@ def check_recipe(recipe: Recipe) -> None:
     """What would fail only hours into a run fails at load, naming the recipe's field: the task,
     every language list, and every trained system's config (as ``midalign train`` validates
     it, fields named ``recipe.yaml: system NAME: train.align.temperature``)."""
-    from midalign.config import validate
+    from midalign.config_checks import validate
     from midalign.languages import parse_langs
     from midalign.tasks import get_task
 

@@ -23,7 +23,7 @@ from transformers.trainer_utils import SchedulerType, rotate_checkpoints
 from midalign.align_setup import AlignSetup
 from midalign.alignment import STREAM_FILE, AlignmentMixin, TrainingDiverged
 from midalign.checkpoints import COMPLETE_FILE, TRAINER_STATE, best_relative, last_checkpoint
-from midalign.config import no_learning, no_learning_message
+from midalign.config_checks import no_learning, no_learning_message
 from midalign.errors import InputError
 from midalign.files import follow_umask, write_json, write_text_atomic
 from midalign.forward import response_loss
@@ -88,7 +88,7 @@ class AlignmentTrainer(AlignmentMixin, Trainer):
         self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
     ) -> Any:
         """The Trainer's scheduler, unless the learning rate would be 0 at every step
-        (:func:`midalign.config.no_learning`). ``validate`` refuses that when --max-steps is
+        (:func:`midalign.config_checks.no_learning`). ``validate`` refuses that when --max-steps is
         given; a run counted in epochs has its steps known only here."""
         args = self.args
         schedule = SchedulerType(args.lr_scheduler_type).value

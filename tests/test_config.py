@@ -15,8 +15,8 @@ from midalign.config import (
     from_dict,
     load_config,
     option_names,
-    validate,
 )
+from midalign.config_checks import validate
 from midalign.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def test_normalize_choices_are_the_losses():
 def test_a_run_whose_every_step_is_warm_up_is_refused():
     """transformers' warm-up gives lr = peak · step / warmup at steps 0, 1, …: the first step
     always has lr 0, so one step with any warm-up (⌈1 · 0.03⌉ = 1 step) trains nothing."""
-    from midalign.config import no_learning
+    from midalign.config_checks import no_learning
 
     with pytest.raises(InputError) as e:
         validate(_valid(optim__max_steps=1))

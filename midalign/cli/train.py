@@ -17,8 +17,8 @@ from midalign.config import (
     field_help,
     load_config,
     option_names,
-    validate,
 )
+from midalign.config_checks import validate
 from midalign.errors import InputError
 from midalign.files import write_json
 
