@@ -146,13 +146,16 @@ def write_outputs(
 ) -> None:
     """results.json, predictions.jsonl, scores.csv, the probe's per-language scores and
     scores.png of one evaluation, into ``folder``."""
+    # matplotlib only now: importing this module must not switch a notebook's backend to Agg
+    from midalign.report.plots import plot_scores
+
     write_json(folder / "results.json", results)
     lines = [json.dumps(p, ensure_ascii=False) for p in predictions]
     (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "scores.csv").write_text(_scores_csv(results), encoding="utf-8")
     for name, scores in probe_scores(results).items():
         write_json(folder / name, scores)
-    _plot(results, folder / "scores.png", model, adapter)
+    plot_scores(results, folder / "scores.png", model, adapter)
 
 
 def _scores_csv(results: dict[str, Any]) -> str:
@@ -169,27 +172,3 @@ def _scores_csv(results: dict[str, Any]) -> str:
 
 def _fmt(value: Any) -> str:
     return f"{value:.6f}" if isinstance(value, float) else str(value)
-
-
-def _plot(results: dict[str, Any], path: Path, model: str, adapter: str | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric, per = results["metric"], results["per_language"]
-    keys = list(per)
-    values = [per[k][metric] for k in keys]
-    fig, ax = plt.subplots(figsize=(2.0 + 0.45 * len(keys), 4))
-    ax.bar(range(len(keys)), values, color="tab:blue")
-    ax.axhline(results["average"], color="gray", linestyle=":", label="average")
-    ax.set_xticks(range(len(keys)), keys, rotation=60, ha="right", fontsize=8)
-    name = "Gemma 3 270M" if model == "default" else Path(model).name
-    name += f" + {Path(adapter).name}" if adapter else ""
-    shot = ", zero-shot" if results["zero_shot"] else ""
-    ax.set(ylabel=metric, title=f"{name}: {results['task']}{shot}")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

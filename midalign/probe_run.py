@@ -15,7 +15,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -38,13 +37,7 @@ from midalign.probe import (
     embed_corpus,
     score_corpus,
 )
-from midalign.report import (
-    plot_accuracy_by_layer,
-    plot_anisotropy,
-    plot_language_heatmap,
-    plot_pair_matrix,
-)
-from midalign.retrieval import NORMALIZED_STATES, check_options, normalize_states, summarize
+from midalign.retrieval import check_options, normalize_states, summarize
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +139,13 @@ def write_probe(
 ) -> None:
     """``results`` as results.json, then pairs_layer<l>.csv, the plots and, with
     ``save_embeddings``, embeddings/ of ``run`` into ``folder``."""
+    # matplotlib only now: importing this module must not switch a notebook's backend to Agg
+    from midalign.report.plots import plot_probe
+
     write_json(folder / "results.json", results)
     _write_pair_csvs(folder, run.acc, run.layers, run.corpus)
     summary = {**run.summary, "anisotropy": run.anisotropy}
-    _plot(folder, summary, run.layers, run.num_layers, run.corpus, model, normalize)
+    plot_probe(folder, summary, run.layers, run.num_layers, run.corpus, model, normalize)
     if save_embeddings:
         _save_embeddings(folder / "embeddings", run.embeddings, run.layers, run.corpus)
 
@@ -170,43 +166,6 @@ def _write_pair_csvs(
                         len(corpus.texts[src]),
                     ]
                 )
-
-
-def _plot(
-    out: Path,
-    summary: dict,
-    layers: list[int],
-    n_layers: int,
-    corpus: ParallelCorpus,
-    model: str,
-    normalize: str,
-) -> None:
-    by_layer = [summary["per_layer"][str(layer)] for layer in layers]
-    name = Path(model).name if model != "default" else "Gemma 3 270M"
-    states = f"{NORMALIZED_STATES[normalize]} states"
-    plot_accuracy_by_layer(
-        layers,
-        [x["mean"] for x in by_layer],
-        [x["std"] for x in by_layer],
-        [x["min"] for x in by_layer],
-        [x["max"] for x in by_layer],
-        out / "accuracy_by_layer.png",
-        title=f"{name}: xsim retrieval, {len(corpus.pairs)} pairs, {states}",
-    )
-    langs = corpus.languages
-    heat = np.array(
-        [[summary["per_language"][str(layer)]["both"][lang] for layer in layers] for lang in langs]
-    )
-    plot_language_heatmap(
-        langs, layers, heat, out / "language_by_layer.png", title=f"accuracy per language, {states}"
-    )
-    middle = min(layers, key=lambda layer: abs(layer - n_layers // 2))
-    for layer in dict.fromkeys([middle, summary["best_layer"]]):
-        matrix = np.array(summary["pair_matrix"][str(layer)], dtype=float)
-        title = f"layer {layer}" + (" (best)" if layer == summary["best_layer"] else " (middle)")
-        title += f", {states}"
-        plot_pair_matrix(langs, matrix, out / f"pair_matrix_layer{layer}.png", title=title)
-    plot_anisotropy(layers, summary["anisotropy"], out / "anisotropy.png")
 
 
 def _save_embeddings(

@@ -332,7 +332,7 @@ def save_outputs(
     """What a finished run leaves besides its checkpoints: the (best) adapter as plain PEFT
     files, the training curves of log.jsonl, and the model card that says how it was made."""
     # matplotlib only now: importing this module must not switch a notebook's backend to Agg
-    from midalign.report import plot_training_curves
+    from midalign.report.plots import plot_training_curves
 
     save_adapter(trainer.model, out)
     plot_training_curves(read_log(out / LOG_FILE), out / "training_curves.png")

@@ -305,7 +305,7 @@ PARALLEL_TATOEBA = (
 @pytest.mark.parametrize("name", ["paper_slots.yaml", "paper_ner.yaml", "paper_mt.yaml"])
 def test_paper_recipes_align_on_languages_their_data_has(name: str) -> None:
     from midalign.languages import iso639_1, to_flores
-    from midalign.runner import load_recipe
+    from midalign.recipe import load_recipe
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / name)
     data = recipe.train["data"]

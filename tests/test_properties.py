@@ -25,7 +25,7 @@ from midalign.data.parallel import read_plain, read_sib200, read_tatoeba
 from midalign.data.reading import jsonl_rows, read_sentences, read_tsv, read_yaml
 from midalign.data.udhr import read_declaration, read_index, read_udhr
 from midalign.errors import InputError
-from midalign.runner import load_recipe
+from midalign.recipe import load_recipe
 from midalign.tasks import Example, Parsed, get_task
 from midalign.tasks.json_ner import json_complete, parse_entities, read_iob2
 from midalign.tasks.slot_filling import parse_slots

@@ -14,18 +14,10 @@ import yaml
 from midalign import runner as runner_module
 from midalign.cli import main
 from midalign.errors import InputError
-from midalign.runner import (
-    Runner,
-    RunOptions,
-    deep_merge,
-    dev_alignment,
-    group_means,
-    load_recipe,
-    mean_ci,
-    paired_differences,
-    parse_recipe,
-    write_report,
-)
+from midalign.recipe import deep_merge, load_recipe, parse_recipe
+from midalign.report.markdown import write_report
+from midalign.report.stats import dev_alignment, group_means, mean_ci, paired_differences
+from midalign.runner import Runner, RunOptions
 from midalign.tasks.topic import LABELS
 
 WORDS = {

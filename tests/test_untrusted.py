@@ -18,7 +18,8 @@ from midalign.config import load_config
 from midalign.errors import InputError
 from midalign.merge import read_adapter
 from midalign.models import load_adapter
-from midalign.runner import Runner, RunOptions, Steps, load_recipe, parse_recipe
+from midalign.recipe import load_recipe, parse_recipe
+from midalign.runner import Runner, RunOptions, Steps
 
 PACKAGE = Path(__file__).resolve().parents[1] / "midalign"
 CODE_TAGS = [

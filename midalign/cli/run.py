@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 from midalign.errors import InputError
-from midalign.runner import Runner, RunOptions, load_recipe, write_report
+from midalign.recipe import load_recipe
+from midalign.report.markdown import write_report
+from midalign.runner import Runner, RunOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

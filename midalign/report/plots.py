@@ -1,6 +1,11 @@
-"""Plots people would rather look at than read: accuracy by layer, language × layer heatmap,
-the pair matrix at one layer, the anisotropy of the states by layer, a training run's curves.
-Plain matplotlib (Agg), PNG files, no state between calls."""
+"""Every plot of the package, the ones people would rather look at than read: a probe's accuracy
+by layer, language × layer heatmap, pair matrix at one layer and anisotropy by layer; an
+evaluation's scores; a recipe run's scores, retrieval and retrieval-vs-transfer; a training run's
+curves. Plain matplotlib (Agg), PNG files, no state between calls.
+
+Importing this module selects the Agg backend, so its callers import it only when they plot:
+importing midalign in a notebook leaves the notebook's backend alone.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from midalign.data.corpus import ParallelCorpus  # noqa: E402
+from midalign.retrieval import NORMALIZED_STATES  # noqa: E402
 
 
 def plot_accuracy_by_layer(
@@ -112,10 +120,71 @@ def plot_anisotropy(layers: Sequence[int], diagnostics: dict[str, dict], path: P
     _save(fig, path)
 
 
+def plot_probe(
+    out: Path,
+    summary: dict,
+    layers: list[int],
+    n_layers: int,
+    corpus: ParallelCorpus,
+    model: str,
+    normalize: str,
+) -> None:
+    """A probe run's plots into ``out``: accuracy by layer, language × layer, the pair matrix at
+    the middle and the best layer, the anisotropy of the raw states."""
+    by_layer = [summary["per_layer"][str(layer)] for layer in layers]
+    name = _model_name(model)
+    states = f"{NORMALIZED_STATES[normalize]} states"
+    plot_accuracy_by_layer(
+        layers,
+        [x["mean"] for x in by_layer],
+        [x["std"] for x in by_layer],
+        [x["min"] for x in by_layer],
+        [x["max"] for x in by_layer],
+        out / "accuracy_by_layer.png",
+        title=f"{name}: xsim retrieval, {len(corpus.pairs)} pairs, {states}",
+    )
+    langs = corpus.languages
+    heat = np.array(
+        [[summary["per_language"][str(layer)]["both"][lang] for layer in layers] for lang in langs]
+    )
+    plot_language_heatmap(
+        langs, layers, heat, out / "language_by_layer.png", title=f"accuracy per language, {states}"
+    )
+    middle = min(layers, key=lambda layer: abs(layer - n_layers // 2))
+    for layer in dict.fromkeys([middle, summary["best_layer"]]):
+        matrix = np.array(summary["pair_matrix"][str(layer)], dtype=float)
+        title = f"layer {layer}" + (" (best)" if layer == summary["best_layer"] else " (middle)")
+        title += f", {states}"
+        plot_pair_matrix(langs, matrix, out / f"pair_matrix_layer{layer}.png", title=title)
+    plot_anisotropy(layers, summary["anisotropy"], out / "anisotropy.png")
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _model_name(model: str) -> str:
+    return "Gemma 3 270M" if model == "default" else Path(model).name
+
+
+def plot_scores(results: dict[str, Any], path: Path, model: str, adapter: str | None) -> None:
+    """One evaluation's score per language, its average as a dotted line."""
+    metric, per = results["metric"], results["per_language"]
+    keys = list(per)
+    values = [per[k][metric] for k in keys]
+    fig, ax = plt.subplots(figsize=(2.0 + 0.45 * len(keys), 4))
+    ax.bar(range(len(keys)), values, color="tab:blue")
+    ax.axhline(results["average"], color="gray", linestyle=":", label="average")
+    ax.set_xticks(range(len(keys)), keys, rotation=60, ha="right", fontsize=8)
+    name = _model_name(model)
+    name += f" + {Path(adapter).name}" if adapter else ""
+    shot = ", zero-shot" if results["zero_shot"] else ""
+    ax.set(ylabel=metric, title=f"{name}: {results['task']}{shot}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
 
 
 def plot_grouped_bars(
@@ -162,6 +231,51 @@ def plot_correlation(
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_run(summary: dict, folder: Path, title: str) -> None:
+    """A recipe run's plots into ``folder`` from its :func:`midalign.report.stats.summarize_run`:
+    scores.png (systems by group and language), retrieval.png (before and after) and
+    correlation.png (base retrieval against transfer), each if the summary has its numbers."""
+    table = summary["table"]
+    if table:
+        columns = [c for c in next(iter(table.values()))]
+        plot_grouped_bars(
+            columns,
+            {
+                name: ([cols[c]["mean"] for c in columns], [cols[c]["ci95"] for c in columns])
+                for name, cols in table.items()
+            },
+            folder / "scores.png",
+            ylabel=summary["metric"] or "score",
+            title=title,
+        )
+    retrieval = summary.get("retrieval")
+    if retrieval:
+        langs = list(retrieval["base"])
+        series = {"base": ([retrieval["base"][g] for g in langs], [None] * len(langs))}
+        for name, per in retrieval["systems"].items():
+            series[name] = ([per[g]["mean"] for g in langs], [per[g]["ci95"] for g in langs])
+        plot_grouped_bars(
+            langs,
+            series,
+            folder / "retrieval.png",
+            ylabel="xsim retrieval accuracy",
+            title=f"retrieval at layer {retrieval['layer']}, before and after, "
+            f"{NORMALIZED_STATES[retrieval['normalize']]} states",
+        )
+    corr = summary.get("correlation")
+    if corr and corr["points"]:
+        labels = list(corr["points"])
+        plot_correlation(
+            [corr["points"][g][0] for g in labels],
+            [corr["points"][g][1] for g in labels],
+            labels,
+            folder / "correlation.png",
+            xlabel=f"base retrieval at layer {corr['layer']}",
+            ylabel=f"{corr['system']} {summary['metric']}",
+            title="retrieval vs transfer",
+        )
 
 
 def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
