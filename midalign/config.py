@@ -5,7 +5,7 @@ one ``--section.field`` option per field from it (and ``--field`` where the name
 short alias such as ``--model``), so ``midalign train --help`` documents every knob a recipe
 can set. Precedence: dataclass defaults < ``--config`` YAML < command-line options. The resolved
 config is written to the run directory as ``config.yaml`` and is what ``--resume`` compares.
-Defaults are the paper's (Liu & Niehues 2025, SPEC §2).
+Defaults are the paper's (Liu & Niehues 2025, App. D.1; docs/design.md §2).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The layer-wise cross-lingual retrieval probe (SPEC §1): pooled sentence embeddings for every
-requested layer from one early-exit forward per batch, then xsim retrieval for every pair."""
+"""The layer-wise cross-lingual retrieval probe: pooled sentence embeddings per layer, scored.
+
+One early-exit forward per batch gives the pooled states of every requested layer, then xsim
+retrieval scores every language pair (docs/design.md §1)."""
 
 from __future__ import annotations
 

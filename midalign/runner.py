@@ -1,5 +1,5 @@
 """`midalign run`: one YAML recipe → prepared data, trained and merged adapters, transfer scores,
-retrieval before and after, and a report (SPEC §5). The recipe wires the parts; the parts
+retrieval before and after, and a report (docs/design.md §6). The recipe wires the parts; the parts
 (:mod:`midalign.train`, :mod:`midalign.evaluate`, :mod:`midalign.probe_run`,
 :mod:`midalign.merge`) know nothing of recipes.
 
