@@ -1,5 +1,7 @@
-"""One probe run end to end: parallel text and a model in, retrieval per layer and pair (with
-the raw states' anisotropy) out, and the files `midalign probe` writes.
+"""One probe run end to end, and the files `midalign probe` writes.
+
+Parallel text and a model in, retrieval per layer and pair (with the raw states' anisotropy)
+out.
 
 :func:`run_probe` is what `midalign probe` and a recipe's probe step share: read the corpus,
 check it, load the model, embed every side in one pass (:mod:`midalign.probe`), score all
