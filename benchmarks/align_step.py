@@ -1,5 +1,6 @@
 """One alignment micro-batch (forward + backward) as a share of its FLOP floor, ours vs the
-reference style, and the throughput of an alternate training step vs a task-only step (SPEC §7).
+reference style, and the throughput of an alternate training step vs a task-only step
+(docs/design.md §8).
 
 The same 16 Tatoeba pairs (deu↔eng), the default model with LoRA (r 8 on q,k,v,o,gate,up,down):
   reference  x and y in two separate forwards through every layer, logits computed,

@@ -1,4 +1,5 @@
-"""Probe extraction speed: a MEXA-style loop vs ``midalign.probe.extract_embeddings`` (SPEC §7).
+"""Probe extraction speed: a MEXA-style loop vs ``midalign.probe.extract_embeddings``
+(docs/design.md §8).
 
 The same SIB-200 sentences go through
   baseline   one sentence per forward, the whole model with ``output_hidden_states=True`` and
@@ -110,8 +111,8 @@ def mexa_style(model, tokenizer, sentences: list[str]) -> tuple[torch.Tensor, to
     One sentence per forward through the full model (logits included, as ``model(**tokens)``
     computes them), all hidden states kept, then each layer pooled. MEXA pools with a
     position-weighted mean over every token, BOS included (weights 1..T); we also pool the same
-    states with the SPEC's content mean (BOS excluded), so the accuracy can be compared with
-    ours like for like. The second pooling costs microseconds next to the forward.
+    states with the probe's content mean (BOS excluded, docs/design.md §1), so the accuracy can
+    be compared with ours like for like. The second pooling costs microseconds next to the forward.
     """
     special = special_token_ids(tokenizer)
     weighted, content = [], []
@@ -323,7 +324,7 @@ def print_table(report: dict) -> None:
     busy = [name for name, row in rows.items() if row.get("other_cores_busy", 0) > 0.1]
     if busy:
         print(f"WARNING: other processes kept > 0.1 core busy during {', '.join(busy)}: rerun")
-    print("targets (SPEC §7; the issue's minimum speed-up is 5×):")
+    print("targets (docs/design.md §8; the issue's minimum speed-up is 5×):")
     for name, row in rows.items():
         if not name.startswith("ours"):
             continue

@@ -1,26 +1,29 @@
 """What the alignment loss needs besides the model, built from the config and the base model.
 
 :class:`AlignSetup` holds it: the stream of training pairs, the layers, the loss options, the
-held-out batches. :func:`align_setup` builds it from the ``align`` section for any trainer
-(``midalign train`` and :class:`midalign.trl.AlignmentSFTTrainer`), choosing the layer by
-probing the base model's retrieval when ``layers: auto``. A ``midalign train`` run builds it
-from its whole config (:func:`prepare_alignment`: the pairs read and split, the base model's
-statistics for ``stats: base`` computed or, on resume, loaded; :mod:`midalign.align_stats`),
-and gives each process its slice once the Trainer's arguments know it
-(:func:`distribute_alignment`).
+held-out batches. :func:`align_setup` builds it from the ``align`` section for any trainer,
+choosing the layer by probing the base model's retrieval when ``layers: auto``. A trainer
+handed its pairs directly (:meth:`midalign.trainer.AlignmentTrainer.from_pairs`,
+:class:`midalign.trl.AlignmentSFTTrainer`) builds it with :func:`pairs_setup`. A ``midalign
+train`` run builds it from its whole config (:func:`prepare_alignment`: the pairs read and
+split, the base model's statistics for ``stats: base`` computed or, on resume, loaded;
+:mod:`midalign.align_stats`), and gives each process its slice once the Trainer's arguments
+know it (:func:`distribute_alignment`).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from midalign.align_stats import STATS_FILE, base_stats, broadcast_stats, load_stats, save_stats
-from midalign.config import AlignConfig, TrainConfig
+from midalign.config import AlignConfig, TrainConfig, check_align
 from midalign.data.pairs import AlignStream, Pairs, encode_pairs, load_pairs, split_dev
 from midalign.errors import InputError
 from midalign.forward import pooled_states
@@ -165,6 +168,66 @@ def align_setup(
         dev_batches=dev_batches(dev_pairs, tokenizer, a.batch_pairs, max_length),
     )
     return setup, auto_retrieval
+
+
+# ------------------------------------------------- a trainer handed its pairs (your own, TRL's)
+
+PAIRS_SCHEDULES = ("alternate", "joint", "task")
+"""The schedules of a trainer handed its pairs directly: ``alternate-steps`` and ``align`` write
+the alternation into the Trainer's data loader, which only ``midalign train`` builds."""
+
+
+def check_pairs_trainer(a: AlignConfig, trainer: str) -> None:
+    """The ``align`` section as ``midalign train`` checks it, and a schedule ``trainer`` runs;
+    ``ValueError`` otherwise."""
+    check_align(a, error=ValueError)
+    if a.schedule not in PAIRS_SCHEDULES:
+        raise ValueError(
+            f"align.schedule {a.schedule} is not available with {trainer} (only "
+            f"{', '.join(PAIRS_SCHEDULES)}): train it with `midalign train`"
+        )
+
+
+def pairs_setup(
+    a: AlignConfig,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Pairs,
+    dev_pairs: Pairs,
+    args: TrainingArguments,
+    max_length: int,
+) -> AlignSetup:
+    """The alignment setup of a trainer handed its pairs (:meth:`midalign.trainer.
+    AlignmentTrainer.from_pairs`, :class:`midalign.trl.AlignmentSFTTrainer`): the stream is
+    seeded with ``args.seed`` and sliced for this process; ``layers: auto`` and ``stats: base``
+    measure ``model`` with its adapter disabled, the base model, as ``midalign train`` measures
+    it before attaching LoRA."""
+    seed = args.seed
+    with model.disable_adapter() if isinstance(model, PeftModel) else nullcontext():
+        setup, _ = align_setup(
+            a,
+            model,
+            tokenizer,
+            pairs,
+            dev_pairs,
+            seed,
+            max_length,
+            args.process_index,
+            args.world_size,
+        )
+        if a.normalize != "none" and a.stats == "base":
+            setup.stats = base_stats(
+                model,
+                tokenizer,
+                pairs,
+                setup.layers,
+                a.pool,
+                setup.special_ids,
+                max_length,
+                a.stats_pairs,
+                seed,
+            )
+    return setup
 
 
 # ---------------------------------------------------------------------- a `midalign train` run

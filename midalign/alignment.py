@@ -1,4 +1,4 @@
-"""The alignment objective inside any ``Trainer``'s step: the schedules (SPEC §2).
+"""The alignment objective inside any ``Trainer``'s step: the schedules (docs/design.md §2).
 
 The Trainer keeps what it does well: optimiser, scheduler, gradient accumulation, logging,
 evaluation, checkpoints, early stopping and resume. :class:`AlignmentMixin` changes one

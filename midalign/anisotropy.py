@@ -1,6 +1,8 @@
-"""How the raw pooled states fill their space, per layer: the diagnostics that tell whether a
-cosine (in the probe's xsim, in the alignment loss's InfoNCE) measures meaning or a few rogue
-dimensions (Ethayarajh 2019; Timkey & van Schijndel 2021; Sun et al. 2024).
+"""Anisotropy diagnostics: how the raw pooled states fill their space, per layer.
+
+They tell whether a cosine (in the probe's xsim, in the alignment loss's InfoNCE) measures
+meaning or a few rogue dimensions (Ethayarajh 2019; Timkey & van Schijndel 2021; Sun et al. 2024;
+docs/design.md §3).
 
 For the states h of every sentence of every side at one layer:
 

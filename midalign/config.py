@@ -6,7 +6,7 @@ short alias such as ``--model``), so ``midalign train --help`` documents every k
 can set. Precedence: dataclass defaults < ``--config`` YAML < command-line options. The resolved
 config is written to the run directory as ``config.yaml`` and is what ``--resume`` compares;
 :mod:`midalign.config_checks` refuses settings that cannot work. Defaults are the paper's
-(Liu & Niehues 2025, SPEC §2).
+(Liu & Niehues 2025, App. D.1; docs/design.md §2).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
-"""Which torch dtype ``--dtype`` means on this machine: bfloat16 where bf16 matmuls run natively
-(a CUDA device, a CPU with AMX or AVX512-BF16), float32 elsewhere."""
+"""Which torch dtype ``--dtype`` means on this machine.
+
+``auto`` is bfloat16 where bf16 matmuls run natively (a CUDA device, a CPU with AMX or
+AVX512-BF16), float32 elsewhere.
+"""
 
 from __future__ import annotations
 

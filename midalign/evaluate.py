@@ -1,5 +1,6 @@
-"""Evaluation as a function: prompts → batched greedy generation → parsing → per-language scores
-and group averages, and the files one evaluation writes.
+"""Evaluation of a model already in memory, and the files one evaluation writes.
+
+Prompts → batched greedy generation → parsing → per-language scores and group averages.
 
 :func:`evaluate` is for callers that already hold a model (``midalign eval``, the experiment
 runner, ``midalign merge --search``); :func:`write_outputs` writes what ``midalign eval`` and a

@@ -1,5 +1,7 @@
-"""The two forwards midalign runs on a causal LM: the early-exit one that pools the layers it
-is asked for, and the task loss with logits only where a label is.
+"""The two forwards midalign runs on a causal LM: early exit with pooling, and the task loss.
+
+The early-exit forward pools the layers it is asked for; the task loss computes logits only
+where a label is.
 
 Hidden-state indexing follows HF's ``output_hidden_states`` tuple: 0 = embedding output,
 l = output of decoder layer l. Layer L (the last) is taken after the final norm by default, as

@@ -1,6 +1,8 @@
-"""Find a causal LM's decoder layers (through PEFT and DDP wrappers), count them, and read
-``--layers``. Layer indices follow HF's ``output_hidden_states``: 0 = embedding output,
-l = output of decoder layer l, up to L."""
+"""Find a causal LM's decoder layers, count them, and read ``--layers``.
+
+The layers are found through PEFT and DDP wrappers. Layer indices follow HF's
+``output_hidden_states``: 0 = embedding output, l = output of decoder layer l, up to L.
+"""
 
 from __future__ import annotations
 

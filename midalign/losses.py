@@ -1,4 +1,4 @@
-"""Contrastive alignment loss on pooled mid-layer states (SPEC §2). Tensor math only.
+"""Contrastive alignment loss on pooled mid-layer states (docs/design.md §2). Tensor math only.
 
 InfoNCE with in-batch negatives, as in the paper (Liu & Niehues, "Middle-layer representation
 alignment for cross-lingual transfer in fine-tuned LLMs", 2025) and sentence-transformers'

@@ -1,4 +1,4 @@
-"""Exact weighted merging of LoRA adapters (SPEC §4).
+"""Exact weighted merging of LoRA adapters (docs/design.md §5).
 
 For adapters i with factors A_i [r_i, in], B_i [out, r_i] and scale s_i (α_i / r_i, or
 α_i / √r_i with rsLoRA), the merged adapter must satisfy, for every module,

@@ -1,7 +1,10 @@
-"""README.md model cards for saved adapters, in the Hub's format (YAML front matter written by
-``huggingface_hub.ModelCardData``, as PEFT's own cards are): the base model, the task data and
-its languages, the alignment setup (schedule, layer, τ, pooling, normalisation, languages), and,
-once the runner has probed the adapter, retrieval before and after."""
+"""README.md model cards for saved adapters, in the Hub's format.
+
+The YAML front matter is written by ``huggingface_hub.ModelCardData``, as PEFT's own cards are.
+A card gives the base model, the task data and its languages, the alignment setup (schedule,
+layer, τ, pooling, normalisation, languages), and, once the runner has probed the adapter,
+retrieval before and after.
+"""
 
 from __future__ import annotations
 

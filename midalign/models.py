@@ -1,5 +1,7 @@
-"""Load any HF causal LM (hub id, local folder, GGUF file, or the offline default) and its
-tokenizer, and put a PEFT adapter on it."""
+"""Load any HF causal LM and its tokenizer, and put a PEFT adapter on it.
+
+A model is a hub id, a local folder, a GGUF file, or the offline default.
+"""
 
 from __future__ import annotations
 

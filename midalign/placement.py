@@ -1,6 +1,8 @@
-"""Where a model bigger than one device goes (``--device-map``, ``--max-memory``,
-``--offload-folder``): the options read and checked, accelerate's ``from_pretrained``
-arguments, and the device an offloaded module computes on."""
+"""Where a model bigger than one device goes (``--device-map`` and its companions).
+
+The options (``--device-map``, ``--max-memory``, ``--offload-folder``) read and checked,
+accelerate's ``from_pretrained`` arguments, and the device an offloaded module computes on.
+"""
 
 from __future__ import annotations
 

@@ -1,19 +1,31 @@
-"""The layer-wise cross-lingual retrieval probe (SPEC §1): pooled sentence embeddings for every
-requested layer from one early-exit forward per batch, then xsim retrieval for every pair."""
+"""The layer-wise cross-lingual retrieval probe: pooled sentence embeddings per layer, scored.
+
+One early-exit forward per batch gives the pooled states of every requested layer, then xsim
+retrieval scores every language pair (docs/design.md §1). :func:`probe_model` does it all for a
+model already in memory; `midalign probe` and a recipe's probe step add reading the data and
+loading the model (:mod:`midalign.probe_run`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from midalign.anisotropy import anisotropy_by_layer
 from midalign.data.corpus import ParallelCorpus
 from midalign.errors import InputError
 from midalign.forward import pooled_states
-from midalign.layers import input_device
-from midalign.retrieval import layer_accuracy, pair_accuracy
+from midalign.layers import input_device, num_layers, parse_layers
+from midalign.retrieval import (
+    check_options,
+    layer_accuracy,
+    normalize_states,
+    pair_accuracy,
+    summarize,
+)
 
 MAX_TOKENS = 2048
 """Longest sentence embedded, in tokens (``--max-tokens``): about 8× the longest SIB-200
@@ -195,3 +207,77 @@ def score_corpus(
         tgt = torch.tensor([index[b] for _, b in corpus.pairs])
         return acc[:, src, tgt]
     return pair_accuracy(embeddings, corpus.pairs, k=k, margin=margin)
+
+
+@dataclass
+class Probe:
+    """What :func:`probe_model` computed: retrieval of every pair at every probed layer."""
+
+    corpus: ParallelCorpus
+    layers: list[int]  # the probed layers, ascending
+    num_layers: int  # the model's L (layers 0..L)
+    embeddings: dict[str, torch.Tensor]  # side -> [len(layers), n_side, d], raw (not normalised)
+    acc: torch.Tensor  # [len(layers), len(corpus.pairs)] retrieval accuracy
+    summary: dict  # retrieval.summarize of acc: per layer, language, pair and group
+    anisotropy: dict[str, dict]  # str(layer) -> diagnostics of the raw states
+
+    @property
+    def by_layer(self) -> dict[int, float]:
+        """Mean retrieval accuracy over all ordered pairs, per layer."""
+        return {layer: self.summary["per_layer"][str(layer)]["mean"] for layer in self.layers}
+
+
+def probe_model(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: ParallelCorpus | Mapping[str, Sequence[str]],
+    layers: str | Sequence[int] = "all",
+    *,
+    pool: str = "mean",
+    margin: str = "ratio",
+    normalize: str = "none",
+    k: int = 4,
+    batch_tokens: int | None = None,
+    max_tokens: int = MAX_TOKENS,
+    groups: dict[str, list[str]] | None = None,
+    progress: bool = False,
+) -> Probe:
+    """xsim retrieval of every ordered language pair at ``layers``, for a model in memory.
+
+    ``sentences``: ``{language: [sentence, ...]}``, sentence i of every language translating
+    the others' (the keys name the languages in the results), or a
+    :class:`~midalign.data.corpus.ParallelCorpus` (:func:`midalign.data.load_parallel`).
+    ``layers``: ``all``, ``even``, ``middle``, ``"2,4,9"`` or a list of ints (0 = embeddings).
+    The options are `midalign probe`'s: ``pool`` ``mean``|``mean-all``, ``margin``
+    ``ratio``|``cosine`` with ``k`` neighbours, ``normalize`` ``none``|``center``|``standardize``,
+    ``groups`` ``{name: [language, ...]}``. ``batch_tokens`` defaults to 1024 on CPU, 16384 on
+    GPU.
+    """
+    if isinstance(sentences, ParallelCorpus):
+        corpus = sentences
+    else:
+        texts = {lang: list(side) for lang, side in sentences.items()}
+        if len({len(side) for side in texts.values()}) > 1:
+            counts = ", ".join(f"{lang} {len(side)}" for lang, side in texts.items())
+            raise InputError(f"sentences: every language needs as many sentences ({counts})")
+        corpus = ParallelCorpus.multiway(texts)
+    check_languages(corpus, "sentences")
+    check_options(min(len(t) for t in corpus.texts.values()), k, margin)
+    chosen = parse_layers(layers, num_layers(model), "layers")
+    if batch_tokens is None:
+        batch_tokens = default_batch_tokens(model)
+    embeddings = embed_corpus(
+        model, tokenizer, corpus, chosen, pool, batch_tokens, progress, max_tokens
+    )
+    # [L, P], scored on normalised copies, freed at once; anisotropy and the caller get the raw
+    # states
+    acc = score_corpus(normalize_states(embeddings, normalize), corpus, k, margin)
+    return Probe(
+        corpus=corpus,
+        layers=chosen,
+        num_layers=num_layers(model),
+        embeddings=embeddings,
+        acc=acc,
+        summary=summarize(acc, chosen, corpus, groups=groups),
+        anisotropy=anisotropy_by_layer(embeddings, chosen),
+    )

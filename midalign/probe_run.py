@@ -1,5 +1,7 @@
-"""One probe run end to end: parallel text and a model in, retrieval per layer and pair (with
-the raw states' anisotropy) out, and the files `midalign probe` writes.
+"""One probe run end to end, and the files `midalign probe` writes.
+
+Parallel text and a model in, retrieval per layer and pair (with the raw states' anisotropy)
+out.
 
 :func:`run_probe` is what `midalign probe` and a recipe's probe step share: read the corpus,
 check it, load the model, embed every side in one pass (:mod:`midalign.probe`), score all
@@ -12,13 +14,12 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from midalign.anisotropy import anisotropy_by_layer
 from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.reading import parse_json, read_text
@@ -31,29 +32,22 @@ from midalign.models import load_model
 from midalign.placement import Placement
 from midalign.probe import (
     MAX_TOKENS,
+    Probe,
     check_characters,
     check_languages,
     default_batch_tokens,
-    embed_corpus,
-    score_corpus,
+    probe_model,
 )
-from midalign.retrieval import check_options, normalize_states, summarize
+from midalign.retrieval import check_options
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ProbeRun:
-    """What :func:`run_probe` computed."""
+class ProbeRun(Probe):
+    """What :func:`run_probe` computed: the probe, and how the run made it."""
 
-    corpus: ParallelCorpus
-    layers: list[int]  # the probed layers, ascending
-    num_layers: int  # the model's L (layers 0..L)
     report_layer: int | None  # ``report_layer`` resolved, one of ``layers``
-    embeddings: dict[str, torch.Tensor]  # side -> [len(layers), n_side, d], raw (not normalised)
-    acc: torch.Tensor  # [len(layers), len(corpus.pairs)] retrieval accuracy
-    summary: dict  # retrieval.summarize of acc
-    anisotropy: dict[str, dict]  # str(layer) -> diagnostics of the raw states
     dtype: str  # the dtype the model ran in
     dtype_reason: str
     batch_tokens: int
@@ -108,21 +102,23 @@ def run_probe(
         len(next(iter(corpus.texts.values()))),
         chosen,
     )
-    embeddings = embed_corpus(
-        lm, tokenizer, corpus, chosen, pool, batch_tokens, progress, max_tokens
+    probe = probe_model(
+        lm,
+        tokenizer,
+        corpus,
+        chosen,
+        pool=pool,
+        margin=margin,
+        normalize=normalize,
+        k=k,
+        batch_tokens=batch_tokens,
+        max_tokens=max_tokens,
+        groups=groups,
+        progress=progress,
     )
-    # [L, P], scored on normalised copies, freed at once; anisotropy and --save-embeddings get
-    # the raw states
-    acc = score_corpus(normalize_states(embeddings, normalize), corpus, k, margin)
     return ProbeRun(
-        corpus=corpus,
-        layers=chosen,
-        num_layers=n_layers,
+        **{f.name: getattr(probe, f.name) for f in fields(Probe)},
         report_layer=extra,
-        embeddings=embeddings,
-        acc=acc,
-        summary=summarize(acc, chosen, corpus, groups=groups),
-        anisotropy=anisotropy_by_layer(embeddings, chosen),
         dtype=dtype_name(resolved),
         dtype_reason=dtype_reason,
         batch_tokens=batch_tokens,

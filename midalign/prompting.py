@@ -1,5 +1,6 @@
-"""How an instruction example becomes token ids: one route for training and for generation, so
-that a model is always asked a question the way it was taught to answer it.
+"""How an instruction example becomes token ids: one route for training and for generation.
+
+One route, so that a model is always asked a question the way it was taught to answer it.
 
 With a chat template (Llama 3 Instruct, Qwen 2.5 Instruct) the conversation is rendered by the
 tokenizer's own template; a template that rejects the system role (Gemma's) gets the system text

@@ -1,4 +1,4 @@
-"""Cross-lingual retrieval with LASER's xsim margin, for every pair at once (SPEC §1.3–1.5).
+"""Cross-lingual retrieval with LASER's xsim margin, for every pair at once (docs/design.md §1).
 
 For L2-normalised sources x and targets y, as in LASER's ``source/xsim.py``:
 candidates of x = its k nearest targets by cosine; avg_x = mean cosine of those k,

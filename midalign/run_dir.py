@@ -1,6 +1,8 @@
-"""A training run's folder, as `midalign train` and a recipe's training steps both keep it: made
-afresh (or replaced) with its config.yaml, reopened at its last complete checkpoint, or removed
-when a start failed before its first checkpoint."""
+"""A training run's folder, as `midalign train` and a recipe's training steps both keep it.
+
+Made afresh (or replaced) with its config.yaml, reopened at its last complete checkpoint, or
+removed when a start failed before its first checkpoint.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Executes a recipe as cached steps: one YAML recipe (:mod:`midalign.recipe`) → prepared data,
 trained and merged adapters, transfer scores and retrieval before and after, the outcome that
-:mod:`midalign.report` turns into a report (SPEC §5). The recipe wires the parts; the parts
-(:mod:`midalign.train`, :mod:`midalign.evaluate`, :mod:`midalign.probe_run`,
+:mod:`midalign.report` turns into a report (docs/design.md §6). The recipe wires the parts;
+the parts (:mod:`midalign.train`, :mod:`midalign.evaluate`, :mod:`midalign.probe_run`,
 :mod:`midalign.merge`) know nothing of recipes.
 
 Every unit of work is a *step* (prepare data, train a system with one seed, merge, evaluate,

@@ -1,11 +1,11 @@
-"""One `midalign train` run: LoRA fine-tuning with middle-layer contrastive alignment (SPEC §2).
+"""One `midalign train` run: LoRA fine-tuning with middle-layer contrastive alignment.
 
 :func:`train` wires the parts in the order the numbers depend on: the task data, the alignment
 pairs and everything measured on the base model (the auto layer, the base statistics), LoRA,
 the Trainer's arguments, the per-process alignment stream, the Trainer
 (:class:`midalign.trainer.AlignmentTrainer`) with its callbacks (:mod:`midalign.callbacks`),
 training or resuming, and the run's outputs: the best adapter, log.jsonl's plot and the model
-card.
+card. The method is docs/design.md §2.
 """
 
 from __future__ import annotations

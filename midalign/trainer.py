@@ -12,18 +12,25 @@ throughout.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase, Trainer
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+)
 from transformers.trainer_utils import SchedulerType, rotate_checkpoints
 
-from midalign.align_setup import AlignSetup
+from midalign.align_setup import AlignSetup, check_pairs_trainer, pairs_setup
 from midalign.alignment import STREAM_FILE, AlignmentMixin, TrainingDiverged
 from midalign.checkpoints import COMPLETE_FILE, TRAINER_STATE, best_relative, last_checkpoint
+from midalign.config import AlignConfig
 from midalign.config_checks import no_learning, no_learning_message
+from midalign.data.pairs import Pairs, as_pairs
 from midalign.errors import InputError
 from midalign.files import follow_umask, write_json, write_text_atomic
 from midalign.forward import response_loss
@@ -48,6 +55,60 @@ class AlignmentTrainer(AlignmentMixin, Trainer):
         self.init_alignment(schedule, align, align_tokenizer, has_task_dev)
         self.keep_checkpoints = keep_checkpoints  # besides the best; rotated after each save
         self.checkpoint_files = list(checkpoint_files)  # copied into every checkpoint
+
+    @classmethod
+    def from_pairs(
+        cls,
+        model: torch.nn.Module,
+        args: TrainingArguments,
+        processing_class: PreTrainedTokenizerBase,
+        *,
+        align: AlignConfig,
+        align_pairs: Pairs | Iterable[Mapping[str, str]],
+        align_eval_pairs: Pairs | Iterable[Mapping[str, str]] | None = None,
+        align_max_length: int = 128,
+        **kwargs: Any,
+    ) -> AlignmentTrainer:
+        """The alignment loss added to your own ``Trainer`` training: your ``model`` (with its
+        LoRA adapter), ``args`` and tokenised task data, plus the ``align`` section of a
+        ``midalign train`` config and translation pairs (:func:`midalign.data.pairs.as_pairs`).
+
+        ``kwargs`` are the ``Trainer``'s: ``train_dataset`` rows hold ``input_ids`` and
+        ``labels`` (-100 where no loss), padded by default by ``DataCollatorForSeq2Seq``;
+        ``eval_dataset`` adds the dev task loss to evaluations, ``align_eval_pairs`` the dev
+        alignment loss and top-1 accuracy (``eval_align_loss``, ``eval_align_acc``). As with
+        :class:`midalign.trl.AlignmentSFTTrainer`: ``args.gradient_accumulation_steps`` counts
+        task micro-batches (under ``alternate`` each brings one alignment micro-batch), the
+        schedules are ``alternate``, ``joint`` and ``task``, the stream's seed is ``args.seed``,
+        and ``layers: auto`` and ``stats: base`` measure ``model`` with its adapter disabled.
+        """
+        check_pairs_trainer(align, "AlignmentTrainer.from_pairs")
+        setup = pairs_setup(
+            align,
+            model,
+            processing_class,
+            as_pairs(align_pairs),
+            as_pairs(align_eval_pairs) if align_eval_pairs is not None else {},
+            args,
+            align_max_length,
+        )
+        has_task_dev = kwargs.get("eval_dataset") is not None
+        if not has_task_dev and setup.dev_batches:  # evaluations measure the alignment only
+            kwargs["eval_dataset"] = setup.dev_batches
+        kwargs.setdefault(
+            "data_collator",
+            DataCollatorForSeq2Seq(processing_class, padding=True, label_pad_token_id=-100),
+        )
+        return cls(
+            model=model,
+            args=args,
+            processing_class=processing_class,
+            schedule=align.schedule,
+            align=setup,
+            align_tokenizer=processing_class,
+            has_task_dev=has_task_dev,
+            **kwargs,
+        )
 
     def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Causal-LM cross-entropy over the response tokens of this micro-batch (mean), with

@@ -26,48 +26,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer
 
-from midalign.align_setup import align_setup
-from midalign.align_stats import base_stats
+from midalign.align_setup import check_pairs_trainer, pairs_setup
 from midalign.alignment import STREAM_FILE, AlignmentMixin
 from midalign.config import AlignConfig
-from midalign.config_checks import check_align
-from midalign.data.pairs import Pairs
+from midalign.data.pairs import Pairs, as_pairs
 from midalign.files import write_json
-
-SCHEDULES = ("alternate", "joint", "task")
-
-
-def as_pairs(rows: Pairs | Iterable[Mapping[str, str]]) -> Pairs:
-    """Translation pairs by language from rows ``{x, y, lang?}`` (a ``datasets.Dataset`` or
-    any iterable of mappings; y is the pivot side, English in ``midalign train``), or
-    ``midalign``'s own ``{lang: [(x, y), ...]}``. Rows without ``lang`` form one group. Each
-    alignment micro-batch draws its pairs from one language, as in ``midalign train``."""
-    if isinstance(rows, Mapping):
-        return {lang: [(x, y) for x, y in items] for lang, items in rows.items()}
-    pairs: Pairs = {}
-    for i, row in enumerate(rows):
-        if "x" not in row or "y" not in row:
-            raise ValueError(f"alignment pair {i} needs the columns x and y, has {sorted(row)}")
-        pairs.setdefault(row.get("lang", "all"), []).append((row["x"], row["y"]))
-    return pairs
 
 
 class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
     """``SFTTrainer`` whose step adds middle-layer alignment (module docstring).
 
     ``align``: the ``align`` section of a ``midalign train`` config. ``align_pairs``: the
-    translation pairs (:func:`as_pairs`); ``align_eval_pairs``: held-out pairs whose
-    alignment loss and in-batch top-1 accuracy every evaluation adds (``eval_align_loss``,
-    ``eval_align_acc``). Every other argument is ``SFTTrainer``'s.
+    translation pairs (:func:`midalign.data.pairs.as_pairs`); ``align_eval_pairs``: held-out
+    pairs whose alignment loss and in-batch top-1 accuracy every evaluation adds
+    (``eval_align_loss``, ``eval_align_acc``). Every other argument is ``SFTTrainer``'s.
     """
 
     def __init__(
@@ -79,41 +58,18 @@ class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
         align_max_length: int = 128,
         **kwargs: Any,
     ) -> None:
-        check_align(align, error=ValueError)
-        if align.schedule not in SCHEDULES:
-            raise ValueError(
-                f"align.schedule {align.schedule} is not available with SFTTrainer (only "
-                f"{', '.join(SCHEDULES)}): train it with `midalign train`"
-            )
+        check_pairs_trainer(align, "SFTTrainer")
         super().__init__(*args, **kwargs)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        pairs = as_pairs(align_pairs)
-        dev = as_pairs(align_eval_pairs) if align_eval_pairs is not None else {}
-        model, seed = self.model, self.args.seed
-        with model.disable_adapter() if isinstance(model, PeftModel) else nullcontext():
-            setup, _ = align_setup(
-                align,
-                model,
-                tokenizer,
-                pairs,
-                dev,
-                seed,
-                align_max_length,
-                self.args.process_index,
-                self.args.world_size,
-            )
-            if align.normalize != "none" and align.stats == "base":
-                setup.stats = base_stats(
-                    model,
-                    tokenizer,
-                    pairs,
-                    setup.layers,
-                    align.pool,
-                    setup.special_ids,
-                    align_max_length,
-                    align.stats_pairs,
-                    seed,
-                )
+        setup = pairs_setup(
+            align,
+            self.model,
+            tokenizer,
+            as_pairs(align_pairs),
+            as_pairs(align_eval_pairs) if align_eval_pairs is not None else {},
+            self.args,
+            align_max_length,
+        )
         self.init_alignment(align.schedule, setup, tokenizer, has_task_dev=True)
 
     def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

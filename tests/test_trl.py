@@ -23,7 +23,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed  # noqa: E
 from trl import SFTConfig  # noqa: E402
 
 from midalign.config import AlignConfig  # noqa: E402
-from midalign.data.pairs import encode_pairs, load_pairs  # noqa: E402
+from midalign.data.pairs import as_pairs, encode_pairs, load_pairs  # noqa: E402
 from midalign.forward import pooled_states, response_loss  # noqa: E402
 from midalign.losses import info_nce  # noqa: E402
 from midalign.models import load_model, peft_quietly  # noqa: E402
@@ -37,7 +37,7 @@ def _no_telemetry(monkeypatch):
 
 
 from midalign.trainer import AlignmentTrainer  # noqa: E402
-from midalign.trl import AlignmentSFTTrainer, as_pairs  # noqa: E402
+from midalign.trl import AlignmentSFTTrainer  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,6 +1,9 @@
-"""`midalign <command>`: a thin dispatcher. Each command lives in its own module of this package
-that exposes ``add_parser(subparsers)`` (registering its options, with help) and
-``run(args) -> int``; options several commands share are in :mod:`midalign.cli.options`."""
+"""`midalign <command>`: a thin dispatcher to one module per command.
+
+Each command lives in its own module of this package that exposes ``add_parser(subparsers)``
+(registering its options, with help) and ``run(args) -> int``; options several commands share
+are in :mod:`midalign.cli.options`.
+"""
 
 from __future__ import annotations
 

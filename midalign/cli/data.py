@@ -1,5 +1,7 @@
-"""`midalign data prepare`: a task's data as instruction jsonl, the format training reads (see
-:mod:`midalign.data.instructions`)."""
+"""`midalign data prepare`: a task's data as instruction jsonl, the format training reads.
+
+The format is :mod:`midalign.data.instructions`'s.
+"""
 
 from __future__ import annotations
 

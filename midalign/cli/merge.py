@@ -1,5 +1,7 @@
-"""`midalign merge`: the exact weighted merge of LoRA adapters, saved as a plain PEFT adapter;
-with ``--search``, the task weight is chosen by a dev score (the paper's Appendix D.3)."""
+"""`midalign merge`: the exact weighted merge of LoRA adapters, saved as a plain PEFT adapter.
+
+With ``--search``, the task weight is chosen by a dev score (the paper's Appendix D.3).
+"""
 
 from __future__ import annotations
 

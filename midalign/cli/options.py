@@ -1,5 +1,7 @@
-"""Options that several `midalign` commands take, declared once so that their names, help texts
-and checks stay the same everywhere."""
+"""The options several `midalign` commands take, declared once.
+
+Their names, help texts and checks are then the same everywhere.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""`midalign train`: LoRA fine-tuning with middle-layer contrastive alignment (SPEC §2)."""
+"""`midalign train`: LoRA fine-tuning with middle-layer contrastive alignment.
+
+The method is docs/design.md §2; this module parses the options and calls
+:func:`midalign.train.train`.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""ALMA's human-written translation data as (x, English) pairs, read once for the translation
-task's examples and for the alignment loss's training pairs."""
+"""ALMA's human-written translation data as (x, English) pairs.
+
+Read once for the translation task's examples and for the alignment loss's training pairs.
+"""
 
 from __future__ import annotations
 

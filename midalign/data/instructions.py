@@ -1,5 +1,6 @@
-"""Instruction data for the task loss: the jsonl rows `midalign data prepare` writes and training
-reads, tokenised the one way prompting.py defines.
+"""Instruction jsonl for the task loss: written by `midalign data prepare`, read by training.
+
+Rows are tokenised the one way prompting.py defines.
 
 A row is either ``{"system"?, "prompt", "response", "lang"?, "id"?}`` or a single-turn chat
 ``{"messages": [{"role": "system"?}, {"role": "user"}, {"role": "assistant"}], "lang"?,

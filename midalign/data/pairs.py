@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,21 @@ def split_dev(pairs: Pairs, per_lang: int, seed: int) -> tuple[Pairs, Pairs]:
         dev[lang] = [p for j, p in enumerate(items) if j in held]
         train[lang] = [p for j, p in enumerate(items) if j not in held]
     return train, dev
+
+
+def as_pairs(rows: Pairs | Iterable[Mapping[str, str]]) -> Pairs:
+    """Translation pairs by language from rows ``{x, y, lang?}`` (a ``datasets.Dataset`` or
+    any iterable of mappings; y is the pivot side, English in ``midalign train``), or
+    ``midalign``'s own ``{lang: [(x, y), ...]}``. Rows without ``lang`` form one group. Each
+    alignment micro-batch draws its pairs from one language, as in ``midalign train``."""
+    if isinstance(rows, Mapping):
+        return {lang: [(x, y) for x, y in items] for lang, items in rows.items()}
+    pairs: Pairs = {}
+    for i, row in enumerate(rows):
+        if "x" not in row or "y" not in row:
+            raise ValueError(f"alignment pair {i} needs the columns x and y, has {sorted(row)}")
+        pairs.setdefault(row.get("lang", "all"), []).append((row["x"], row["y"]))
+    return pairs
 
 
 def encode_pairs(

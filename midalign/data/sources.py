@@ -1,5 +1,6 @@
-"""Naming a data set in one string: ``format:ARG``, or a bare path or hub id that a format
-recognises by its layout, dispatched to that format's reader.
+"""A data set named in one string (``format:ARG``, a bare path or a hub id), sent to its reader.
+
+A bare path or hub id goes to the format that recognises its layout.
 
 Every task (:meth:`midalign.tasks.Task.load`) and :func:`midalign.data.load_parallel` declare
 their formats as a registry, ``{name: Reader}``, and read a source through :func:`pick_reader`,

@@ -1,6 +1,8 @@
-"""What every transfer task is made of: examples read from a data set, the instruction a model is
-given (the paper's Appendix D.2 prompts), the target it is trained to answer, a parser of what it
-answers, and a scorer.
+"""What every transfer task is made of: the :class:`Task` base class and its examples.
+
+A task reads examples from a data set and gives the instruction a model is given (the paper's
+Appendix D.2 prompts), the target it is trained to answer, a parser of what it answers, and a
+scorer.
 
 A task knows nothing of models: :mod:`midalign.generate` turns instructions into outputs and
 :func:`midalign.evaluate.evaluate` wires the two together. Keeping the parts apart lets training

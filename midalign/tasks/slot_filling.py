@@ -1,5 +1,6 @@
-"""Slot filling (MASSIVE; xSID as the offline stand-in): extract "type: value" pairs from a
-voice-assistant command.
+"""Slot filling (MASSIVE; xSID as the offline stand-in): "type: value" pairs from a command.
+
+The model extracts the slots of a voice-assistant command.
 
 Target: ``type: value; type: value`` in order of appearance, ``None`` when the command has no
 slot (paper, Appendix D.2). Score: span micro-F1 the way MASSIVE's own scorer computes it
