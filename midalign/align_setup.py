@@ -23,7 +23,8 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from midalign.align_stats import STATS_FILE, base_stats, broadcast_stats, load_stats, save_stats
-from midalign.config import AlignConfig, TrainConfig, check_align
+from midalign.config import AlignConfig, TrainConfig
+from midalign.config_checks import check_align
 from midalign.data.pairs import AlignStream, Pairs, encode_pairs, load_pairs, split_dev
 from midalign.errors import InputError
 from midalign.forward import pooled_states
