@@ -33,7 +33,7 @@ def evaluate(
     examples: Sequence[Example],
     *,
     zero_shot: bool = False,
-    batch_size: int = 16,
+    batch_size: int = 32,
     max_new_tokens: int | None = None,
     groups: dict[str, list[str]] | None = None,
     comet_model: Path | None = None,

@@ -2,10 +2,12 @@
 
 Prompts are sorted by length (so a batch wastes little on padding), left-padded (so every row's
 next token sits in the last column, which is what the KV cache extends), and decoded greedily
-by ``model.generate`` with the cache on. Each row stops at EOS or at its task's stop rule (a
-newline; the closing bracket of a JSON answer) and the batch stops when every row has.
-Results come back in input order. Greedy decoding is deterministic, and the batched answers
-equal one-prompt-at-a-time answers (tests/test_generate.py checks that).
+by ``model.generate`` with the cache on, through :func:`midalign.decode.greedy_decode`: the
+prefill runs in groups of similar length, and each row leaves the batch as soon as it stops
+at EOS or at its task's stop rule (a newline; the closing bracket of a JSON answer), so no
+step computes a row that has finished. Results come back in input order. Greedy decoding is
+deterministic, and the batched answers equal one ``model.generate`` per prompt
+(tests/test_generate.py checks that).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria
 
+from midalign.decode import greedy_decode
 from midalign.layers import input_device
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,22 @@ def _eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list
     return list(dict.fromkeys(ids))
 
 
+def greedy_config(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int
+) -> GenerationConfig:
+    """Greedy decoding with the KV cache, up to ``max_new_tokens``, ending at any EOS of the
+    tokenizer or the model, padding with the tokenizer's pad token (its EOS if it has none)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=pad,
+        eos_token_id=_eos_ids(model, tokenizer),
+    )
+
+
 @torch.inference_mode()
 def generate(
     model: torch.nn.Module,
@@ -56,7 +75,7 @@ def generate(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int = 64,
     stop: Callable[[str], bool] | None = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers (decoded, special tokens dropped) to token-id ``prompts``, in order.
@@ -66,16 +85,8 @@ def generate(
     the stop point is returned too (the task's parser reads only what it needs), so nothing the
     model said is hidden.
     """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = _eos_ids(model, tokenizer)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        use_cache=True,
-        pad_token_id=pad,
-        eos_token_id=eos,
-    )
+    config = greedy_config(model, tokenizer, max_new_tokens)
+    pad, eos = config.pad_token_id, config.eos_token_id
     device = input_device(model)  # the embeddings' device, also under --device-map
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     answers: list[str] = [""] * len(prompts)
@@ -96,6 +107,7 @@ def generate(
             attention_mask=mask.to(device),
             generation_config=config,
             stopping_criteria=criteria,
+            custom_generate=greedy_decode,  # finished rows leave the batch
         )  # [B, T + new]
         new = out[:, width:]  # [B, new]
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)

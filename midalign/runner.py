@@ -250,7 +250,7 @@ class Runner:
                 self.task,
                 examples,
                 zero_shot=system.zero_shot,
-                batch_size=int(self.recipe.eval.get("batch_size", 16)),
+                batch_size=int(self.recipe.eval.get("batch_size", 32)),
                 max_new_tokens=self.recipe.eval.get("max_new_tokens"),
                 groups=self.groups,
                 progress=self.opt.progress,

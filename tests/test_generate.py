@@ -1,5 +1,6 @@
-"""Batched greedy generation (left padding, KV cache, stop rules), `evaluate`, and the `eval` and
-`data prepare` commands end to end on tiny random models."""
+"""Batched greedy generation (left padding, grouped prefill, KV cache, stop rules, finished rows
+leaving the batch), `evaluate`, and the `eval` and `data prepare` commands end to end on tiny
+random models."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import spy_loaded_dtypes, tiny_model, tiny_tokenizer
+from conftest import (
+    _COMMON,
+    TINY_FAMILIES,
+    assert_same_numbers,
+    precision,
+    spy_loaded_dtypes,
+    tiny_model,
+    tiny_tokenizer,
+)
+from transformers import DynamicCache
 
+from midalign import decode
 from midalign import generate as gen
 from midalign.cli import main
 from midalign.evaluate import evaluate
@@ -33,16 +44,130 @@ def _prompts(tok) -> list[list[int]]:
     return [encode_prompt(tok, text, system="people") for text in PROMPTS]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
-def test_batched_equals_one_at_a_time(family: str) -> None:
-    model, tok = tiny_model(family, n_layers=2), tiny_tokenizer()
+def _model(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A tiny random model; "gemma3-sliding" has a 4-token sliding window on layers 1 and 3,
+    shorter than every prompt, so that the sliding layers' cache is cut at the window."""
+    if family != "gemma3-sliding":
+        return tiny_model(family, n_layers=2, dtype=dtype)
+    model_cls, config_cls = TINY_FAMILIES["gemma3"]
+    layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
+    config = config_cls(
+        num_hidden_layers=3, head_dim=8, sliding_window=4, layer_types=layer_types, **_COMMON
+    )
+    torch.manual_seed(0)
+    return model_cls(config).eval().to(dtype)
+
+
+def _repeats(text: str) -> bool:
+    """A stop rule the random models meet at different steps: some word came twice."""
+    words = text.split()
+    return len(set(words)) < len(words)
+
+
+def _one_generate_per_prompt(model, tok, prompts, max_new_tokens: int, stop) -> tuple[list, list]:
+    """The reference: transformers' own decoding loop on one prompt at a time. Its answers,
+    and how many tokens each row generated (the step at which it finished)."""
+    config = gen.greedy_config(model, tok, max_new_tokens)
+    answers, steps = [], []
+    for p in prompts:
+        criteria = [gen.TextStop(tok, len(p), stop)]
+        out = model.generate(
+            input_ids=torch.tensor([p]), generation_config=config, stopping_criteria=criteria
+        )
+        answers.append(tok.decode(out[0, len(p) :], skip_special_tokens=True))
+        steps.append(out.shape[1] - len(p))
+    return answers, steps
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "gemma3-sliding"])
+def test_batched_equals_one_generate_per_prompt(family: str) -> None:
+    model, tok = _model(family), tiny_tokenizer()
     prompts = _prompts(tok)
-    batched = gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=4, progress=False)
-    single = gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=1, progress=False)
-    assert batched == single
-    assert any(batched)  # the random model does say something
-    again = gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=3, progress=False)
-    assert again == batched  # deterministic, any batching
+    single, _ = _one_generate_per_prompt(model, tok, prompts, 12, _repeats)
+    assert any(single)  # the random model does say something
+    for batch_size in (len(prompts), 3, 1):  # any batching, the same answers
+        batched = gen.generate(
+            model,
+            tok,
+            prompts,
+            max_new_tokens=12,
+            stop=_repeats,
+            batch_size=batch_size,
+            progress=False,
+        )
+        assert batched == single
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3-sliding"])
+def test_finished_rows_leave_the_batch_and_the_prefill_skips_padding(family: str) -> None:
+    model, tok = _model(family), tiny_tokenizer()
+    prompts = _prompts(tok)
+    _, steps = _one_generate_per_prompt(model, tok, prompts, 12, _repeats)
+    assert len(set(steps)) > 1  # rows finish at different steps (EOS, the stop rule, the cap)
+    shapes = []  # [rows, tokens] of every forward
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    gen.generate(model, tok, prompts, max_new_tokens=12, stop=_repeats, batch_size=len(prompts))
+    lengths = [len(p) for p in prompts]  # all > 1, so a forward of 1 token is a decode step
+    groups = decode.prefill_groups(lengths)
+    assert len(groups) > 1
+    assert [s for s in shapes if s[1] > 1] == [(len(g), lengths[g[0]]) for g in groups]
+    # after step s, exactly the rows that generate more than s tokens are still computed
+    assert [s[0] for s in shapes if s[1] == 1] == [
+        sum(n > s for n in steps) for s in range(1, max(steps))
+    ]
+
+
+def test_streamed_head_is_the_linear_head_and_is_put_back() -> None:
+    model = _model("llama", torch.float64)
+    head = model.get_output_embeddings()
+    h = torch.randn(3, 5, head.in_features, dtype=torch.float64)  # [B, T, d]
+    with decode._streamed_head(model):
+        assert "forward" in head.__dict__  # W·hᵀ in place of h·Wᵀ
+        streamed = head(h)
+    assert "forward" not in head.__dict__
+    assert_same_numbers(streamed, torch.nn.functional.linear(h, head.weight), torch.float64)
+
+
+def test_prefill_groups_by_hand() -> None:
+    # longest first; a row joins while it is at least 90 % of its group's first row:
+    # 74 | 57, 56 (>= 51.3) | 51 (< 51.3) | 30, 27 (>= 27)
+    assert decode.prefill_groups([30, 74, 57, 56, 51, 27]) == [[1], [2, 3], [4], [0, 5]]
+    assert decode.prefill_groups([5, 5, 5]) == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize(
+    ("family", "dtype"), [("llama", torch.float64), ("gemma3-sliding", torch.float32)]
+)
+def test_grouped_prefill_is_the_padded_prefill(family: str, dtype: torch.dtype) -> None:
+    """Logits and cache of the grouped prefill against one forward over the padded batch,
+    compared at the real (unmasked) positions; the cache lengths the masks see are equal."""
+    model, tok = _model(family, dtype), tiny_tokenizer()
+    prompts = _prompts(tok)
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :], mask[r, width - len(p) :] = torch.tensor(p), 1
+    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate makes them
+    caches = [DynamicCache(config=model.config) for _ in range(2)]
+    kwargs = dict(attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
+    with torch.inference_mode():
+        grouped = decode._prefill(model, ids, dict(kwargs, cache=caches[0]))
+        padded = model(input_ids=ids, cache=caches[1], **kwargs).logits[:, -1]
+    assert len(decode.prefill_groups(mask.sum(1).tolist())) > 1
+    assert_same_numbers(grouped, padded, precision(family.split("-")[0], dtype))
+    for ours, theirs in zip(caches[0].layers, caches[1].layers, strict=True):
+        assert ours.get_seq_length() == theirs.get_seq_length() == width
+        stored = theirs.keys.shape[-2]  # the whole width, or a sliding layer's window
+        assert ours.keys.shape == theirs.keys.shape
+        assert stored < width if theirs.is_sliding else stored == width
+        real = mask[:, -stored:].bool()  # [B, stored]
+        for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values)):
+            a, b = a.transpose(1, 2)[real], b.transpose(1, 2)[real]  # [real tokens, heads, dim]
+            assert_same_numbers(a, b, precision(family.split("-")[0], dtype))
 
 
 def test_stop_rule_cuts_each_row_at_its_stop() -> None:
@@ -298,7 +423,7 @@ class _Planned(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
 
-    def generate(self, input_ids, attention_mask, generation_config, stopping_criteria):
+    def generate(self, input_ids, attention_mask, generation_config, stopping_criteria, **kwargs):
         new = torch.tensor([self.PLAN[int(row[-1])] for row in input_ids])
         return torch.cat([input_ids, new], dim=1)
 

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "never trained on the task",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=16, help="prompts per batch (default: 16)"
+        "--batch-size", type=positive_int, default=32, help="prompts per batch (default: 32)"
     )
     p.add_argument(
         "--max-new-tokens",
