@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -149,11 +149,22 @@ class AlignmentMixin:
         docstring), computed the trainer's way."""
         raise NotImplementedError
 
+    def autocast(self) -> AbstractContextManager:
+        """The run's mixed precision (bf16 autocast with ``args.bf16``, else nothing), for a
+        forward that does not go through the model's ``forward``. The Trainer (accelerate)
+        applies autocast by wrapping the model's ``forward``; the alignment forward (stopped
+        at the alignment layer) and ``midalign train``'s task forward (logits only at the
+        response) call the decoder themselves, so they enter it here. The pooling and the
+        losses compute in float32 inside it too (:func:`midalign.forward.pooled_states`)."""
+        return self.accelerator.autocast()
+
     def align_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """InfoNCE over the pooled alignment-layer states of a 2B-row batch (x rows first),
-        normalised as configured."""
+        normalised as configured; the forward under the run's mixed precision, InfoNCE in
+        float32."""
         a = self.align
-        x, y, stats = a.states(model, inputs)
+        with self.autocast():
+            x, y, stats = a.states(model, inputs)
         return info_nce(x, y, a.temperature, a.symmetric, a.gather, a.normalize, stats)
 
     def next_align_batch(self) -> dict[str, torch.Tensor]:
@@ -292,7 +303,8 @@ class AlignmentMixin:
         losses, correct, rows = [], 0.0, 0
 
         def states(**batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Stats | None]:
-            return a.states(model, batch)
+            with self.autocast():
+                return a.states(model, batch)
 
         for batch in a.dev_batches:
             x, y, stats = self.wrapped_forward(model, states, **self._prepare_inputs(batch))

@@ -26,6 +26,7 @@ from midalign.errors import InputError
 SCHEDULES = ("alternate", "alternate-steps", "joint", "task", "align")
 NORMALIZE = ("none", "center", "standardize")  # midalign.losses.NORMALIZE (torch-free here)
 STATS = ("batch", "base")
+BF16 = ("auto", "true", "false")  # midalign.dtypes.BF16_CHOICES (torch-free here)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -168,6 +169,13 @@ class OptimConfig:
     )
     keep_checkpoints: int = _help("checkpoints kept besides the best one", default=2)
     seed: int = _help("seed of LoRA init, data order, dropout and the alignment stream", default=42)
+    bf16: str = _help(
+        "bf16 mixed precision (autocast; weights, gradients and optimizer state stay float32): "
+        "auto (on where bf16 matmuls are native: a CUDA GPU with bf16, a CPU with AMX or "
+        "AVX512-BF16; off elsewhere, where bf16 is emulated and slower than float32, and for "
+        "weights other than float32), true or false",
+        default="auto",
+    )
     report_to: list[str] = _help(
         "extra loggers for transformers (tensorboard, wandb, ...); log.jsonl is always written",
         default_factory=list,

@@ -12,7 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from midalign.config import NORMALIZE, SCHEDULES, STATS, AlignConfig, TrainConfig, option_names
+from midalign.config import (
+    BF16,
+    NORMALIZE,
+    SCHEDULES,
+    STATS,
+    AlignConfig,
+    TrainConfig,
+    option_names,
+)
 from midalign.errors import InputError
 from midalign.languages import to_flores
 
@@ -145,6 +153,8 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
             f"{name('optim.eval_steps')} ({o.eval_steps}): the best checkpoint is chosen at "
             "evaluations"
         )
+    if str(o.bf16).lower() not in BF16:
+        raise error(f"{name('optim.bf16')} must be auto, true or false, not {o.bf16!r}")
     if o.metric_for_best_model not in ("auto", "task_loss", "align_loss"):
         raise error(f"{name('optim.metric_for_best_model')} must be auto, task_loss or align_loss")
     if o.metric_for_best_model == "task_loss" and a.schedule == "align":

@@ -1,4 +1,5 @@
-"""Which torch dtype ``--dtype`` means on this machine.
+"""Which torch dtype ``--dtype`` means on this machine, and whether ``optim.bf16`` trains in
+bf16 mixed precision here.
 
 ``auto`` is bfloat16 where bf16 matmuls run natively (a CUDA device, a CPU with AMX or
 AVX512-BF16), float32 elsewhere.
@@ -25,6 +26,8 @@ DTYPES = {
 }
 DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 """``--dtype`` of probe and eval: ``auto`` is bfloat16 where bf16 matmuls run natively."""
+BF16_CHOICES = ("auto", "true", "false")
+"""``optim.bf16`` of a training run: ``auto`` is bf16 mixed precision where bf16 is native."""
 CPUINFO = Path("/proc/cpuinfo")
 _reported: set[str] = set()  # the auto resolutions already logged by this process
 
@@ -90,3 +93,23 @@ def resolve_dtype(name: str) -> tuple[torch.dtype, str]:
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``, the name ``--dtype`` and ``load_model`` take."""
     return str(dtype).removeprefix("torch.")
+
+
+def resolve_bf16(setting: str | bool, weights: torch.dtype = torch.float32) -> tuple[bool, str]:
+    """Whether a training run uses bf16 mixed precision (``optim.bf16``), and why.
+
+    Mixed precision keeps the weights, gradients and optimizer state in float32 and runs the
+    forward under autocast (matmuls in bf16). ``auto`` turns it on where ``--dtype auto`` would
+    pick bfloat16 (:func:`resolve_dtype`: a CUDA device with native bf16, a CPU with AMX or
+    AVX512-BF16) and the weights are float32: float64 weights are for exact reference runs and
+    bf16 weights have nothing to mix. ``true`` and ``false`` are taken as they are.
+    """
+    value = str(setting).lower()
+    if value not in BF16_CHOICES:
+        raise InputError(f"optim.bf16 must be one of {', '.join(BF16_CHOICES)}, not {setting!r}")
+    if value != "auto":
+        return value == "true", "as requested"
+    if weights != torch.float32:
+        return False, f"the weights are {dtype_name(weights)}"
+    dtype, reason = resolve_dtype("auto")
+    return dtype == torch.bfloat16, reason

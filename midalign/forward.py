@@ -57,12 +57,14 @@ def _masked_mean(h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     whatever the model dtype (a float64 model stays float64). A row without any weight (all
     padding, or an empty sentence with no BOS) is a zero vector rather than 0/0, and its cosine
     with anything is 0. Positions of weight 0 are never read, so a NaN an attention kernel may
-    leave at a fully masked position stays out."""
-    h = h.to(torch.promote_types(h.dtype, torch.float32))
-    w = weights.to(h.device, h.dtype)
-    h = torch.where(w[..., None] > 0, h, 0.0)
-    total = torch.einsum("btd,bt->bd", h, w)
-    return total / w.sum(dim=1, keepdim=True).clamp(min=1.0)
+    leave at a fully masked position stays out. Inside a bf16 autocast forward (mixed-precision
+    training) too: autocast would run the einsum in bf16."""
+    with torch.autocast(h.device.type, enabled=False):
+        h = h.to(torch.promote_types(h.dtype, torch.float32))
+        w = weights.to(h.device, h.dtype)
+        h = torch.where(w[..., None] > 0, h, 0.0)
+        total = torch.einsum("btd,bt->bd", h, w)
+        return total / w.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
 @contextlib.contextmanager

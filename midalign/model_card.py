@@ -62,8 +62,10 @@ def training_card(
     align_pairs: Mapping[str, int],
     train_examples: int,
     steps: int,
+    bf16: bool = False,
 ) -> str:
-    """The card of an adapter ``midalign train`` saved with ``config`` (a TrainConfig)."""
+    """The card of an adapter ``midalign train`` saved with ``config`` (a TrainConfig), trained
+    in bf16 mixed precision if ``bf16`` (``optim.bf16`` as it resolved on the machine)."""
     a, base = config.align, config.model.name
     schedule = a.schedule
     lines = [
@@ -93,6 +95,9 @@ def training_card(
         f"- **Optimiser**: lr {config.optim.learning_rate} ({config.optim.lr_scheduler}), "
         f"batch {config.optim.batch_size} × {config.optim.gradient_accumulation_steps} "
         f"accumulation, seed {config.optim.seed}",
+        "- **Precision**: "
+        + ("bf16 mixed precision (autocast)" if bf16 else config.model.dtype)
+        + f" (`optim.bf16: {config.optim.bf16}`)",
         "",
         "The full training configuration is `config.yaml` beside this card; the losses per step "
         "are in `log.jsonl` and `training_curves.png`.",

@@ -36,12 +36,14 @@ log = logging.getLogger(__name__)
 READING = 2
 # Settings added after run directories existed: left out of a step's hash while at the value
 # those steps used, so that those runs' steps are reused (they computed the same). Training
-# steps, by section of their config; probe and eval steps: the dtype they load the model in,
-# resolved (``auto`` is float32 on a CPU without native bf16), as every one of them used float32.
+# steps, by section of their config, ``optim.bf16`` resolved (``auto`` is off on a CPU without
+# native bf16: float32 as every earlier training step); probe and eval steps: the dtype they
+# load the model in, resolved (``auto`` is float32 there), as every one of them used float32.
 LATER_DEFAULTS = {
     ("align", "normalize"): "none",
     ("align", "stats"): "batch",
     ("align", "stats_pairs"): 256,
+    ("optim", "bf16"): "false",
     ("probe", "dtype"): "float32",
     ("eval", "dtype"): "float32",
 }
@@ -172,9 +174,15 @@ class Runner:
     def train(self, system: System, seed: int, data: dict[str, dict]) -> dict:
         from midalign import run_dir
         from midalign.config import from_dict
+        from midalign.dtypes import DTYPES, resolve_bf16
         from midalign.train import train
 
         sections = self.train_config(system, seed, data)
+        # optim.bf16 as it resolves here, hashed and run: a step is redone exactly when it
+        # would train in another precision than before (LATER_DEFAULTS)
+        weights = DTYPES.get(sections["model"]["dtype"])
+        bf16 = resolve_bf16(sections["optim"]["bf16"], weights)[0]
+        sections["optim"]["bf16"] = "true" if bf16 else "false"
         # The data files' paths change with their hashes; their hashes are what matter.
         spec = {"config": _hashed(sections), "data": {k: v.get("step") for k, v in data.items()}}
         align = sections["align"]
@@ -195,6 +203,7 @@ class Runner:
                 "global_step": result.global_step,
                 "best_metric": result.best_metric,
                 "align_layers": result.align_layers,
+                "bf16": result.bf16,
             }
 
         return self.steps.run(f"train-{system.name}-seed{seed}", spec, work)

@@ -50,6 +50,7 @@ from midalign.config import TrainConfig
 from midalign.data.instructions import TaskDataset, load_task_dataset, read_instructions
 from midalign.data.pairs import AlignBatches
 from midalign.data.steps import StepsDataset, collate_steps
+from midalign.dtypes import DTYPES, resolve_bf16
 from midalign.errors import InputError
 from midalign.files import follow_umask
 from midalign.model_card import training_card, write_card
@@ -74,6 +75,8 @@ class TrainResult:
     train_examples: int
     align_pairs: dict[str, int]
     log_history: list[dict[str, Any]]
+    bf16: bool = False  # bf16 mixed precision, as optim.bf16 resolved on this machine
+    bf16_reason: str = ""
 
 
 def train(
@@ -93,7 +96,14 @@ def train(
     task_set, dev_set = load_task_data(c, tokenizer)
     align, pair_counts, auto_retrieval = prepare_alignment(c, model, tokenizer, resume_from)
     model = attach_lora(c, model)
-    args = training_arguments(c, out, dev_set, align, progress)
+    bf16, bf16_reason = resolve_bf16(c.optim.bf16, DTYPES[c.model.dtype])
+    log.info(
+        "bf16 mixed precision %s (optim.bf16 %s: %s)",
+        "on" if bf16 else "off",
+        c.optim.bf16,
+        bf16_reason,
+    )
+    args = training_arguments(c, out, dev_set, align, progress, bf16)
     checkpoint_files = distribute_alignment(c, align, args, out)
     stopper = StopOnSignal()
     trainer = make_trainer(
@@ -127,6 +137,8 @@ def train(
         train_examples=examples,
         align_pairs=pair_counts,
         log_history=trainer.state.log_history,
+        bf16=bf16,
+        bf16_reason=bf16_reason,
     )
 
 
@@ -174,11 +186,13 @@ def training_arguments(
     dev_set: TaskDataset | None,
     align: AlignSetup | None,
     progress: bool,
+    bf16: bool = False,
 ) -> TrainingArguments:
-    """The Trainer's arguments for this config. The ``align`` schedule's "dataset" is its
-    micro-batches (batch size 1, one epoch); under ``alternate`` the Trainer accumulates the
-    task half of the G micro-batches of a step; the best checkpoint is judged by the dev loss
-    there is (``metric_for_best_model: auto``)."""
+    """The Trainer's arguments for this config, in bf16 mixed precision if ``bf16`` (the
+    resolved ``optim.bf16``). The ``align`` schedule's "dataset" is its micro-batches (batch
+    size 1, one epoch); under ``alternate`` the Trainer accumulates the task half of the G
+    micro-batches of a step; the best checkpoint is judged by the dev loss there is
+    (``metric_for_best_model: auto``)."""
     schedule = c.align.schedule
     ga = c.optim.gradient_accumulation_steps
     trainer_ga = ga // 2 if schedule == "alternate" else ga  # alternate-steps: G of one kind
@@ -220,6 +234,9 @@ def training_arguments(
         train_sampling_strategy="sequential" if schedule == "align" else "group_by_length",
         disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(),
+        # autocast around the task and alignment forwards (AlignmentMixin.autocast), on a CPU
+        # too (transformers wants use_cpu for that)
+        bf16=bf16,
         # DDP: an alignment forward stops at the alignment layer, so the LoRA weights above it
         # get no gradient. Under `alternate` and `joint` the syncing backward is a task one,
         # which reaches every weight; under `align` and in the alignment steps of
@@ -341,7 +358,8 @@ def save_outputs(
         if c.data.task_data and c.align.schedule != "align"
         else set()
     )
-    card = training_card(c, layers, task_langs, pair_counts, examples, trainer.state.global_step)
+    steps = trainer.state.global_step
+    card = training_card(c, layers, task_langs, pair_counts, examples, steps, trainer.args.bf16)
     write_card(out, card)
 
 

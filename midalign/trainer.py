@@ -112,8 +112,11 @@ class AlignmentTrainer(AlignmentMixin, Trainer):
 
     def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Causal-LM cross-entropy over the response tokens of this micro-batch (mean), with
-        logits only at those tokens (:func:`midalign.forward.response_loss`)."""
-        return response_loss(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        logits only at those tokens (:func:`midalign.forward.response_loss`), under the run's
+        mixed precision (:meth:`autocast`; the cross-entropy in float32)."""
+        with self.autocast():
+            ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+            return response_loss(model, ids, mask, labels)
 
     def _diverged(self, what: str) -> TrainingDiverged:
         """The error for a run that diverged, naming its last complete checkpoint."""

@@ -611,6 +611,7 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
         sections = runner.train_config(system, 1, data)
         for key in ("normalize", "stats", "stats_pairs"):  # the config as it was
             del sections["align"][key]
+        del sections["optim"]["bf16"]
         before = {"config": sections, "data": {"train": "data-train-abc"}}
         got = runner.train(system, 1, data)["step"]
         return got, Steps(tmp_path).folder(f"train-{name}-seed1", before).name
@@ -625,6 +626,40 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
     assert got == before
     recipe["train"]["align"]["normalize"] = "standardize"
     assert step(recipe, "align-mid")[0] != got
+
+
+def test_training_steps_hash_as_before_unless_they_now_train_in_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``optim.bf16`` (default ``auto``) is resolved before hashing, as probe and eval resolve
+    ``dtype``: every training step before it trained in float32, so a step that still does
+    (``auto`` on a CPU without native bf16, ``false``, ``auto`` with float64 weights) hashes as
+    those did, and one that would now train in bf16 mixed precision is a new step, whichever
+    way it was asked for. The step's config records the resolved value."""
+    import midalign.dtypes
+
+    def step(recipe: dict) -> tuple[str, str]:
+        runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path, dry_run=True))
+        data = {"train": {"step": "data-train-abc", "path": "/t.jsonl"}}
+        system = next(s for s in runner.recipe.systems if s.name == "sft")
+        return runner.train(system, 1, data)["step"]
+
+    recipe = _recipe(Path("/models/tiny"), Path("/data/sib200"))
+    before = step(recipe)
+    assert before == "train-sft-seed1-c658f003594e"  # as the code before optim.bf16 named it
+    for value in ("false", "auto"):
+        recipe["train"]["optim"]["bf16"] = value
+        assert step(recipe) == before
+    recipe["train"]["optim"]["bf16"] = "true"
+    bf16 = step(recipe)
+    assert bf16 != before
+    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AMX")
+    del recipe["train"]["optim"]["bf16"]  # auto, now on
+    assert step(recipe) == bf16
+    recipe["train"]["model"] = {"dtype": "float64"}  # exact reference weights: auto stays off
+    float64 = step(recipe)
+    recipe["train"]["optim"]["bf16"] = "false"
+    assert step(recipe) == float64 != bf16
 
 
 def test_probe_and_eval_steps_hash_as_before_unless_they_now_compute_in_bf16(
