@@ -20,6 +20,8 @@ the same ``align`` section (:class:`midalign.config.AlignConfig`, checked by
   model, as ``midalign train`` measures it before attaching LoRA.
 - A checkpoint holds the stream position (``align_stream.json``), and a resumed run goes on
   from it.
+
+:func:`sft_config` is ``SFTConfig`` with bf16 mixed precision only where the hardware has it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,28 @@ from typing import Any
 
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 
 from midalign.align_setup import check_pairs_trainer, pairs_setup
 from midalign.alignment import STREAM_FILE, AlignmentMixin
 from midalign.config import AlignConfig
 from midalign.data.pairs import Pairs, as_pairs
+from midalign.dtypes import resolve_bf16
 from midalign.files import write_json
+
+
+def sft_config(*, bf16: str | bool = "auto", **kwargs: Any) -> SFTConfig:
+    """TRL's ``SFTConfig`` with ``bf16`` resolved as ``midalign train`` resolves ``optim.bf16``
+    (:func:`midalign.dtypes.resolve_bf16`): ``auto`` is bf16 mixed precision where bf16 matmuls
+    are native (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16) and float32 elsewhere.
+    TRL's own default, ``True``, stops with an error on a machine without a GPU, and on a CPU
+    without native bf16 it would be emulated, many times slower than float32. On a CPU with
+    bf16 on, ``use_cpu`` is set too (transformers asks for it before it autocasts on a CPU).
+    Every other argument is ``SFTConfig``'s."""
+    on, _ = resolve_bf16(bf16)
+    if on and not torch.cuda.is_available():
+        kwargs.setdefault("use_cpu", True)
+    return SFTConfig(bf16=on, **kwargs)
 
 
 class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
@@ -74,8 +91,11 @@ class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
 
     def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``SFTTrainer``'s loss of one micro-batch, a mean over its own tokens (no
-        ``num_items_in_batch``)."""
-        return self.compute_loss(model, dict(inputs))
+        ``num_items_in_batch``), under the run's mixed precision (:meth:`autocast`: the model's
+        own forward has it, but not under several processes, whose engine's forward the
+        mixin swaps)."""
+        with self.autocast():
+            return self.compute_loss(model, dict(inputs))
 
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         with self.maybe_activation_offload_context:  # as SFTTrainer's own step

@@ -24,6 +24,7 @@ from trl import SFTConfig  # noqa: E402
 
 from midalign.config import AlignConfig  # noqa: E402
 from midalign.data.pairs import as_pairs, encode_pairs, load_pairs  # noqa: E402
+from midalign.errors import InputError  # noqa: E402
 from midalign.forward import pooled_states, response_loss  # noqa: E402
 from midalign.losses import info_nce  # noqa: E402
 from midalign.models import load_model, peft_quietly  # noqa: E402
@@ -196,6 +197,7 @@ def test_readme_example_trains_and_logs_both_losses(tmp_path, monkeypatch):
     namespace = {"model": tiny_model("llama", n_layers=4), "tokenizer": tiny_tokenizer()}
     exec(_readme_example(), namespace)
     trainer = namespace["trainer"]
+    assert trainer.args.bf16 is False  # sft_config: auto, and this CPU has no native bf16
     logged = [row for row in trainer.state.log_history if "loss" in row]
     assert [row["step"] for row in logged] == [1, 2]
     for row in logged:
@@ -280,3 +282,22 @@ def test_evaluation_adds_the_dev_alignment_metrics(tmp_path):
     loss = info_nce(pooled[:, :3], pooled[:, 3:], temperature=0.5)
     assert metrics["eval_align_loss"] == pytest.approx(loss.item(), rel=1e-6)
     assert 0 <= metrics["eval_align_acc"] <= 1
+
+
+def test_sft_config_resolves_bf16_as_midalign_train_does(monkeypatch):
+    """TRL's default bf16=True fails on a machine without a GPU; ``sft_config`` takes
+    ``optim.bf16``'s values and resolves ``auto`` from the hardware (here: patched)."""
+    import midalign.dtypes
+    from midalign.trl import sft_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for feature, on in (("AMX", True), ("AVX512-BF16", True), (None, False)):
+        monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda f=feature: f)
+        config = sft_config(output_dir="unused", report_to="none")
+        assert isinstance(config, SFTConfig) and config.bf16 is on
+        assert config.use_cpu is on  # transformers wants use_cpu before it autocasts on a CPU
+        assert sft_config(output_dir="unused", report_to="none", bf16=False).bf16 is False
+    config = sft_config(output_dir="unused", report_to="none", bf16="true", use_cpu=True)
+    assert config.bf16 is True
+    with pytest.raises(InputError, match="optim.bf16 must be one of auto, true, false"):
+        sft_config(output_dir="unused", bf16="fast")
