@@ -22,6 +22,13 @@ Throughput: tokens (non-padding, both kinds) per second of one optimizer step of
 task-only = 2 task micro-batches; alternate = 1 task + 1 alignment micro-batch. Task micro-batches
 are SIB-200 topic questions (8 examples, loss on the answer).
 
+fp32 vs bf16 (``--bf16``): ours and both steps again under bf16 autocast, as ``optim.bf16``
+trains (weights, gradients and LoRA in float32, matmuls in bf16), with the loss of the same
+micro-batch in both, ours as a share of its floor at the bf16 matmul peak, and the bf16/fp32
+ratios. Only a CPU with AMX or AVX512-BF16 (or a GPU) runs bf16 natively; elsewhere it is
+emulated, many times slower than fp32, and only ``--quick --bf16`` is worth running there, as a
+check of the script.
+
 Run on a quiet machine: ``nice python benchmarks/align_step.py`` (≈ 3 min). ``--quick`` is a
 smoke run (4 pairs, 1 repeat, small matmul peaks, no wait): its figures are not results.
 """
@@ -91,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-load", type=float, default=1.0, help="wait for this 1-min load")
     p.add_argument("--max-wait", type=float, default=900.0, help="give up waiting after s")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time ours and the steps in bf16 mixed precision, side by side with fp32 "
+        "(meaningful only where bf16 is native: AMX, AVX512-BF16, a GPU)",
+    )
+    p.add_argument("--autocast", action="store_true", help=argparse.SUPPRESS)  # a bf16 worker
     p.add_argument(
         "--quick",
         action="store_true",
@@ -171,20 +185,24 @@ def ours_step(trainer, model, batch) -> torch.Tensor:
     return loss.detach()
 
 
-def _fake_trainer(layer: int, special: list[int]) -> SimpleNamespace:
-    """What ``align_loss`` reads from the trainer: the alignment settings."""
+def _fake_trainer(layer: int, special: list[int], bf16: bool = False) -> SimpleNamespace:
+    """What ``align_loss`` and ``task_loss`` read from the trainer: the alignment settings and
+    the run's autocast (``AlignmentMixin.autocast``: bf16 on the CPU with ``optim.bf16``)."""
     setup = AlignSetup(stream=None, layers=[layer], special_ids=special)  # type: ignore[arg-type]
-    return SimpleNamespace(align=setup)
+    return SimpleNamespace(
+        align=setup, autocast=lambda: torch.autocast("cpu", torch.bfloat16, enabled=bf16)
+    )
 
 
 def worker_step(args: argparse.Namespace) -> dict:
     model, tokenizer, layer, pairs = _setup(args)
     batch = encode_pairs(tokenizer, pairs, 128)
+    losses = []
     if args.worker == "ours":
-        trainer = _fake_trainer(layer, special_token_ids(tokenizer))
-        run = lambda: ours_step(trainer, model, batch)  # noqa: E731
+        trainer = _fake_trainer(layer, special_token_ids(tokenizer), args.autocast)
+        run = lambda: losses.append(ours_step(trainer, model, batch))  # noqa: E731
     else:
-        run = lambda: reference_step(model, tokenizer, layer, pairs)  # noqa: E731
+        run = lambda: losses.append(reference_step(model, tokenizer, layer, pairs))  # noqa: E731
     # The warm-up step measures memory: later steps reuse memory the allocator kept, which a
     # resident-memory reading cannot tell from new memory.
     step_mib = peak_rss_during(run)
@@ -198,6 +216,7 @@ def worker_step(args: argparse.Namespace) -> dict:
     return {
         "seconds": statistics.median(times),
         "all_seconds": times,
+        "loss": losses[0].item(),  # of the warm-up step, before any update
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "step_rss_mib": step_mib,
         "other_cores_busy": max(others),
@@ -209,7 +228,7 @@ def worker_step(args: argparse.Namespace) -> dict:
 
 def worker_throughput(args: argparse.Namespace) -> dict:
     model, tokenizer, layer, pairs = _setup(args)
-    trainer = _fake_trainer(layer, special_token_ids(tokenizer))
+    trainer = _fake_trainer(layer, special_token_ids(tokenizer), args.autocast)
     with (SIB200 / "eng_Latn" / "train.tsv").open(encoding="utf-8", newline="") as f:
         rows = sorted(csv.DictReader(f, delimiter="\t"), key=lambda r: int(r["index_id"]))
     task_batches = []
@@ -259,7 +278,7 @@ def worker_throughput(args: argparse.Namespace) -> dict:
     return result
 
 
-def _spawn(worker: str, args: argparse.Namespace) -> dict:
+def _spawn(worker: str, args: argparse.Namespace, bf16: bool = False) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -276,8 +295,44 @@ def _spawn(worker: str, args: argparse.Namespace) -> dict:
         cmd += ["--layer", str(args.layer)]
     if args.threads is not None:
         cmd += ["--threads", str(args.threads)]
+    if bf16:
+        cmd.append("--autocast")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def bf16_side_by_side(args: argparse.Namespace, shapes, sizes: dict, figures: dict) -> dict:
+    """Ours and the two steps again under bf16 autocast, next to the fp32 figures: seconds,
+    the micro-batch's loss, ours as a share of the floor at the bf16 peak on its shapes."""
+    peak = matmul_gflops(shapes, dtype=torch.bfloat16, **sizes)
+    ours, fp32 = _spawn("ours", args, bf16=True), figures["ours"]
+    steps, fp32_steps = _spawn("throughput", args, bf16=True), figures["throughput"]
+    result = {
+        "ours": ours,
+        "throughput": steps,
+        "floor_matmul_gflops": peak,
+        "share_of_floor": figures["flop_floor"]["total"] / (peak * 1e9) / ours["seconds"],
+        "speedup_over_fp32": fp32["seconds"] / ours["seconds"],
+        "loss_difference": ours["loss"] - fp32["loss"],
+        "alternate_over_fp32": steps["alternate"]["tokens_per_s"]
+        / fp32_steps["alternate"]["tokens_per_s"],
+    }
+    print(
+        f"{'':22}{'fp32':>12}{'bf16':>12}{'bf16/fp32':>11}\n"
+        f"{'micro-batch seconds':22}{fp32['seconds']:12.2f}{ours['seconds']:12.2f}"
+        f"{fp32['seconds'] / ours['seconds']:10.2f}x\n"
+        f"{'micro-batch loss':22}{fp32['loss']:12.5f}{ours['loss']:12.5f}"
+        f"{'':>11}\n"
+        f"{'share of FLOP floor':22}{fp32['share_of_floor']:12.1%}{result['share_of_floor']:12.1%}"
+        f"{'':>11}\n"
+        f"{'matmul peak GFLOP/s':22}{max(figures['floor_matmul_gflops']):12.1f}{peak:12.1f}\n"
+        f"{'task-only tokens/s':22}{fp32_steps['task_only']['tokens_per_s']:12.0f}"
+        f"{steps['task_only']['tokens_per_s']:12.0f}"
+        f"{steps['task_only']['tokens_per_s'] / fp32_steps['task_only']['tokens_per_s']:10.2f}x\n"
+        f"{'alternate tokens/s':22}{fp32_steps['alternate']['tokens_per_s']:12.0f}"
+        f"{steps['alternate']['tokens_per_s']:12.0f}{result['alternate_over_fp32']:10.2f}x"
+    )
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -308,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     config = AutoConfig.from_pretrained(resolve_model("default"))
     shapes = list(projection_shapes(config).values())
     shapes += [(n_out, n_in) for n_in, n_out in shapes]
-    sizes = {"tokens": (512,), "repeats": 1} if args.quick else {}
+    sizes = {"tokens": (128,), "repeats": 1} if args.quick else {}
     peaks = [matmul_gflops(shapes, **sizes)]
     for worker in ("reference", "ours"):
         figures[worker] = _spawn(worker, args)
@@ -341,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
         f"tokens/s: task-only step {t['task_only']['tokens_per_s']:.0f}, alternate step "
         f"{t['alternate']['tokens_per_s']:.0f}, ratio {t['ratio']:.2f} (target >= 0.7)"
     )
+    if args.bf16:
+        figures["bf16"] = bf16_side_by_side(args, shapes, sizes, figures)
     figures["load_1min_after"] = load_1min()
     if args.quick:
         print("--quick: a smoke run; its figures are not results")
