@@ -24,7 +24,6 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from midalign.align_stats import STATS_FILE, base_stats, broadcast_stats, load_stats, save_stats
 from midalign.config import AlignConfig, TrainConfig
-from midalign.config_checks import check_align
 from midalign.data.pairs import AlignStream, Pairs, encode_pairs, load_pairs, split_dev
 from midalign.errors import InputError
 from midalign.forward import pooled_states
@@ -32,6 +31,7 @@ from midalign.layers import num_layers, parse_layers
 from midalign.losses import Stats
 from midalign.probe import extract_embeddings, special_token_ids
 from midalign.retrieval import pair_accuracy
+from midalign.sections import check
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ the alternation into the Trainer's data loader, which only ``midalign train`` bu
 def check_pairs_trainer(a: AlignConfig, trainer: str) -> None:
     """The ``align`` section as ``midalign train`` checks it, and a schedule ``trainer`` runs;
     ``ValueError`` otherwise."""
-    check_align(a, error=ValueError)
+    check(a, error=ValueError, path="align")
     if a.schedule not in PAIRS_SCHEDULES:
         raise ValueError(
             f"align.schedule {a.schedule} is not available with {trainer} (only "

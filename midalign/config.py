@@ -1,37 +1,49 @@
 """The configuration of a `midalign train` run: one dataclass per concern, YAML in and out.
 
-Every field carries its help text in ``metadata["help"]``, as PEFT's configs do; the CLI builds
-one ``--section.field`` option per field from it (and ``--field`` where the name is unique, or a
-short alias such as ``--model``), so ``midalign train --help`` documents every knob a recipe
-can set. Precedence: dataclass defaults < ``--config`` YAML < command-line options. The resolved
-config is written to the run directory as ``config.yaml`` and is what ``--resume`` compares;
-:mod:`midalign.config_checks` refuses settings that cannot work. Defaults are the paper's
-(Liu & Niehues 2025, App. D.1; docs/design.md §2).
+The sections are read by :mod:`midalign.sections`, the mechanism recipes use too: every field
+carries its help text in ``metadata["help"]``, as PEFT's configs do, and its type says what it
+takes (a ``Literal`` for a choice). The CLI builds one ``--section.field`` option per field from
+it (and ``--field`` where the name is unique, or a short alias such as ``--model``), so
+``midalign train --help`` documents every knob a recipe can set. Precedence: dataclass
+defaults < ``--config`` YAML < command-line options. The resolved config is written to the run
+directory as ``config.yaml`` and is what ``--resume`` compares. Each section's ``check`` refuses
+values that cannot work on their own; :func:`midalign.config_checks.validate` adds the rules
+across sections. Defaults are the paper's (Liu & Niehues 2025, App. D.1; docs/design.md §2).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from midalign import sections
 from midalign.data.reading import read_yaml
 from midalign.errors import InputError
 
-SCHEDULES = ("alternate", "alternate-steps", "joint", "task", "align")
-NORMALIZE = ("none", "center", "standardize")  # midalign.losses.NORMALIZE (torch-free here)
-STATS = ("batch", "base")
-BF16 = ("auto", "true", "false")  # midalign.dtypes.BF16_CHOICES (torch-free here)
+Schedule = Literal["alternate", "alternate-steps", "joint", "task", "align"]
+Normalize = Literal["none", "center", "standardize"]  # midalign.losses.NORMALIZE (torch-free)
+Stats = Literal["batch", "base"]
+Pool = Literal["mean", "mean-all"]
+ModelDtype = Literal["float32", "bfloat16", "float16", "float64"]
+BestMetric = Literal["auto", "task_loss", "align_loss"]
+SCHEDULES = typing.get_args(Schedule)
+NORMALIZE = typing.get_args(Normalize)
+STATS = typing.get_args(Stats)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+Name, Error = sections.Name, sections.Error
+_help = sections.setting
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+def _positive(name: Name, error: Error, section: Any, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if value < 1:
+            raise error(f"{name(key)} must be positive, not {value}")
 
 
 @dataclass
@@ -40,7 +52,7 @@ class ModelConfig:
         "base model: default (Gemma 3 270M, offline), an HF folder, a .gguf file or a hub id",
         default="default",
     )
-    dtype: str = _help(
+    dtype: ModelDtype = _help(
         "weights dtype: float32 (CPU), bfloat16, float16 or float64 (exact reference runs)",
         default="float32",
     )
@@ -55,6 +67,11 @@ class LoraSettings:
         "projections that get a LoRA adapter (comma-separated on the command line)",
         default_factory=lambda: list(LORA_TARGETS),
     )
+
+    def check(self, name: Name, error: Error) -> None:
+        _positive(name, error, self, "r")
+        if not 0 <= self.dropout < 1:
+            raise error(f"{name('dropout')} must be in [0, 1)")
 
 
 @dataclass
@@ -90,10 +107,20 @@ class DataConfig:
     )
     align_max_length: int = _help("longest alignment sentence in tokens", default=128)
 
+    def check(self, name: Name, error: Error) -> None:
+        from midalign.languages import to_flores
+
+        for lang in self.align_langs:
+            try:
+                to_flores(lang)
+            except InputError as e:
+                raise error(f"{name('align_langs')}: {e}") from None
+        _positive(name, error, self, "max_length", "align_max_length")
+
 
 @dataclass
 class AlignConfig:
-    schedule: str = _help(
+    schedule: Schedule = _help(
         "alternate (task and alignment micro-batches in turn within every optimizer step, as "
         "the paper's code does), alternate-steps (whole optimizer steps of each objective in "
         "turn, each with the full effective batch, as the paper's text reads), joint "
@@ -106,17 +133,17 @@ class AlignConfig:
         default="middle",
     )
     temperature: float = _help("InfoNCE temperature τ (paper: 0.1 Llama, 1.5 Qwen)", default=0.1)
-    pool: str = _help(
+    pool: Pool = _help(
         "mean: content tokens only (BOS/EOS excluded); mean-all: every token, as the paper's code",
         default="mean",
     )
-    normalize: str = _help(
+    normalize: Normalize = _help(
         "per-dimension normalisation of the pooled states before the cosine: none (the paper), "
         "center (subtract the mean) or standardize (also divide by the standard deviation); "
         "for models whose few huge dimensions make every cosine ≈ 1",
         default="none",
     )
-    stats: str = _help(
+    stats: Stats = _help(
         "statistics of center/standardize: batch (of the current 2B rows x ∪ y, over every "
         "rank with gather_negatives) or base (of the base model on the alignment training "
         "pairs, computed once before training and saved as align_stats.safetensors)",
@@ -137,6 +164,16 @@ class AlignConfig:
         default=False,
     )
     auto_pairs: int = _help("pairs per language the auto layer choice probes", default=100)
+
+    def check(self, name: Name, error: Error) -> None:
+        if not self.temperature > 0:  # NaN too
+            raise error(f"{name('temperature')} must be positive, not {self.temperature}")
+        if self.stats_pairs < 1:
+            raise error(f"{name('stats_pairs')} must be positive, not {self.stats_pairs}")
+        if self.schedule != "task" and self.batch_pairs < 2:
+            raise error(f"{name('batch_pairs')} must be at least 2 (in-batch negatives)")
+        if not self.weight >= 0:
+            raise error(f"{name('weight')} must be non-negative, not {self.weight}")
 
 
 @dataclass
@@ -162,7 +199,7 @@ class OptimConfig:
     early_stopping_patience: int = _help(
         "stop after N evaluations without improvement (0 = never stop early)", default=5
     )
-    metric_for_best_model: str = _help(
+    metric_for_best_model: BestMetric = _help(
         "dev metric that picks the best checkpoint: task_loss, align_loss, or auto "
         "(task_loss, or align_loss for the align schedule)",
         default="auto",
@@ -180,6 +217,36 @@ class OptimConfig:
         "extra loggers for transformers (tensorboard, wandb, ...); log.jsonl is always written",
         default_factory=list,
     )
+
+    def check(self, name: Name, error: Error) -> None:
+        from midalign.config_checks import no_learning, no_learning_message
+
+        _positive(
+            name, error, self, "batch_size", "gradient_accumulation_steps", "eval_steps",
+            "save_steps", "logging_steps",
+        )  # fmt: skip
+        if not self.learning_rate > 0:
+            raise error(f"{name('learning_rate')} must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise error(f"{name('warmup_ratio')} must be in [0, 1)")
+        if self.max_steps > 0 and no_learning(self.lr_scheduler, self.warmup_ratio, self.max_steps):
+            raise error(
+                no_learning_message(
+                    self.lr_scheduler,
+                    self.warmup_ratio,
+                    self.max_steps,
+                    name("warmup_ratio"),
+                    f"{name('max_steps')} {self.max_steps}",
+                )
+            )
+        if self.save_steps % self.eval_steps:
+            raise error(
+                f"{name('save_steps')} ({self.save_steps}) must be a multiple of "
+                f"{name('eval_steps')} ({self.eval_steps}): the best checkpoint is chosen at "
+                "evaluations"
+            )
+        if str(self.bf16).lower() not in ("auto", "true", "false"):  # YAML's true: True
+            raise error(f"{name('bf16')} must be one of auto, true, false, not {self.bf16!r}")
 
 
 @dataclass
@@ -219,74 +286,10 @@ ALIASES = {
 }
 
 
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(type, optional) of a field annotation such as ``int | None`` or ``list[str]``."""
-    if isinstance(tp, str):
-        tp = eval(tp, {"list": list, "str": str, "int": int, "float": float, "bool": bool})
-    args = typing.get_args(tp)
-    if isinstance(tp, types.UnionType) and type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return tp, False
-
-
-def parse_value(text: Any, tp: Any, where: str) -> Any:
-    """A YAML or command-line value converted to the field's type; InputError naming ``where``."""
-    base, optional = _base_type(tp)
-    if optional and (text is None or (isinstance(text, str) and text.lower() in ("none", "null"))):
-        return None
-    try:
-        if base is bool:
-            if isinstance(text, bool):
-                return text
-            if str(text).lower() in ("true", "yes", "1"):
-                return True
-            if str(text).lower() in ("false", "no", "0"):
-                return False
-            raise ValueError(text)
-        if typing.get_origin(base) is list:
-            if isinstance(text, list):
-                return [str(x) for x in text]
-            return [x.strip() for x in str(text).split(",") if x.strip()]
-        if base is int:
-            if isinstance(text, float) and not text.is_integer():
-                raise ValueError(text)
-            return int(text)
-        if base is float:
-            return float(text)
-        if isinstance(text, list):  # e.g. layers: [9, 18]
-            return ",".join(str(x) for x in text)
-        if isinstance(text, dict):
-            raise ValueError(text)
-        return str(text)
-    except (TypeError, ValueError):
-        name = getattr(base, "__name__", str(base))
-        raise InputError(f"{where}: expected {name}, got {text!r}") from None
-
-
 def from_dict(values: dict[str, Any], where: str, prefix: str = "") -> TrainConfig:
     """A config from nested ``{section: {field: value}}``; unknown keys are errors, naming the
     field as ``{where}: {prefix}section.field`` (a recipe's prefix is ``train.``)."""
-    if not isinstance(values, dict):
-        raise InputError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)})")
-    config = TrainConfig()
-    for section, entries in values.items():
-        shown = repr(f"{prefix}{section}")  # 'optim', or a recipe's 'train.optim'
-        if section not in SECTIONS:
-            raise InputError(f"{where}: unknown section {shown} (sections: {', '.join(SECTIONS)})")
-        if entries is None:
-            continue
-        if not isinstance(entries, dict):
-            raise InputError(f"{where}: section {shown} must be a mapping")
-        target = getattr(config, section)
-        known = {f.name: f for f in fields(target)}
-        for key, value in entries.items():
-            if key not in known:
-                raise InputError(
-                    f"{where}: unknown key {prefix}{section}.{key} (known: {', '.join(known)})"
-                )
-            field_name = f"{where}: {prefix}{section}.{key}"
-            setattr(target, key, parse_value(value, known[key].type, field_name))
-    return config
+    return sections.read(TrainConfig, values, where, prefix.rstrip("."))
 
 
 def load_config(path: Path) -> TrainConfig:
@@ -328,9 +331,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, str]) -> TrainConf
     """Command-line values (``section.field`` -> text) on top of ``config``."""
     for key, text in overrides.items():
         section, name = key.split(".")
-        target = getattr(config, section)
-        f = next(f for f in fields(target) if f.name == name)
-        setattr(target, name, parse_value(text, f.type, option_names()[key][0]))
+        sections.set_text(getattr(config, section), name, text, option_names()[key][0])
     return config
 
 

@@ -2,27 +2,18 @@
 
 An error names the option that set the value, or in a recipe the field's path.
 :func:`validate` checks a whole :class:`midalign.config.TrainConfig` (``midalign train``, a
-recipe's train step); :func:`check_align` the ``align`` section alone, which
-:class:`midalign.trl.AlignmentSFTTrainer` uses too; :func:`no_learning` also serves the
-trainer, once the step count of an epoch-bounded run is known.
+recipe's train step): each section's own rules (:func:`midalign.sections.check`), then the
+rules across sections. :func:`no_learning` also serves the trainer, once the step count of an
+epoch-bounded run is known.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
-from midalign.config import (
-    BF16,
-    NORMALIZE,
-    SCHEDULES,
-    STATS,
-    AlignConfig,
-    TrainConfig,
-    option_names,
-)
+from midalign.config import TrainConfig, option_names
 from midalign.errors import InputError
-from midalign.languages import to_flores
+from midalign.sections import check
 
 
 def no_learning(lr_scheduler: str, warmup_ratio: float, steps: int) -> bool:
@@ -57,38 +48,12 @@ def no_learning_message(
     )
 
 
-def check_align(
-    a: AlignConfig,
-    name: Callable[[str], str] = lambda key: key,
-    error: Callable[[str], Exception] = InputError,
-) -> None:
-    """Reject ``align`` settings that cannot work, whichever trainer uses them (``midalign
-    train``, :class:`midalign.trl.AlignmentSFTTrainer`). ``name`` shows a ``section.field`` key
-    as its reader wrote it (an option, a recipe path, or the key itself)."""
-    if a.schedule not in SCHEDULES:
-        raise error(f"{name('align.schedule')} must be one of {', '.join(SCHEDULES)}")
-    if not a.temperature > 0:  # NaN too
-        raise error(f"{name('align.temperature')} must be positive, not {a.temperature}")
-    if a.pool not in ("mean", "mean-all"):
-        raise error(f"{name('align.pool')} must be mean or mean-all, not {a.pool!r}")
-    if a.normalize not in NORMALIZE:
-        raise error(
-            f"{name('align.normalize')} must be one of {', '.join(NORMALIZE)}, not {a.normalize!r}"
-        )
-    if a.stats not in STATS:
-        raise error(f"{name('align.stats')} must be batch or base, not {a.stats!r}")
-    if a.stats_pairs < 1:
-        raise error(f"{name('align.stats_pairs')} must be positive, not {a.stats_pairs}")
-    if a.schedule != "task" and a.batch_pairs < 2:
-        raise error(f"{name('align.batch_pairs')} must be at least 2 (in-batch negatives)")
-    if not a.weight >= 0:
-        raise error(f"{name('align.weight')} must be non-negative, not {a.weight}")
-
-
 def validate(config: TrainConfig, where: str | None = None) -> None:
     """Reject values that cannot work before any model is loaded, naming the option; with
     ``where`` (a recipe's ``recipe.yaml: system NAME``), naming the field by its path in the
-    recipe instead: ``recipe.yaml: system NAME: train.align.temperature must be positive``."""
+    recipe instead: ``recipe.yaml: system NAME: train.align.temperature must be positive``.
+    Each section's own rules first (:func:`midalign.sections.check`), then those across
+    sections."""
     options = option_names()
 
     def name(key: str) -> str:
@@ -97,8 +62,8 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
     def error(message: str) -> InputError:
         return InputError(message if where is None else f"{where}: {message}")
 
-    a, o, d, lora = config.align, config.optim, config.data, config.lora
-    check_align(a, name, error)
+    check(config, name, error)
+    a, o, d = config.align, config.optim, config.data
     if a.schedule != "align" and not d.task_data:
         raise error(f"{name('data.task_data')} is required by the {a.schedule} schedule")
     if a.schedule != "task":
@@ -106,11 +71,6 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
             raise error(f"{name('data.align_data')} is required by the {a.schedule} schedule")
         if not d.align_langs:
             raise error(f"{name('data.align_langs')}: give at least one language")
-    for lang in d.align_langs:
-        try:
-            to_flores(lang)
-        except InputError as e:
-            raise error(f"{name('data.align_langs')}: {e}") from None
     if a.schedule == "align" and o.max_steps <= 0:
         raise error(f"{name('optim.max_steps')} must be given (> 0) for the align schedule")
     if a.schedule == "alternate" and o.gradient_accumulation_steps % 2:
@@ -119,44 +79,6 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
             "schedule (half task, half alignment micro-batches), "
             f"not {o.gradient_accumulation_steps}"
         )
-    for key, value in (
-        ("optim.batch_size", o.batch_size),
-        ("optim.gradient_accumulation_steps", o.gradient_accumulation_steps),
-        ("optim.eval_steps", o.eval_steps),
-        ("optim.save_steps", o.save_steps),
-        ("optim.logging_steps", o.logging_steps),
-        ("lora.r", lora.r),
-        ("data.max_length", d.max_length),
-        ("data.align_max_length", d.align_max_length),
-    ):
-        if value < 1:
-            raise error(f"{name(key)} must be positive, not {value}")
-    if not o.learning_rate > 0:
-        raise error(f"{name('optim.learning_rate')} must be positive")
-    if not 0 <= o.warmup_ratio < 1:
-        raise error(f"{name('optim.warmup_ratio')} must be in [0, 1)")
-    if o.max_steps > 0 and no_learning(o.lr_scheduler, o.warmup_ratio, o.max_steps):
-        raise error(
-            no_learning_message(
-                o.lr_scheduler,
-                o.warmup_ratio,
-                o.max_steps,
-                name("optim.warmup_ratio"),
-                f"{name('optim.max_steps')} {o.max_steps}",
-            )
-        )
-    if not 0 <= lora.dropout < 1:
-        raise error(f"{name('lora.dropout')} must be in [0, 1)")
-    if o.save_steps % o.eval_steps:
-        raise error(
-            f"{name('optim.save_steps')} ({o.save_steps}) must be a multiple of "
-            f"{name('optim.eval_steps')} ({o.eval_steps}): the best checkpoint is chosen at "
-            "evaluations"
-        )
-    if str(o.bf16).lower() not in BF16:
-        raise error(f"{name('optim.bf16')} must be auto, true or false, not {o.bf16!r}")
-    if o.metric_for_best_model not in ("auto", "task_loss", "align_loss"):
-        raise error(f"{name('optim.metric_for_best_model')} must be auto, task_loss or align_loss")
     if o.metric_for_best_model == "task_loss" and a.schedule == "align":
         raise error(
             f"{name('optim.metric_for_best_model')} task_loss: the align schedule has no task"

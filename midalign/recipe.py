@@ -1,233 +1,232 @@
-"""The experiment recipe: its dataclasses, the YAML mapping parsed into them, and the checks
-that fail at load what would otherwise fail hours into a run. A recipe names a model, a task's
-data, seeds and the systems of one results table; :mod:`midalign.runner` executes it.
+"""The experiment recipe: its sections as typed dataclasses, read from YAML by
+:mod:`midalign.sections` (the mechanism `midalign train` configs use), and the checks that fail
+at load what would otherwise fail hours into a run. A recipe names a model, a task's data, seeds
+and the systems of one results table; :mod:`midalign.runner` executes it.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from midalign.config import TrainConfig
+from midalign import sections
+from midalign.config import Normalize, Pool, TrainConfig
 from midalign.data.reading import read_yaml
 from midalign.errors import InputError
+from midalign.sections import setting
 
-RECIPE_KEYS = ("name", "model", "seeds", "task", "probe", "train", "systems", "eval")
-TASK_KEYS = ("name", "train", "dev", "test", "groups")
-DATA_KEYS = ("source", "langs", "split", "limit")
-PROBE_KEYS = (
-    "data",
-    "langs",
-    "split",
-    "max_sentences",
-    "layers",
-    "pool",
-    "k",
-    "normalize",
-    "report_layer",
-    "dtype",
-)
-SYSTEM_KEYS = ("name", "train", "merge", "zero_shot", "evaluate", "probe")
-EVAL_KEYS = ("batch_size", "max_new_tokens", "dtype")
+RunDtype = Literal["auto", "float32", "bfloat16"]  # midalign.dtypes.DTYPE_CHOICES (torch-free)
 
 
-@dataclass
+def _positive(name: sections.Name, error: sections.Error, value: int | None, key: str) -> None:
+    if value is not None and value < 1:
+        raise error(f"{name(key)} must be positive, not {value}")
+
+
+@dataclass(kw_only=True)
 class DataSpec:
     """A task split to read: ``source`` as ``midalign eval --data`` takes it; ``limit``
     examples per language, the seeded sample of :func:`midalign.tasks.base.limit_per_key`."""
 
-    source: str
-    langs: list[str]
-    split: str
-    limit: int | None = None
+    source: str = setting("data set: a path, FORMAT:PATH or a hub id, as `midalign eval --data`")
+    langs: list[str] = setting("languages to read (codes as `--langs` takes them)")
+    split: str | None = setting(
+        "split (default: train, dev or test, as the key says)", default=None
+    )
+    limit: int | None = setting("examples per language, a seeded sample", default=None)
+
+    def check(self, name: sections.Name, error: sections.Error) -> None:
+        if not self.langs:
+            raise error(f"{name('langs')}: give at least one language code")
+        _positive(name, error, self.limit, "limit")
 
 
-@dataclass
+@dataclass(kw_only=True)
+class TaskSpec:
+    name: str = setting("the task: slots, mt, ner or topic")
+    train: DataSpec = setting("training examples")
+    dev: DataSpec | None = setting("dev examples (the dev task loss)", default=None)
+    test: list[DataSpec] = setting(
+        "test examples: one source or a list (e.g. ALMA's test sets and WMT23's)"
+    )
+    groups: dict[str, list[str]] = setting(
+        "report groups: a name → test languages, e.g. supervised, transfer", default_factory=dict
+    )
+
+    def __post_init__(self) -> None:  # a split left out is the one the key names
+        for spec, split in [(self.train, "train"), (self.dev, "dev")] + [
+            (t, "test") for t in self.test
+        ]:
+            if spec is not None and spec.split is None:
+                spec.split = split
+
+    def check(self, name: sections.Name, error: sections.Error) -> None:
+        if not self.test:
+            raise error(f"{name('test')} must be a data source or a list of them")
+
+
+@dataclass(kw_only=True)
+class ProbeSpec:
+    """The retrieval probe of every system (`midalign probe`'s options). A setting left out
+    takes `midalign probe`'s default and is left out of the step's hash."""
+
+    data: str = setting("parallel text, as `midalign probe --data` takes it (e.g. udhr)")
+    langs: list[str] = setting("languages probed, all pairs")
+    split: str | None = setting("split of flores/sib200 data (default: dev)", default=None)
+    max_sentences: int | None = setting("sentences per language (default: all)", default=None)
+    layers: str | None = setting("layers: all, even, or numbers (default: all)", default=None)
+    pool: Pool | None = setting(
+        "pooling (default: the recipe's train.align.pool, else mean)", default=None
+    )
+    k: int | None = setting("neighbours of the xsim margin (default: 4)", default=None)
+    normalize: Normalize = setting(
+        "per-dimension normalisation of the pooled states before scoring: none (as the paper and "
+        "LASER measure), center or standardize",
+        default="none",
+    )
+    report_layer: str | None = setting(
+        "layer of the report's tables: middle, or a number (default: middle)", default=None
+    )
+    dtype: RunDtype = setting(
+        "dtype of the model: auto (bfloat16 where bf16 matmuls are native), float32, bfloat16",
+        default="auto",
+    )
+
+    def check(self, name: sections.Name, error: sections.Error) -> None:
+        _positive(name, error, self.max_sentences, "max_sentences")
+        _positive(name, error, self.k, "k")
+
+    def given(self) -> dict[str, Any]:
+        """The settings the recipe gives (what the probe step's hash covers): ``normalize:
+        none`` is the same step as no ``normalize``."""
+        return sections.given(self, {"normalize": "none"})
+
+
+@dataclass(kw_only=True)
+class EvalSpec:
+    batch_size: int | None = setting("prompts per generation batch (default: 32)", default=None)
+    max_new_tokens: int | None = setting(
+        "longest answer in tokens (default: the task's)", default=None
+    )
+    dtype: RunDtype = setting(
+        "dtype of the model: auto (bfloat16 where bf16 matmuls are native), float32, bfloat16",
+        default="auto",
+    )
+
+    def check(self, name: sections.Name, error: sections.Error) -> None:
+        _positive(name, error, self.batch_size, "batch_size")
+        _positive(name, error, self.max_new_tokens, "max_new_tokens")
+
+
+@dataclass(kw_only=True)
+class MergeSpec:
+    task: str = setting("the trained system whose adapter carries the task")
+    align: str = setting("the trained system whose adapter carries the alignment")
+    weight: float = setting("w of w·task + (1−w)·align", default=0.9)
+
+    def check(self, name: sections.Name, error: sections.Error) -> None:
+        if not 0 <= self.weight <= 1:
+            raise error(f"{name('weight')} must be in [0, 1], not {self.weight!r}")
+
+
+@dataclass(kw_only=True)
 class System:
     """One row of the results table.
 
     ``train``: config sections (model, lora, data, align, optim) laid over the recipe's shared
-    ``train`` sections; ``merge``: {task: system, align: system, weight: w} merges two trained
-    systems' adapters as w·task + (1−w)·align; neither: the base model itself (``zero_shot``
-    picks the task's zero-shot prompt). ``evaluate: false`` trains an adapter only for merging.
+    ``train`` sections; ``merge`` merges two trained systems' adapters as w·task + (1−w)·align;
+    neither: the base model itself (``zero_shot`` picks the task's zero-shot prompt).
+    ``evaluate: false`` trains an adapter only for merging.
     """
 
-    name: str
-    train: dict[str, Any] | None = None
-    merge: dict[str, Any] | None = None
-    zero_shot: bool = False
-    evaluate: bool = True
-    probe: bool = True
+    name: str = setting("the system's name in the tables")
+    train: dict[str, Any] | None = setting(
+        "train config sections laid over the recipe's train", default=None
+    )
+    merge: MergeSpec | None = setting("merge two trained systems' adapters", default=None)
+    zero_shot: bool = setting("the base model with the task's zero-shot prompt", default=False)
+    evaluate: bool = setting("score the system on the test languages", default=True)
+    probe: bool = setting("probe the system's retrieval", default=True)
 
     @property
     def kind(self) -> str:
         return "train" if self.train is not None else "merge" if self.merge else "base"
 
+    def check(self, name: sections.Name, error: sections.Error) -> None:
+        if not self.name:
+            raise error(f"{name('name')} is required")
+        if self.train is not None and self.merge is not None:
+            raise error(f"system {self.name} has both train and merge")
 
-@dataclass
+
+@dataclass(kw_only=True)
 class Recipe:
-    name: str
-    model: str
-    seeds: list[int]
-    task: str
-    train_data: DataSpec
-    dev_data: DataSpec | None
-    test_data: list[DataSpec]  # one or more sources, e.g. ALMA's test sets + WMT23's
-    groups: dict[str, list[str]]
-    probe: dict[str, Any] | None
-    train: dict[str, Any]
-    systems: list[System]
-    eval: dict[str, Any] = field(default_factory=dict)
-    path: str = ""
-
-
-def _mapping(value: Any, where: str, keys: Sequence[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InputError(f"{where}: expected a mapping with keys {', '.join(keys)}")
-    unknown = [k for k in value if k not in keys]
-    if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(keys)})")
-    return value
-
-
-def _langs(value: Any, where: str) -> list[str]:
-    if isinstance(value, str):
-        return [x.strip() for x in value.split(",") if x.strip()]
-    if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
-        return list(value)
-    raise InputError(f"{where}: expected a list of language codes, got {value!r}")
-
-
-def _data_spec(value: Any, where: str, default_split: str) -> DataSpec:
-    d = _mapping(value, where, DATA_KEYS)
-    if not isinstance(d.get("source"), str):
-        raise InputError(f"{where}.source: a data source (path or hub id) is required")
-    limit = d.get("limit")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise InputError(f"{where}.limit: expected a positive integer, got {limit!r}")
-    return DataSpec(
-        source=d["source"],
-        langs=_langs(d.get("langs"), f"{where}.langs"),
-        split=str(d.get("split", default_split)),
-        limit=limit,
+    name: str | None = setting(
+        "the run's name: runs/<name> (default: the file's name)", default=None
     )
+    model: str = setting("base model, as `--model` takes it", default="default")
+    seeds: list[int] = setting("seeds of every trained system", default_factory=lambda: [0])
+    task: TaskSpec = setting("the task and its data")
+    probe: ProbeSpec | None = setting("retrieval before and after (none: no probe)", default=None)
+    train: dict[str, Any] = setting(
+        "train config sections shared by every trained system", default_factory=dict
+    )
+    systems: list[System] = setting("the rows of the results table")
+    eval: EvalSpec = setting("evaluation settings", default_factory=EvalSpec)
+    path: str = field(default="", init=False)  # the file read, naming every error
+
+    def check(self, name: sections.Name, error: sections.Error) -> None:
+        if not self.seeds:
+            raise error(f"{name('seeds')} must be a non-empty list of integers")
+        if not self.systems:
+            raise error(f"{name('systems')} must be a non-empty list")
+        names = [s.name for s in self.systems]
+        if len(set(names)) != len(names):
+            raise error(f"system names must be unique, got {names}")
+        trained = {s.name for s in self.systems if s.kind == "train"}
+        for s in self.systems:
+            for key in ("task", "align"):
+                if s.merge is not None and getattr(s.merge, key) not in trained:
+                    raise error(
+                        f"system {s.name}: merge.{key} must name a trained system "
+                        f"({', '.join(sorted(trained)) or 'none'}), not {getattr(s.merge, key)!r}"
+                    )
+        if self.name is not None and not re.fullmatch(r"\w[\w .+-]*", self.name):
+            # no "..", "/" or "~": it stays in runs/
+            raise error(
+                f"name {self.name!r} must be a plain folder name (letters, digits, _ . + -), "
+                "as it names the run directory runs/<name>"
+            )
 
 
 def parse_recipe(values: Any, where: str) -> Recipe:
     """A recipe from its YAML mapping; every mistake is an InputError naming the key."""
-    r = _mapping(values, where, RECIPE_KEYS)
-    task = _mapping(r.get("task"), f"{where}: task", TASK_KEYS)
-    if not isinstance(task.get("name"), str):
-        raise InputError(f"{where}: task.name is required (slots, mt, ner or topic)")
-    seeds = r.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise InputError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
-    tests = task.get("test") if isinstance(task.get("test"), list) else [task.get("test")]
-    if not tests:
-        raise InputError(f"{where}: task.test must be a data source or a list of them")
-    groups = task.get("groups") or {}
-    if not isinstance(groups, dict):
-        raise InputError(f"{where}: task.groups must map a group name to languages")
-    systems = []
-    raw_systems = r.get("systems")
-    if not isinstance(raw_systems, list) or not raw_systems:
-        raise InputError(f"{where}: systems must be a non-empty list")
-    for i, raw in enumerate(raw_systems):
-        s = _mapping(raw, f"{where}: systems[{i}]", SYSTEM_KEYS)
-        if not isinstance(s.get("name"), str) or not s["name"]:
-            raise InputError(f"{where}: systems[{i}].name is required")
-        if s.get("train") is not None and s.get("merge") is not None:
-            raise InputError(f"{where}: system {s['name']} has both train and merge")
-        if s.get("train") is not None and not isinstance(s["train"], dict):
-            raise InputError(f"{where}: system {s['name']}: train must be a mapping of sections")
-        systems.append(
-            System(
-                name=s["name"],
-                train=s.get("train") if s.get("train") is not None else None,
-                merge=s.get("merge"),
-                zero_shot=bool(s.get("zero_shot", False)),
-                evaluate=bool(s.get("evaluate", True)),
-                probe=bool(s.get("probe", True)),
-            )
-        )
-    names = [s.name for s in systems]
-    if len(set(names)) != len(names):
-        raise InputError(f"{where}: system names must be unique, got {names}")
-    trained = {s.name for s in systems if s.kind == "train"}
-    for s in systems:
-        if s.merge is None:
-            continue
-        m = _mapping(s.merge, f"{where}: system {s.name}: merge", ("task", "align", "weight"))
-        for key in ("task", "align"):
-            if m.get(key) not in trained:
-                raise InputError(
-                    f"{where}: system {s.name}: merge.{key} must name a trained system "
-                    f"({', '.join(sorted(trained)) or 'none'}), not {m.get(key)!r}"
-                )
-        w = m.get("weight", 0.9)
-        if not isinstance(w, int | float) or not 0 <= w <= 1:
-            raise InputError(f"{where}: system {s.name}: merge.weight must be in [0, 1], not {w!r}")
-    probe = r.get("probe")
-    if probe is not None:
-        probe = dict(_mapping(probe, f"{where}: probe", PROBE_KEYS))
-        if not isinstance(probe.get("data"), str):
-            raise InputError(f"{where}: probe.data is required (e.g. udhr)")
-        probe["langs"] = _langs(probe.get("langs"), f"{where}: probe.langs")
-        from midalign.retrieval import NORMALIZE_MODES
-
-        normalize = probe.pop("normalize", "none")
-        if normalize not in NORMALIZE_MODES:
-            raise InputError(
-                f"{where}: probe.normalize must be one of {', '.join(NORMALIZE_MODES)}, "
-                f"not {normalize!r}"
-            )
-        if normalize != "none":  # absent or none: one setting, so one probe step hash
-            probe["normalize"] = normalize
-        _check_dtype(probe, f"{where}: probe.dtype")
-    evaluation = dict(_mapping(r.get("eval") or {}, f"{where}: eval", EVAL_KEYS))
-    _check_dtype(evaluation, f"{where}: eval.dtype")
-    train = r.get("train") or {}
-    if not isinstance(train, dict):
-        raise InputError(f"{where}: train must be a mapping of config sections")
-    name = str(r.get("name") or Path(where).stem)
-    if not re.fullmatch(r"\w[\w .+-]*", name):  # no "..", "/" or "~": it stays in runs/
-        raise InputError(
-            f"{where}: name {name!r} must be a plain folder name (letters, digits, _ . + -), "
-            "as it names the run directory runs/<name>"
-        )
-    recipe = Recipe(
-        name=name,
-        model=str(r.get("model", "default")),
-        seeds=seeds,
-        task=task["name"],
-        train_data=_data_spec(task.get("train"), f"{where}: task.train", "train"),
-        dev_data=_data_spec(task["dev"], f"{where}: task.dev", "dev") if task.get("dev") else None,
-        test_data=[
-            _data_spec(t, f"{where}: task.test" + (f"[{i}]" if len(tests) > 1 else ""), "test")
-            for i, t in enumerate(tests)
-        ],
-        groups={str(k): _langs(v, f"{where}: task.groups.{k}") for k, v in groups.items()},
-        probe=probe,
-        train=train,
-        systems=systems,
-        eval=evaluation,
-        path=where,
-    )
+    recipe = sections.read(Recipe, values, where)
+    recipe.path = where
+    recipe.name = recipe.name or Path(where).stem
     check_recipe(recipe)
     return recipe
 
 
-def _check_dtype(section: dict[str, Any], where: str) -> None:
-    from midalign.dtypes import DTYPE_CHOICES
+SECTION_OPTIONS = {"probe": ProbeSpec, "eval": EvalSpec}  # `midalign run --probe.k 8`
 
-    if section.get("dtype", "auto") not in DTYPE_CHOICES:
-        raise InputError(
-            f"{where} must be one of {', '.join(DTYPE_CHOICES)}, not {section['dtype']!r}"
-        )
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, str]) -> Recipe:
+    """Command-line values (``probe.normalize`` -> text) on top of a loaded recipe, checked
+    again as a whole."""
+    recipe = copy.deepcopy(recipe)
+    for key, text in overrides.items():
+        section, name = key.split(".")
+        target = getattr(recipe, section)
+        if target is None:
+            raise InputError(f"--{key}: {recipe.path} has no {section} section")
+        sections.set_text(target, name, text, f"--{key}")
+        sections.check(target, name=lambda field, section=section: f"--{section}.{field}")
+    check_recipe(recipe)
+    return recipe
 
 
 def system_config(
@@ -237,10 +236,10 @@ def system_config(
     what the runner sets (the model, the prepared task files, the seed)."""
     from midalign.config import from_dict
 
-    sections = deep_merge(recipe.train, system.train or {})
+    merged = deep_merge(recipe.train, system.train or {})
     # An alignment-only adapter has no task: its best checkpoint is chosen by the dev
     # alignment loss, and it reads no task data.
-    align = sections.get("align")
+    align = merged.get("align")
     task_free = isinstance(align, dict) and align.get("schedule") == "align"
     runner = {
         "model": {"name": recipe.model},
@@ -251,36 +250,43 @@ def system_config(
         "optim": {"seed": seed},
     }
     return from_dict(
-        deep_merge(sections, runner), f"{recipe.path}: system {system.name}", prefix="train."
+        deep_merge(merged, runner), f"{recipe.path}: system {system.name}", prefix="train."
     )
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """What would fail only hours into a run fails at load, naming the recipe's field: the task,
-    every language list, and every trained system's config (as ``midalign train`` validates
-    it, fields named ``recipe.yaml: system NAME: train.align.temperature``)."""
+    """What would fail only hours into a run fails at load, naming the recipe's field: every
+    section's own rules, the task, every language list, and every trained system's config (as
+    ``midalign train`` validates it, fields named ``recipe.yaml: system NAME:
+    train.align.temperature``)."""
     from midalign.config_checks import validate
     from midalign.languages import parse_langs
     from midalign.tasks import get_task
 
     where = recipe.path
-    task = get_task(recipe.task, f"{where}: task.name")
-    specs = [("task.train", recipe.train_data), ("task.dev", recipe.dev_data)]
+
+    def error(message: str) -> InputError:
+        return InputError(f"{where}: {message}")
+
+    sections.check(recipe, error=error)
+    task = get_task(recipe.task.name, f"{where}: task.name")
+    t = recipe.task
+    specs = [("task.train", t.train), ("task.dev", t.dev)]
     specs += [
-        (f"task.test[{i}]" if len(recipe.test_data) > 1 else "task.test", spec)
-        for i, spec in enumerate(recipe.test_data)
+        (f"task.test[{i}]" if len(t.test) > 1 else "task.test", spec)
+        for i, spec in enumerate(t.test)
     ]
     for name, spec in specs:
-        if spec is not None and spec.langs:  # none: all a local data set has
+        if spec is not None:
             task.languages(",".join(spec.langs), f"{where}: {name}.langs")
-    for group, codes in recipe.groups.items():
+    for group, codes in t.groups.items():
         task.languages(",".join(codes), f"{where}: task.groups.{group}")
     if recipe.probe is not None:
-        parse_langs(",".join(recipe.probe["langs"]), f"{where}: probe.langs")
+        parse_langs(",".join(recipe.probe.langs), f"{where}: probe.langs")
     for system in recipe.systems:
         if system.kind == "train":
             # the task files are prepared later; that there will be some is what counts here
-            dev = "task.dev" if recipe.dev_data is not None else None
+            dev = "task.dev" if t.dev is not None else None
             config = system_config(recipe, system, recipe.seeds[0], "task.train", dev)
             validate(config, f"{where}: system {system.name}")
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from midalign import sections
 from midalign.errors import InputError
 from midalign.files import write_json
 from midalign.model_card import add_retrieval
@@ -125,9 +126,9 @@ class Runner:
         self.opt = options
         self.out = Path(options.out)
         self.steps = Steps(self.out, options.dry_run)
-        self.task = get_task(recipe.task)
+        self.task = get_task(recipe.task.name)
         self.test_keys: list[str] = []
-        for i, spec in enumerate(recipe.test_data):
+        for i, spec in enumerate(recipe.task.test):
             keys = self.task.languages(",".join(spec.langs))
             twice = [k for k in keys if k in self.test_keys]
             if twice:
@@ -137,7 +138,7 @@ class Runner:
                 )
             self.test_keys += keys
         self.groups = {
-            name: self.task.languages(",".join(codes)) for name, codes in recipe.groups.items()
+            name: self.task.languages(",".join(codes)) for name, codes in recipe.task.groups.items()
         }
         for name, keys in self.groups.items():
             missing = [k for k in keys if k not in self.test_keys]
@@ -211,9 +212,9 @@ class Runner:
     def merge(self, system: System, seed: int, adapters: dict[str, dict]) -> dict:
         from midalign.merge import merge_adapters
 
-        m = system.merge or {}
-        weight = float(m.get("weight", 0.9))
-        task, align = adapters[m["task"]], adapters[m["align"]]
+        m = system.merge
+        weight = float(m.weight)
+        task, align = adapters[m.task], adapters[m.align]
         spec = {"task": task["step"], "align": align["step"], "weight": weight}
 
         def work(folder: Path) -> dict:
@@ -234,8 +235,9 @@ class Runner:
         from midalign.evaluate import evaluate, probe_scores, write_outputs
         from midalign.models import load_model
 
-        tests = self.recipe.test_data
-        settings = {**self.recipe.eval, "dtype": self.dtype(self.recipe.eval)}
+        tests = self.recipe.task.test
+        e = self.recipe.eval
+        settings = {**sections.given(e), "dtype": self.dtype(e.dtype)}
         spec = {
             "model": self.recipe.model,
             "adapter": adapter["step"] if adapter else None,
@@ -259,8 +261,8 @@ class Runner:
                 self.task,
                 examples,
                 zero_shot=system.zero_shot,
-                batch_size=int(self.recipe.eval.get("batch_size", 32)),
-                max_new_tokens=self.recipe.eval.get("max_new_tokens"),
+                batch_size=e.batch_size or 32,
+                max_new_tokens=e.max_new_tokens,
                 groups=self.groups,
                 progress=self.opt.progress,
             )
@@ -286,7 +288,7 @@ class Runner:
         """Every test source's examples, in the recipe's order."""
         return [
             ex
-            for t in self.recipe.test_data
+            for t in self.recipe.task.test
             for ex in self.task.read(
                 t.source, self.task.languages(",".join(t.langs)), t.split, t.limit
             )
@@ -297,26 +299,26 @@ class Runner:
         ``train.align.pool``) unless it names a ``pool`` of its own: the paper recipes train
         with ``mean-all`` and should measure the states they align. A pool equal to the default
         (``mean``) is left implicit, so that the steps' hashes stay what they were."""
-        p = dict(self.recipe.probe or {})
+        p = self.recipe.probe.given() if self.recipe.probe else {}
         trained = (self.recipe.train.get("align") or {}).get("pool", "mean")
         if "pool" not in p and trained != "mean":
             p["pool"] = trained
         return p
 
-    def dtype(self, section: dict[str, Any]) -> str:
+    def dtype(self, requested: str) -> str:
         """The dtype a probe or eval step loads the model in: the section's ``dtype`` (``auto``
         unless the recipe names one) as :func:`midalign.dtypes.resolve_dtype` resolves it on
         this machine. Steps hash the resolved name, so a step is redone exactly when it would
         compute in another dtype than before (see LATER_DEFAULTS)."""
         from midalign.dtypes import dtype_name, resolve_dtype
 
-        return dtype_name(resolve_dtype(section.get("dtype", "auto"))[0])
+        return dtype_name(resolve_dtype(requested)[0])
 
     def probe(self, name: str, adapter: dict | None) -> dict:
         """Retrieval per layer and language on the recipe's parallel text (model + adapter)."""
         from midalign.probe_run import run_probe
 
-        p = {**self.probe_settings(), "dtype": self.dtype(self.recipe.probe or {})}
+        p = {**self.probe_settings(), "dtype": self.dtype(self.recipe.probe.dtype)}
         spec = {
             "model": self.recipe.model,
             "adapter": adapter["step"] if adapter else None,
@@ -365,9 +367,9 @@ class Runner:
         r = self.recipe
         if not self.opt.dry_run:  # a missing test set fails now, not after hours of training
             self.test_examples()
-        data = {"train": self.prepare(r.train_data, "train")}
-        if r.dev_data is not None:
-            data["dev"] = self.prepare(r.dev_data, "dev")
+        data = {"train": self.prepare(r.task.train, "train")}
+        if r.task.dev is not None:
+            data["dev"] = self.prepare(r.task.dev, "dev")
         scores: dict[str, dict[str, dict]] = {}  # system -> seed -> eval result
         training: dict[str, dict[str, dict]] = {}  # system -> seed -> train result
         retrieval: dict[str, dict[str, dict]] = {}  # system -> seed -> probe result

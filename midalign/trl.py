@@ -3,7 +3,7 @@
 :class:`AlignmentSFTTrainer` is ``SFTTrainer`` with :class:`midalign.alignment.AlignmentMixin`:
 the same schedules, alignment loss, stream of pairs and logging as ``midalign train``, set by
 the same ``align`` section (:class:`midalign.config.AlignConfig`, checked by
-:func:`midalign.config_checks.check_align`). What differs is the trainer around them:
+:func:`midalign.sections.check`). What differs is the trainer around them:
 
 - The task loss is ``SFTTrainer``'s own (its fused LM head, ``loss_type``, completion-only and
   assistant-only labels, its entropy and token-accuracy metrics), taken as a mean over each

@@ -150,3 +150,14 @@ def test_a_short_bf16_run_follows_the_float32_run(tmp_path) -> None:
         precision = sum(abs(b[kind] - f[kind]) for b, f in zip(bf16, fp32, strict=True))
         seed = sum(abs(o[kind] - f[kind]) for o, f in zip(other, fp32, strict=True))
         assert math.isfinite(precision) and precision < seed
+
+
+def test_config_takes_yaml_booleans_and_refuses_other_values(tmp_path) -> None:
+    from midalign.config import from_dict
+    from midalign.config_checks import validate
+
+    config = from_dict({"optim": {"bf16": True}}, "c.yaml")  # YAML's `bf16: true`
+    assert resolve_bf16(config.optim.bf16) == (True, "as requested")
+    config = _config(tmp_path, optim__bf16="fast")
+    with pytest.raises(InputError, match=r"^--bf16 must be one of auto, true, false, not 'fast'$"):
+        validate(config)

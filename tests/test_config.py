@@ -93,7 +93,8 @@ def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
     path.write_text("align:\n  temprature: 0.1\n")
     with pytest.raises(InputError, match=r"bad.yaml: unknown key align.temprature"):
         load_config(path)
-    with pytest.raises(InputError, match="unknown section 'optimizer'"):
+    sections = r"\(known: model, lora, data, align, optim\)"
+    with pytest.raises(InputError, match=r"x.yaml: unknown key optimizer " + sections):
         from_dict({"optimizer": {}}, "x.yaml")
     with pytest.raises(InputError, match=r"x.yaml: optim.batch_size: expected int, got 'many'"):
         from_dict({"optim": {"batch_size": "many"}}, "x.yaml")
@@ -140,9 +141,9 @@ def _valid(**changes) -> TrainConfig:
         ({"align__schedule": "align"}, "--max-steps must be given"),
         ({"optim__save_steps": 150}, "must be a multiple of --eval-steps"),
         ({"align__batch_pairs": 1}, "--align-batch-pairs must be at least 2"),
-        ({"align__pool": "max"}, "--pool must be mean or mean-all"),
+        ({"align__pool": "max"}, "--pool must be one of mean, mean-all, not 'max'"),
         ({"align__normalize": "whiten"}, "--normalize must be one of none, center, standardize"),
-        ({"align__stats": "dev"}, "--align-stats must be batch or base"),
+        ({"align__stats": "dev"}, "--align-stats must be one of batch, base, not 'dev'"),
         ({"align__stats_pairs": 0}, "--align-stats-pairs must be positive"),
     ],
 )

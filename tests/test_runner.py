@@ -353,11 +353,15 @@ def test_report_written_for_a_dry_outcome(tmp_path: Path, recipe_file: Path) -> 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda r: r.update(colour="red"), "unknown key 'colour'"),
+        (
+            lambda r: r.update(colour="red"),
+            r"^r.yaml: unknown key colour \(known: name, model, seeds, task, probe, train, "
+            r"systems, eval\)$",
+        ),
         (lambda r: r["systems"][4]["merge"].update(task="nope"), "merge.task must name"),
         (lambda r: r["systems"].append({"name": "sft"}), "system names must be unique"),
         (lambda r: r.update(seeds=[]), "seeds must be a non-empty list"),
-        (lambda r: r["task"].pop("test"), "task.test"),
+        (lambda r: r["task"].pop("test"), "^r.yaml: task.test is required$"),
         (lambda r: r["systems"][4]["merge"].update(weight=1.5), "merge.weight must be in"),
         (
             lambda r: r["probe"].update(normalize="whiten"),
@@ -532,7 +536,7 @@ LANG_HELP = "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn
         ),
         (
             lambda r: r["systems"][1].update(train="fast"),
-            "r.yaml: system sft: train must be a mapping of sections",
+            "r.yaml: systems[1].train: expected a mapping, got 'fast'",
         ),
         (
             lambda r: r["task"].update(name="sentiment"),

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from midalign.errors import InputError
-from midalign.recipe import load_recipe
+from midalign.recipe import SECTION_OPTIONS, apply_overrides, load_recipe
 from midalign.report.markdown import write_report
 from midalign.runner import Runner, RunOptions
 
@@ -41,6 +41,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "first look; its steps are the full run's, so a later run without --seeds reuses them",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for section, cls in SECTION_OPTIONS.items():
+        group = p.add_argument_group(
+            f"{section} settings, laid over the recipe's (a new value is a new step, as in the "
+            "YAML)"
+        )
+        for f in dataclasses.fields(cls):
+            default = "" if f.default in (None, dataclasses.MISSING) else f" (default: {f.default})"
+            group.add_argument(
+                f"--{section}.{f.name}",
+                dest=f"{_PREFIX}{section}.{f.name}",
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=(f.metadata["help"] + default).replace("%", "%%"),
+            )
+
+
+_PREFIX = "recipe:"  # argparse dest prefix of the generated section options
 
 
 def _seeds(value: str, recipe_seeds: list[int]) -> list[int]:
@@ -60,6 +77,9 @@ def _seeds(value: str, recipe_seeds: list[int]) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     start = time.time()
     recipe = load_recipe(args.recipe)
+    overrides = {k[len(_PREFIX) :]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}
+    if overrides:
+        recipe = apply_overrides(recipe, overrides)
     if args.seeds is not None:
         recipe = dataclasses.replace(recipe, seeds=_seeds(args.seeds, recipe.seeds))
     out = args.out or Path("runs") / recipe.name

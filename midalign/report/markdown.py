@@ -39,7 +39,7 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
     lines = [
         f"# {recipe.name}",
         "",
-        f"Model `{recipe.model}`, task `{recipe.task}` ({metric}"
+        f"Model `{recipe.model}`, task `{recipe.task.name}` ({metric}"
         + (", ×100" if scale == 100 else "")
         + f"), seeds {', '.join(map(str, recipe.seeds))}: mean ± 95 % CI over seeds "
         "(Student t; no interval with one seed).",
@@ -158,5 +158,5 @@ def write_report(recipe: Recipe, outcome: dict, groups: dict[str, list[str]], ou
     with atomic_output_dir(Path(out) / "report", overwrite=True) as tmp:
         write_json(tmp / "results.json", {"recipe": recipe.name, **summary, "raw": outcome})
         write_text_atomic(tmp / "report.md", report_markdown(recipe, summary, groups))
-        plot_run(summary, tmp, title=f"{recipe.name}: {recipe.task}")
+        plot_run(summary, tmp, title=f"{recipe.name}: {recipe.task.name}")
     return summary

@@ -92,7 +92,7 @@ def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -
         }
         summary["retrieval"] = {
             "layer": base["layer"],
-            "normalize": (recipe.probe or {}).get("normalize", "none"),
+            "normalize": recipe.probe.normalize if recipe.probe else "none",
             "base": base["per_language"],
             "base_aggregate": base["aggregate"],
             "base_groups": group_means(base["per_language"], groups),

@@ -35,6 +35,6 @@ def get_task(name: str, option: str = "--task") -> Task:
 def source_forms() -> str:
     """The data forms every task reads, for --help."""
     return "\n".join(
-        textwrap.fill(cls.source_help, initial_indent=f"  {name:<7}", subsequent_indent=" " * 9)
+        textwrap.fill(cls.source_help(), initial_indent=f"  {name:<7}", subsequent_indent=" " * 9)
         for name, cls in TASKS.items()
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from midalign.data.hub import HubUnreachable
-from midalign.data.sources import Reader, pick_reader
+from midalign.data.sources import Reader, forms, pick_reader
 from midalign.errors import InputError
 from midalign.languages import parse_langs
 
@@ -65,8 +65,12 @@ class Task(ABC):
     max_new_tokens: int  # enough for every reference answer of the paper's data sets
     # format name -> reader of its examples; bare sources are sniffed in this order
     readers: Mapping[str, Reader[list[Example]]]
-    source_help: str  # the --data / --source forms this task reads: forms(readers)
     data_name: str  # what its data is called in errors: "not a NER data set"
+
+    @classmethod
+    def source_help(cls) -> str:
+        """The --data / --source forms this task reads."""
+        return forms(cls.readers)
 
     def languages(self, spec: str, option: str = "--langs") -> list[str]:
         """The ``--langs`` value as the keys examples are grouped by (FLoRes codes here); an
@@ -84,7 +88,7 @@ class Task(ABC):
         try:
             examples = self.load(source, keys, split)
         except HubUnreachable as e:
-            raise InputError(f"{e}: {self.source_help}") from None
+            raise InputError(f"{e}: {self.source_help()}") from None
         check_found(examples, keys, source)
         examples = limit_per_key(examples, limit)
         warn_one_reference(examples, f"{source} ({split})")
@@ -95,7 +99,7 @@ class Task(ABC):
         whose layout it has (:func:`midalign.data.sources.pick_reader`)."""
         found = pick_reader(source, self.readers)
         if found is None:
-            raise InputError(f"{source!r}: not a {self.data_name} data set ({self.source_help})")
+            raise InputError(f"{source!r}: not a {self.data_name} data set ({self.source_help()})")
         reader, arg = found
         return reader.read(arg, keys, split)
 

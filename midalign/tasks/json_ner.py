@@ -18,7 +18,7 @@ from typing import Any
 
 from midalign.data.hub import load_hf_table, load_split
 from midalign.data.reading import by_language, conll_sentences, select
-from midalign.data.sources import Reader, folder, folder_with, forms, is_hub_id
+from midalign.data.sources import Reader, folder, folder_with, is_hub_id
 from midalign.errors import InputError
 from midalign.languages import to_flores
 from midalign.tasks.base import Example, Parsed, Task
@@ -267,7 +267,6 @@ class JsonNER(Task):
     metric = "f1"
     max_new_tokens = 200
     readers = READERS
-    source_help = forms(READERS)
     data_name = "NER"
 
     def stop(self, answer: str) -> bool:

@@ -24,7 +24,6 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from midalign.data.sources import forms
 from midalign.tasks.base import Example, Parsed, Task
 from midalign.tasks.slot_readers import MASSIVE_TYPES, READERS
 
@@ -196,7 +195,6 @@ class SlotFilling(Task):
     metric = "f1"
     max_new_tokens = 64
     readers = READERS
-    source_help = forms(READERS)
     data_name = "slot-filling"
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from midalign.data.hub import load_split
 from midalign.data.reading import by_language, read_tsv, select
-from midalign.data.sources import Reader, folder, folder_with, forms, is_hub_id
+from midalign.data.sources import Reader, folder, folder_with, is_hub_id
 from midalign.errors import InputError
 from midalign.tasks.base import Example, Parsed, Task
 
@@ -133,7 +133,6 @@ class Topic(Task):
     metric = "accuracy"
     max_new_tokens = 8
     readers = READERS
-    source_help = forms(READERS)
     data_name = "topic"
 
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:

@@ -21,7 +21,7 @@ from midalign.data import load_parallel
 from midalign.data.alma import read_alma_pairs, two_letter
 from midalign.data.parallel import ENGLISH as PIVOT
 from midalign.data.reading import read_sentences
-from midalign.data.sources import Reader, folder_with, forms
+from midalign.data.sources import Reader, folder_with
 from midalign.errors import InputError
 from midalign.languages import language_name, to_flores
 from midalign.tasks.base import Example, Parsed, Task
@@ -215,7 +215,6 @@ class Translation(Task):
     metric = "bleu"
     max_new_tokens = 256
     readers = READERS
-    source_help = forms(READERS)
     data_name = "translation"
 
     def languages(self, spec: str, option: str = "--langs") -> list[str]:
