@@ -39,13 +39,6 @@ Name, Error = sections.Name, sections.Error
 _help = sections.setting
 
 
-def _positive(name: Name, error: Error, section: Any, *keys: str) -> None:
-    for key in keys:
-        value = getattr(section, key)
-        if value < 1:
-            raise error(f"{name(key)} must be positive, not {value}")
-
-
 @dataclass
 class ModelConfig:
     name: str = _help(
@@ -69,7 +62,7 @@ class LoraSettings:
     )
 
     def check(self, name: Name, error: Error) -> None:
-        _positive(name, error, self, "r")
+        sections.positive(name, error, self, "r")
         if not 0 <= self.dropout < 1:
             raise error(f"{name('dropout')} must be in [0, 1)")
 
@@ -115,7 +108,7 @@ class DataConfig:
                 to_flores(lang)
             except InputError as e:
                 raise error(f"{name('align_langs')}: {e}") from None
-        _positive(name, error, self, "max_length", "align_max_length")
+        sections.positive(name, error, self, "max_length", "align_max_length")
 
 
 @dataclass
@@ -221,7 +214,7 @@ class OptimConfig:
     def check(self, name: Name, error: Error) -> None:
         from midalign.config_checks import no_learning, no_learning_message
 
-        _positive(
+        sections.positive(
             name, error, self, "batch_size", "gradient_accumulation_steps", "eval_steps",
             "save_steps", "logging_steps",
         )  # fmt: skip

@@ -21,9 +21,11 @@ from midalign.sections import setting
 RunDtype = Literal["auto", "float32", "bfloat16"]  # midalign.dtypes.DTYPE_CHOICES (torch-free)
 
 
-def _positive(name: sections.Name, error: sections.Error, value: int | None, key: str) -> None:
-    if value is not None and value < 1:
-        raise error(f"{name(key)} must be positive, not {value}")
+def _dtype() -> Any:
+    return setting(
+        "dtype of the model: auto (bfloat16 where bf16 matmuls are native), float32, bfloat16",
+        default="auto",
+    )
 
 
 @dataclass(kw_only=True)
@@ -41,7 +43,7 @@ class DataSpec:
     def check(self, name: sections.Name, error: sections.Error) -> None:
         if not self.langs:
             raise error(f"{name('langs')}: give at least one language code")
-        _positive(name, error, self.limit, "limit")
+        sections.positive(name, error, self, "limit")
 
 
 @dataclass(kw_only=True)
@@ -90,14 +92,11 @@ class ProbeSpec:
     report_layer: str | None = setting(
         "layer of the report's tables: middle, or a number (default: middle)", default=None
     )
-    dtype: RunDtype = setting(
-        "dtype of the model: auto (bfloat16 where bf16 matmuls are native), float32, bfloat16",
-        default="auto",
-    )
+    dtype: RunDtype = _dtype()
 
     def check(self, name: sections.Name, error: sections.Error) -> None:
-        _positive(name, error, self.max_sentences, "max_sentences")
-        _positive(name, error, self.k, "k")
+        sections.positive(name, error, self, "max_sentences")
+        sections.positive(name, error, self, "k")
 
     def given(self) -> dict[str, Any]:
         """The settings the recipe gives (what the probe step's hash covers): ``normalize:
@@ -111,14 +110,11 @@ class EvalSpec:
     max_new_tokens: int | None = setting(
         "longest answer in tokens (default: the task's)", default=None
     )
-    dtype: RunDtype = setting(
-        "dtype of the model: auto (bfloat16 where bf16 matmuls are native), float32, bfloat16",
-        default="auto",
-    )
+    dtype: RunDtype = _dtype()
 
     def check(self, name: sections.Name, error: sections.Error) -> None:
-        _positive(name, error, self.batch_size, "batch_size")
-        _positive(name, error, self.max_new_tokens, "max_new_tokens")
+        sections.positive(name, error, self, "batch_size")
+        sections.positive(name, error, self, "max_new_tokens")
 
 
 @dataclass(kw_only=True)

@@ -188,6 +188,14 @@ def check(
         own(lambda key: name(join(path, key)), error)
 
 
+def positive(name: Name, error: Error, section: Any, *keys: str) -> None:
+    """Each of ``keys`` of ``section`` is at least 1 where it is set (not None)."""
+    for key in keys:
+        value = getattr(section, key)
+        if value is not None and value < 1:
+            raise error(f"{name(key)} must be positive, not {value}")
+
+
 def given(section: Any, implicit: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fields of ``section`` a reader set: those not None and not at their ``implicit``
     value (what a step's hash covers, so that a setting left out and one given at its default
