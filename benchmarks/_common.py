@@ -193,3 +193,32 @@ def read_sib200(
         if ids[lang] != first:
             raise SystemExit(f"{lang} and {langs[0]} do not share the same index_ids")
     return texts
+
+
+def profile_ops(fn, top: int) -> list[dict]:
+    """``fn()`` once under ``torch.profiler``: its ``top`` ops by self CPU time (all calls of
+    an op together, whatever their shapes), each with its calls and its share of all self CPU
+    time, so that what is not a matmul shows at a glance."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_cpu_s": round(e.self_cpu_time_total / 1e6, 3),
+            "share": round(e.self_cpu_time_total / total, 4),
+        }
+        for e in ranked
+    ]
+
+
+def print_ops(title: str, ops: list[dict]) -> None:
+    """The table :func:`profile_ops` returns, one op a line."""
+    print(f"\n{title}, ops by self CPU time:")
+    for op in ops:
+        print(f"  {op['share']:6.1%} {op['self_cpu_s']:8.2f} s {op['calls']:7d}×  {op['op']}")

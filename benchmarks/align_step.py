@@ -56,6 +56,8 @@ from _common import (
     machine,
     matmul_gflops,
     print_machine,
+    print_ops,
+    profile_ops,
     timed,
     wait_for_quiet,
 )
@@ -103,6 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time ours and the steps in bf16 mixed precision, side by side with fp32 "
         "(meaningful only where bf16 is native: AMX, AVX512-BF16, a GPU)",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="run ours' micro-batch once more under torch.profiler and print (and record) its "
+        "ROWS most expensive ops by self CPU time (0: no profile)",
     )
     p.add_argument("--autocast", action="store_true", help=argparse.SUPPRESS)  # a bf16 worker
     p.add_argument(
@@ -213,7 +223,9 @@ def worker_step(args: argparse.Namespace) -> dict:
         model.zero_grad()
         times.append(seconds)
         others.append(busy)
+    ops = profile_ops(run, args.profile) if args.profile and args.worker == "ours" else []
     return {
+        "profile": ops,
         "seconds": statistics.median(times),
         "all_seconds": times,
         "loss": losses[0].item(),  # of the warm-up step, before any update
@@ -297,6 +309,8 @@ def _spawn(worker: str, args: argparse.Namespace, bf16: bool = False) -> dict:
         cmd += ["--threads", str(args.threads)]
     if bf16:
         cmd.append("--autocast")
+    if args.profile:
+        cmd += ["--profile", str(args.profile)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -332,6 +346,8 @@ def bf16_side_by_side(args: argparse.Namespace, shapes, sizes: dict, figures: di
         f"{'alternate tokens/s':22}{fp32_steps['alternate']['tokens_per_s']:12.0f}"
         f"{steps['alternate']['tokens_per_s']:12.0f}{result['alternate_over_fp32']:10.2f}x"
     )
+    if ours["profile"]:
+        print_ops("ours' micro-batch under torch.profiler (bf16 autocast)", ours["profile"])
     return result
 
 
@@ -390,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{figures['reference']['share_of_floor']:.1%}; speed-up over the reference "
         f"{figures['speedup']:.2f}x; step memory ours/reference {figures['step_memory_ratio']:.2f}"
     )
+    if ours["profile"]:
+        print_ops("ours' micro-batch under torch.profiler (fp32)", ours["profile"])
     figures["throughput"] = _spawn("throughput", args)
     t = figures["throughput"]
     print(

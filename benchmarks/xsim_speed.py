@@ -79,7 +79,11 @@ def scale(args: argparse.Namespace) -> dict:
             break
     retrievals = args.layers * m * (m - 1)
     full = seconds * total / done
+    flop = total * n * n * args.dim * 2  # the similarity products, diagonal pairs included
     return {
+        "similarity_tflop": flop / 1e12,
+        "similarity_gflops_achieved": flop / full / 1e9,
+        "gpu_seconds_lower_bound": flop / (args.gpu_tflops * 1e12),
         "pairs_scored": done,
         "pairs_total": total,
         "measured_share": done / total,
@@ -175,6 +179,13 @@ def main() -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=19.5,
+        help="GPU rate for the printed lower bound of the scale run's time on a GPU: its "
+        "similarity products at this rate (default: %(default)s, an A100's fp32 peak)",
+    )
+    parser.add_argument(
         "--laser-langs",
         type=int,
         default=10,
@@ -208,7 +219,12 @@ def main() -> None:
         f"peak RSS {result['peak_rss_gib']:.2f} GiB ({result['rss_before_gib']:.2f} GiB before "
         f"scoring; one layer's states {result['layer_states_gib']:.2f} GiB; all layers' would be "
         f"{result['all_states_gib']:.2f} GiB, and the int64 predictions the scorer held before "
-        f"it streamed {result['old_predictions_gib']:.2f} GiB)"
+        f"it streamed {result['old_predictions_gib']:.2f} GiB)\n"
+        f"similarity products {result['similarity_tflop']:,.1f} TFLOP, "
+        f"{result['similarity_gflops_achieved']:.0f} GFLOP/s here; on a GPU at "
+        f"{args.gpu_tflops} TFLOP/s (--gpu-tflops) they alone take "
+        f"{result['gpu_seconds_lower_bound']:.0f} s: a lower bound, the top-k and margins "
+        "over the same similarities are memory-bound"
     )
     report = {
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
