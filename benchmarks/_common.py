@@ -100,6 +100,15 @@ def print_machine(info: dict) -> None:
     )
 
 
+def quiet_start(wait: bool = True) -> tuple[float, dict]:
+    """The start of a benchmark: wait for a quiet machine (unless ``wait`` is False), then
+    take and print the :func:`machine` record; returns the 1-minute load seen and the record."""
+    load = wait_for_quiet() if wait else load_1min()
+    info = machine()
+    print_machine(info)
+    return load, info
+
+
 def load_1min() -> float:
     return os.getloadavg()[0]
 

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import torch
-from _common import load_1min, machine, print_machine, read_sib200, timed, wait_for_quiet
+from _common import load_1min, quiet_start, read_sib200, timed
 
 from midalign.dtypes import DTYPE_CHOICES, dtype_name, resolve_dtype
 from midalign.generate import TextStop, generate, greedy_config
@@ -81,9 +81,7 @@ def main() -> None:
         system, prompt = task.instruction(ex)
         prompts.append(encode_prompt(tokenizer, prompt, system))
     lengths = [len(p) for p in prompts]
-    load = load_1min() if args.no_wait else wait_for_quiet()
-    info = machine()
-    print_machine(info)
+    load, info = quiet_start(wait=not args.no_wait)
     print(
         f"{len(prompts)} prompts of {min(lengths)}–{max(lengths)} tokens ({sum(lengths)} in all), "
         f"≤ {args.max_new_tokens} new tokens, stop at newline, {dtype_name(dtype)} ({reason})"

@@ -31,7 +31,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from _common import load_1min, machine, print_machine, wait_for_quiet
+from _common import load_1min, quiet_start
 
 from midalign.retrieval import all_pairs_predictions, layer_predictions
 
@@ -198,9 +198,7 @@ def main() -> None:
     if args.langs < 2 or not 1 <= args.k < args.sentences:
         parser.error("need --langs ≥ 2 and 1 ≤ --k < --sentences")
 
-    load = load_1min() if args.no_wait else wait_for_quiet()
-    info = machine()
-    print_machine(info)
+    load, info = quiet_start(wait=not args.no_wait)
     print(
         f"{args.langs} languages × {args.sentences} sentences × {args.layers} layers, "
         f"d={args.dim}, k={args.k}: {args.layers * args.langs * (args.langs - 1):,} (layer, "
