@@ -140,6 +140,9 @@ def _train_config(
             "logging_steps": 1,
             "learning_rate": 1e-2,
             "warmup_ratio": 0.0,
+            # float32 where the CPU has native bf16 too: the launched processes do not see
+            # conftest's patch of the detection, and `auto` would train them in bf16 there
+            "bf16": "false",
         },
     }
 
