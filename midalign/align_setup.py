@@ -26,7 +26,7 @@ from midalign.align_stats import STATS_FILE, base_stats, broadcast_stats, load_s
 from midalign.config import AlignConfig, TrainConfig
 from midalign.data.pairs import AlignStream, Pairs, encode_pairs, load_pairs, split_dev
 from midalign.errors import InputError
-from midalign.forward import pooled_states
+from midalign.forward import grouped_pooled_states
 from midalign.layers import num_layers, parse_layers
 from midalign.losses import Stats
 from midalign.probe import extract_embeddings, special_token_ids
@@ -34,6 +34,16 @@ from midalign.retrieval import pair_accuracy
 from midalign.sections import check
 
 log = logging.getLogger(__name__)
+
+
+# The fixed cost of one more sub-batch's forward and backward, in tokens of work, by (device
+# type, under autocast): the alignment batch runs as length-sorted sub-batches where the padding
+# they save costs more than that (:func:`midalign.forward.grouped_pooled_states`). Fitted on the
+# default model's micro-batch on the CPU (docs/benchmarks.md, docs/bench/
+# align_subbatch_sweep-1203.json): float32 2.8 ms a token and 97 ms a sub-batch (34 tokens);
+# under bf16 autocast 1.6 ms and 157 ms (96 tokens: each forward casts the frozen weights to
+# bf16 again). Other devices (GPUs, not measured here) keep one padded batch.
+SUB_BATCH_OVERHEAD = {("cpu", False): 32.0, ("cpu", True): 96.0}
 
 
 @dataclass
@@ -59,8 +69,17 @@ class AlignSetup:
         """Pooled alignment-layer states (before the final norm) of a 2B-row batch, x rows
         first: x and y, each [n_layers, B, d], and the constant statistics on their device."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        pooled = pooled_states(
-            model, ids, mask, self.layers, self.pool, self.special_ids, final_norm=False
+        pooled = grouped_pooled_states(
+            model,
+            ids,
+            mask,
+            self.layers,
+            SUB_BATCH_OVERHEAD.get(
+                (ids.device.type, torch.is_autocast_enabled(ids.device.type)), float("inf")
+            ),
+            pool=self.pool,
+            special_ids=self.special_ids,
+            final_norm=False,
         )  # [n_layers, 2B, d]
         b = ids.shape[0] // 2
         if self.stats is None:

@@ -8,7 +8,7 @@ from torch import nn
 from midalign import dtypes
 from midalign.dtypes import cpu_bf16_feature, resolve_dtype
 from midalign.errors import InputError
-from midalign.forward import pooled_states, pooling_mask
+from midalign.forward import grouped_pooled_states, length_groups, pooled_states, pooling_mask
 from midalign.layers import decoder_layers, num_layers, parse_layers
 
 SPECIAL = (0, 1, 2)  # pad, bos, eos of the tiny models
@@ -135,6 +135,42 @@ def test_gradient_through_early_exit_equals_full_forward(family, dtype):
     assert not any("layers.2" in n or "lm_head" in n for n in ours)
     for name, grad in full.items():
         assert_same_numbers(ours[name], grad, precision(family, dtype))
+
+
+def test_length_groups_worked_by_hand():
+    # lengths 10, 1, 10, 1 with 5 per group: {1, 3} and {0, 2} cost 2·1 + 5 + 2·10 + 5 = 32,
+    # one group 4·10 + 5 = 45, four groups 22 + 4·5 = 42
+    assert sorted(map(sorted, length_groups([10, 1, 10, 1], 5))) == [[0, 2], [1, 3]]
+    assert sorted(map(sorted, length_groups([10, 1, 10, 1], 100))) == [[0, 1, 2, 3]]
+    # no cost per group: every distinct length alone, in length order
+    assert length_groups([3, 1, 2], 0) == [[1], [2], [0]]
+    # 1, 2, 9 at 3 per group: {1, 2} {9} = 4 + 3 + 9 + 3 = 19 beats {1} {2, 9} = 4 + 18 + 6 = 28
+    # and one group 27 + 3 = 30
+    assert length_groups([9, 2, 1], 3) == [[2, 1], [0]]
+
+
+@ROUTE_DTYPES
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_length_sorted_sub_batches_give_the_batchs_states_and_gradients(family, side, dtype):
+    model = tiny_model(family, n_layers=3, dtype=dtype)
+    ids, mask = _batch(lengths=(9, 2, 8, 1, 3, 9), side=side)
+    kwargs = {"pool": "mean", "special_ids": SPECIAL, "final_norm": False}
+    assert len(length_groups(mask.sum(1).tolist(), 2)) > 1  # the case is really split
+    results = []
+    for run in (
+        lambda: pooled_states(model, ids, mask, [1, 3], **kwargs),
+        lambda: grouped_pooled_states(model, ids, mask, [1, 3], 2, **kwargs),
+    ):
+        model.zero_grad(set_to_none=True)
+        states = run()
+        (states * torch.linspace(-1, 1, states.numel()).view_as(states)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((states.detach(), grads))
+    (whole, whole_grads), (grouped, grouped_grads) = results
+    assert_same_numbers(grouped, whole, precision(family, dtype))
+    assert set(grouped_grads) == set(whole_grads)
+    for name, grad in whole_grads.items():
+        assert_same_numbers(grouped_grads[name], grad, precision(family, dtype))
 
 
 def test_parse_layers():
