@@ -5,7 +5,7 @@ reference style, and the throughput of an alternate training step vs a task-only
 The same 16 Tatoeba pairs (deu↔eng), the default model with LoRA (r 8 on q,k,v,o,gate,up,down):
   reference  x and y in two separate forwards through every layer, logits computed,
              ``output_hidden_states=True``, layer l pooled (the paper's code);
-  ours       ``AlignmentTrainer.align_loss``: x and y as one batch of 2B rows through
+  ours       ``AlignmentTrainer.align_loss``: x and y, 2B rows, through
              ``pooled_states``, stopped after layer l (no later layers, no final norm, no lm_head),
              run as length-sorted sub-batches (``grouped_pooled_states``);
   ours, one padded batch

@@ -32,8 +32,9 @@ micro-batches. The Trainer's own division by its accumulation count is not used 
 calls ``accelerator.backward`` itself); the accelerator is built with num_steps = 1 and does not
 scale either.
 
-The alignment micro-batch is B pairs as one batch of 2B rows through
-:func:`midalign.forward.pooled_states`: the forward stops after the alignment layer (no later
+The alignment micro-batch is B pairs, 2B rows, through :func:`midalign.forward.pooled_states`
+(on the CPU as length-sorted sub-batches where the padding saved is worth a forward,
+:func:`midalign.forward.grouped_pooled_states`): the forward stops after the alignment layer (no later
 layers, no final norm, no lm_head: at layer L the residual stream before the norm, as in the
 paper's code), and LoRA gradients flow through it. ``align.normalize`` centres or standardises
 the pooled states before the cosine (:mod:`midalign.losses`), with the current batch's statistics
