@@ -1,13 +1,14 @@
 """All-pairs xsim scoring: ours (streamed tensor ops) at scale, and against a LASER-style loop.
 
 Scale: ``midalign.retrieval``'s all-pairs scoring (what ``all_pairs_accuracy`` runs: one layer
-at a time, one block of language pairs at a time, each block's predictions reduced to
-accuracies at once) over synthetic embeddings with planted structure, a shared meaning per
-sentence + an offset per language + noise growing with the layer, generated one layer at a time
-as the probe's scorer reads them. Reported: seconds, (layer, pair) retrievals per second, the
-process's peak resident memory (``resource.getrusage``) and the accuracy. When the whole run
-would take longer than ``--max-seconds``, the first blocks are timed and the total is
-extrapolated by pairs (every pair costs the same: same N, same d), and the output says so.
+at a time, one block of language pairs at a time, both directions of a pair from one product,
+each block's predictions reduced to accuracies at once) over synthetic embeddings with planted
+structure, a shared meaning per sentence + an offset per language + noise growing with the
+layer, generated one layer at a time as the probe's scorer reads them. Reported: seconds,
+(layer, pair) retrievals per second, the process's peak resident memory (``resource.getrusage``)
+and the accuracy. When the whole run would take longer than ``--max-seconds``, the first blocks
+are timed and the total is extrapolated by pairs (every pair costs the same: same N, same d),
+and the output says so.
 
 Comparison: on the first ``--laser-langs`` languages, the structure of LASER's
 ``source/xsim.py`` for every ordered pair and layer (faiss ``IndexFlatIP`` k-NN both ways, a
@@ -79,7 +80,9 @@ def scale(args: argparse.Namespace) -> dict:
             break
     retrievals = args.layers * m * (m - 1)
     full = seconds * total / done
-    flop = total * n * n * args.dim * 2  # the similarity products, diagonal pairs included
+    # the similarity products: one per unordered pair (both directions come from it), the
+    # diagonal pairs included
+    flop = args.layers * (m * (m + 1) // 2) * n * n * args.dim * 2
     return {
         "similarity_tflop": flop / 1e12,
         "similarity_gflops_achieved": flop / full / 1e9,

@@ -34,11 +34,12 @@ scale either.
 
 The alignment micro-batch is B pairs, 2B rows, through :func:`midalign.forward.pooled_states`
 (on the CPU as length-sorted sub-batches where the padding saved is worth a forward,
-:func:`midalign.forward.grouped_pooled_states`): the forward stops after the alignment layer (no later
-layers, no final norm, no lm_head: at layer L the residual stream before the norm, as in the
-paper's code), and LoRA gradients flow through it. ``align.normalize`` centres or standardises
-the pooled states before the cosine (:mod:`midalign.losses`), with the current batch's statistics
-or the base model's (:mod:`midalign.align_stats`, computed once before LoRA is attached).
+:func:`midalign.forward.grouped_pooled_states`): the forward stops after the alignment layer
+(no later layers, no final norm, no lm_head: at layer L the residual stream before the norm,
+as in the paper's code), and LoRA gradients flow through it. ``align.normalize`` centres or
+standardises the pooled states before the cosine (:mod:`midalign.losses`), with the current
+batch's statistics or the base model's (:mod:`midalign.align_stats`, computed once before LoRA
+is attached).
 
 Several processes (``accelerate launch``): every forward, task or alignment, runs as the
 forward of the engine's wrapper (DDP, FSDP, DeepSpeed; :meth:`AlignmentMixin.wrapped_forward`), so

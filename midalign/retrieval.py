@@ -9,8 +9,9 @@ avg_y = mean cosine of y's k nearest sources;
 the prediction is the best-scoring candidate, and accuracy is the share of sources whose
 prediction is their own translation. ``cosine`` is the plain nearest neighbour. The margin
 penalises "hub" targets that are close to everything, which plain cosine retrieval loves.
-Everything is batched matrix work: one [sources, targets, N, N] similarity block at a time,
-streamed over layers and blocks of language pairs so that memory stays bounded at any scale.
+Everything is batched matrix work: one [targets, N, N] similarity block of a source language at
+a time, streamed over layers and blocks of language pairs so that memory stays bounded at any
+scale; s → t and t → s come from the same product, so each unordered pair is computed once.
 
 Before scoring, :func:`normalize_states` may centre or standardise the pooled states per
 dimension (``--normalize``): in small LMs a few "rogue" dimensions carry nearly all of ‖h‖²
@@ -81,16 +82,38 @@ def normalize_states(
     }
 
 
+def _best_candidate(
+    top_sim: torch.Tensor, top_idx: torch.Tensor, avg_own: torch.Tensor, avg_other: torch.Tensor
+) -> torch.Tensor:
+    """The candidate with the best ratio margin: cosines and indices of each query's k nearest
+    [..., n, k], the queries' mean k-NN cosine [..., n], the candidates' [..., m] -> [..., n]."""
+    avg_cand = avg_other.unsqueeze(-2).expand(*top_idx.shape[:-1], -1).gather(-1, top_idx)
+    scores = top_sim / ((avg_own.unsqueeze(-1) + avg_cand) / 2)  # [..., n, k]
+    return top_idx.gather(-1, scores.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
 def _predict(sim: torch.Tensor, k: int, margin: str) -> torch.Tensor:
     """Predicted target index for every source: sim [..., n, m] -> [..., n]."""
     if margin == "cosine":
         return sim.argmax(dim=-1)
     top_sim, top_idx = sim.topk(k, dim=-1)  # [..., n, k], descending like faiss
-    avg_x = top_sim.mean(dim=-1)  # [..., n]
     avg_y = sim.topk(k, dim=-2).values.mean(dim=-2)  # [..., m]
-    avg_y_cand = avg_y.unsqueeze(-2).expand(*top_idx.shape[:-1], -1).gather(-1, top_idx)
-    scores = top_sim / ((avg_x.unsqueeze(-1) + avg_y_cand) / 2)  # [..., n, k]
-    return top_idx.gather(-1, scores.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    return _best_candidate(top_sim, top_idx, top_sim.mean(dim=-1), avg_y)
+
+
+def _predict_both_ways(sim: torch.Tensor, k: int, margin: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both directions from one similarity block, sim [..., n, m] -> (target of every source
+    [..., n], source of every target [..., m]), the second equal to ``_predict`` of the
+    transposed block: the margin of (x, y) uses x's k nearest targets and y's k nearest sources
+    whichever side asks, so both directions need the same two top-k's."""
+    if margin == "cosine":
+        return sim.argmax(dim=-1), sim.argmax(dim=-2)
+    top_x, idx_x = sim.topk(k, dim=-1)  # [..., n, k]: each source's nearest targets
+    top_y, idx_y = sim.topk(k, dim=-2)  # [..., k, m]: each target's nearest sources
+    avg_x, avg_y = top_x.mean(dim=-1), top_y.mean(dim=-2)
+    forward = _best_candidate(top_x, idx_x, avg_x, avg_y)
+    backward = _best_candidate(top_y.transpose(-1, -2), idx_y.transpose(-1, -2), avg_y, avg_x)
+    return forward, backward
 
 
 def xsim_predict(
@@ -115,12 +138,10 @@ def _index_dtype(n: int) -> torch.dtype:
     return torch.int16 if n <= 2**15 else torch.int32
 
 
-def _pair_blocks(m: int, n: int) -> tuple[int, int]:
-    """Source and target languages per block: as many [N, N] float32 similarity matrices as
-    fit in the budget (at least one), targets first, so a small run is one block per layer."""
-    pairs = max(1, _BLOCK_BYTES // (n * n * 4))
-    targets = min(m, pairs)
-    return max(1, min(m, pairs // targets)), targets
+def _pair_blocks(m: int, n: int) -> int:
+    """Target languages per block: as many [N, N] float32 similarity matrices as fit in the
+    budget (at least one, at most the ``m`` languages)."""
+    return max(1, min(m, _BLOCK_BYTES // (n * n * 4)))
 
 
 def layer_predictions(
@@ -129,19 +150,27 @@ def layer_predictions(
     """Multiway retrieval of one layer, a block of language pairs at a time: e [M, N, d] ->
     (sources, targets, predicted target index [len(sources), len(targets), N] long).
 
-    Each block is one [M_src, M_tgt, N, N] similarity tensor within a fixed memory budget; a
-    pair's N × N matrix is never split, so its margins (avg_y over all N sources) are exact.
-    The diagonal pairs (a language against itself) are scored too.
+    Each block is one source language against a run of targets, one [b, N, N] similarity
+    tensor within a fixed memory budget; a pair's N × N matrix is never split, so its margins
+    (avg_y over all N sources) are exact. s → t and t → s come from one product
+    (:func:`_predict_both_ways`), so only the targets t ≥ s are computed, and each block yields
+    both directions: M(M + 1)/2 products a layer instead of M². The diagonal pairs (a language
+    against itself) are scored too.
     """
     m, n, _ = e.shape
     check_options(n, k, margin)
     e = F.normalize(e.float(), dim=-1)
-    n_src, n_tgt = _pair_blocks(m, n)
-    for s0 in range(0, m, n_src):
-        for t0 in range(0, m, n_tgt):
-            src, tgt = slice(s0, s0 + n_src), slice(t0, t0 + n_tgt)
-            sim = torch.einsum("snd,tmd->stnm", e[src], e[tgt])  # [b_src, b_tgt, N, N]
-            yield src, tgt, _predict(sim, k, margin)
+    per_block = _pair_blocks(m, n)
+    for s in range(m):
+        src = slice(s, s + 1)
+        for t0 in range(s, m, per_block):
+            tgt = slice(t0, min(t0 + per_block, m))
+            sim = torch.einsum("nd,tmd->tnm", e[s], e[tgt])  # [b, N, N]
+            forward, backward = _predict_both_ways(sim, k, margin)  # [b, N] each
+            yield src, tgt, forward.unsqueeze(0)
+            skip = 1 if t0 == s else 0  # (s, s) is scored once, by the forward direction
+            if tgt.stop - t0 > skip:
+                yield slice(t0 + skip, tgt.stop), src, backward[skip:].unsqueeze(1)
 
 
 def all_pairs_predictions(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:

@@ -139,13 +139,38 @@ def test_scoring_memory_is_one_block_at_flores_200_scale():
     """204 languages × 1,012 sentences: a block holds 131 target languages of one source, 537 MB
     of similarities (the budget), not the 204 × 204 pairs' 170 GB; predictions [19, 204, 204,
     1012] would be int16 (1.6 GB), and all_pairs_accuracy keeps none of them."""
-    sources, targets = retrieval._pair_blocks(204, 1012)
-    assert (sources, targets) == (1, 131)
-    assert sources * targets * 1012 * 1012 * 4 <= retrieval._BLOCK_BYTES
-    assert retrieval._pair_blocks(5, 40) == (5, 5)  # a small run: one block per layer
-    assert retrieval._pair_blocks(3, 20_000) == (1, 1)  # a pair over budget is still one block
+    assert retrieval._pair_blocks(204, 1012) == 131
+    assert 131 * 1012 * 1012 * 4 <= retrieval._BLOCK_BYTES < 132 * 1012 * 1012 * 4
+    assert retrieval._pair_blocks(5, 40) == 5  # a small run: one block per source
+    assert retrieval._pair_blocks(3, 20_000) == 1  # a pair over budget is still one block
     assert retrieval._index_dtype(1012) == torch.int16
     assert retrieval._index_dtype(40_000) == torch.int32
+
+
+@pytest.mark.parametrize(("k", "margin"), [(1, "ratio"), (3, "ratio"), (3, "cosine")])
+def test_one_product_gives_both_directions(k, margin):
+    # t → s from the s → t block equals scoring the transposed block on its own
+    sim = torch.randn(2, 3, 9, 7, generator=torch.Generator().manual_seed(k))
+    forward, backward = retrieval._predict_both_ways(sim, k, margin)
+    assert torch.equal(forward, retrieval._predict(sim, k, margin))
+    assert torch.equal(backward, retrieval._predict(sim.transpose(-1, -2), k, margin))
+
+
+def test_each_unordered_pair_is_one_product(monkeypatch):
+    # 5 languages, 2 targets a block: sources 0..4 take targets 0-1 2-3 4 | 1-2 3-4 | 2-3 4 |
+    # 3-4 | 4, i.e. 15 = 5·6/2 products instead of 25, and every ordered pair comes out once
+    monkeypatch.setattr(retrieval, "_BLOCK_BYTES", 2 * 40 * 40 * 4)
+    products, seen = [], []
+    einsum = torch.einsum
+    monkeypatch.setattr(
+        torch, "einsum", lambda eq, a, b: products.append(len(b)) or einsum(eq, a, b)
+    )
+    for src, tgt, pred in retrieval.layer_predictions(_multiway(0)[0], 4):
+        assert pred.shape == (len(range(5)[src]), len(range(5)[tgt]), 40)
+        seen += [(s, t) for s in range(5)[src] for t in range(5)[tgt]]
+    assert sorted(seen) == [(s, t) for s in range(5) for t in range(5)]
+    assert products == [2, 2, 1, 2, 2, 2, 1, 2, 1]
+    assert sum(products) == 15
 
 
 def test_pair_accuracy_for_explicit_pairs():
