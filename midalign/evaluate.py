@@ -19,7 +19,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from midalign.errors import InputError
-from midalign.files import write_json
+from midalign.files import write_json, write_text_atomic
 from midalign.generate import generate
 from midalign.prompting import encode_prompt, prompt_text
 from midalign.tasks import Example, Task
@@ -152,8 +152,8 @@ def write_outputs(
 
     write_json(folder / "results.json", results)
     lines = [json.dumps(p, ensure_ascii=False) for p in predictions]
-    (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "scores.csv").write_text(_scores_csv(results), encoding="utf-8")
+    write_text_atomic(folder / "predictions.jsonl", "\n".join(lines) + "\n")
+    write_text_atomic(folder / "scores.csv", _scores_csv(results))
     for name, scores in probe_scores(results).items():
         write_json(folder / name, scores)
     plot_scores(results, folder / "scores.png", model, adapter)

@@ -149,3 +149,25 @@ def test_safetensors_outputs_follow_the_umask(tmp_path, umask_022) -> None:
     }
     follow_umask(tmp_path / "raw.safetensors")
     assert stat.S_IMODE((tmp_path / "raw.safetensors").stat().st_mode) == 0o644
+
+
+def test_a_plot_that_fails_half_way_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from midalign.report import plots
+
+    target = tmp_path / "scores.png"
+    fig = plt.figure()
+    plots._save(fig, target)
+    good = target.read_bytes()
+    assert good.startswith(b"\x89PNG")  # the format comes from the suffix, not the temp name
+
+    def half(self, path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plt.Figure, "savefig", half)
+    with pytest.raises(OSError, match="disk full"):
+        plots._save(plt.figure(), target)
+    assert target.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.png"]

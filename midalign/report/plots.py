@@ -10,7 +10,6 @@ importing midalign in a notebook leaves the notebook's backend alone.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from midalign.data.corpus import ParallelCorpus  # noqa: E402
+from midalign.files import atomic_file  # noqa: E402
 from midalign.retrieval import NORMALIZED_STATES  # noqa: E402
 
 
@@ -160,9 +160,14 @@ def plot_probe(
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
+    """Write the figure whole or not at all (a temp file renamed), in the format of the suffix."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = Path(path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
 
 
 def _model_name(model: str) -> str:
@@ -308,8 +313,4 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ax_lr.set_xlabel("optimizer step")
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
