@@ -330,12 +330,40 @@ def fit(
             best_absolute(resume_from, out)
         if args.should_save:
             truncate_log(out / LOG_FILE, int(resume_from.name.split("-")[-1]))
+    if resume_from is not None and _finished(resume_from, args.max_steps):
+        restore_finished(trainer, resume_from)
+        return False
     stopper.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         stopper.uninstall()
     return stopper.received is not None
+
+
+def _finished(checkpoint: Path, max_steps: int) -> bool:
+    """Whether ``checkpoint`` is the last step of a run of ``max_steps`` (> 0) steps: a run
+    killed after saving it but before its adapter. transformers' Trainer, resumed there, would
+    train one step more than asked (its loop tests the limit only after a step); a run by
+    epochs resumes at an epoch boundary, which it does not re-enter."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return max_steps > 0 and state["global_step"] >= max_steps
+
+
+def restore_finished(trainer: AlignmentTrainer, checkpoint: Path) -> None:
+    """The end of training as ``trainer.train`` leaves it, from the run's last checkpoint: its
+    state, its adapter weights, or the best checkpoint's where the run keeps the best."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    trainer._load_from_checkpoint(str(checkpoint))  # the Trainer's own loader
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        trainer._load_best_model()
+    log.info(
+        "%s is the run's last step (%d): nothing left to train",
+        checkpoint.name,
+        trainer.state.global_step,
+    )
 
 
 def save_outputs(

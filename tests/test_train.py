@@ -390,6 +390,34 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+@pytest.mark.parametrize(
+    "limit", [{"optim__max_steps": 4}, {"optim__max_steps": -1, "optim__epochs": 2}]
+)
+def test_resume_at_the_last_step_trains_nothing_more(tmp_path, monkeypatch, limit):
+    """Killed after its last checkpoint but before its adapter, a run resumed there writes the
+    adapter it would have written: no step beyond the limit (the Trainer alone trains one)."""
+    config = _config(tmp_path, **limit)
+    out = tmp_path / "run"
+    result = _run(config, out)
+    steps = result.global_step
+    assert last_checkpoint(out).name == f"checkpoint-{steps}"
+    finished = _adapter(out)
+    (out / "adapter_model.safetensors").unlink()
+    calls = []
+    step = AlignmentTrainer.training_step
+    monkeypatch.setattr(
+        AlignmentTrainer,
+        "training_step",
+        lambda self, *a, **k: calls.append(self.state.global_step) or step(self, *a, **k),
+    )
+    result = train(config, out, last_checkpoint(out), progress=False)
+    assert calls == [] and result.global_step == steps
+    resumed = _adapter(out)
+    assert resumed.keys() == finished.keys()
+    assert all(torch.equal(resumed[n], finished[n]) for n in finished)
+    assert max(r["step"] for r in read_log(out / "log.jsonl")) == steps
+
+
 def test_incomplete_checkpoint_is_skipped(tmp_path):
     run = tmp_path / "run"
     for step in (2, 4):
