@@ -131,6 +131,55 @@ def main() -> None:
     )
     (HERE / "results.md").write_text(text)
     print(text)
+    plot_layers(found, seeds)
+
+
+def plot_layers(found: dict, seeds: list[int]) -> None:
+    """layers.png: the aligned languages' retrieval gain over SFT at every probed layer, mean
+    over the seeds each system has (the paper's Figure 4 as a difference), raw and standardised
+    probe side by side; a marker at each system's own layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    colours = {4: "tab:blue", 9: "tab:green", 18: "tab:red", "auto": "tab:purple"}
+    for system, loss, layer in SYSTEMS:
+        have = [
+            s for s in seeds if all((k, system, s) in found for k in ("probe-raw", "probe-std"))
+        ]
+        if not have:
+            continue
+        for ax, kind in zip(axes, ("probe-raw", "probe-std"), strict=True):
+            per_seed = []
+            for s in have:
+                results = json.loads((found[kind, system, s] / "results.json").read_text())
+                layers = sorted(map(int, results["per_language"]))
+                per_seed.append(
+                    [
+                        retrieval(found[kind, system, s], n)["aligned"]
+                        - retrieval(found[kind, "SFT", s], n)["aligned"]
+                        for n in layers
+                    ]
+                )
+            gain = [100 * statistics.mean(col) for col in zip(*per_seed, strict=True)]
+            style = "-" if loss.startswith("raw") else "--"
+            ax.plot(
+                layers, gain, style, color=colours[layer], label=f"{system} ({len(have)} seeds)"
+            )
+            if isinstance(layer, int):
+                ax.plot([layer], [gain[layers.index(layer)]], "o", color=colours[layer])
+    for ax, title in zip(axes, ("raw probe", "standardised probe"), strict=True):
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.set_title(f"aligned languages (cy/ja/jv/sw/tl), {title}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("retrieval − SFT (×100)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "layers.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
