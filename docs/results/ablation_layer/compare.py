@@ -3,7 +3,7 @@
 For every system of recipes/ablations/layer.yaml with finished steps (here and in
 ../cpu_normalize/steps, whose SFT and middle-layer steps the ablation shares), per seed: the task
 score (35-language average and groups) and the retrieval of the SIB-200 dev probe at the
-system's own alignment layer (4, 9 or 18; auto: the layer its training chose), with the raw and
+system's own alignment layer (4, 9 or 18), with the raw and
 the standardised probe, by language group. Then system − SFT, seed by seed, mean ± 95 % CI
 (Student t over the seeds both have). Writes per_seed.csv (every number) and results.md.
 
@@ -27,15 +27,13 @@ GROUPS = {
     "aligned": ["cym", "jpn", "jav", "swh", "tgl"],
     "other": ["deu", "hin", "tha", "kor"],
 }
-SYSTEMS = [  # (system, loss, layer: an int, or "auto" read from its training step)
+SYSTEMS = [  # (system, loss, alignment layer)
     ("bottom (4) raw tau 0.1", "raw τ 0.1 (paper)", 4),
     ("alternate raw tau 0.1", "raw τ 0.1 (paper)", 9),
     ("top (18) raw tau 0.1", "raw τ 0.1 (paper)", 18),
-    ("auto raw tau 0.1", "raw τ 0.1 (paper)", "auto"),
     ("bottom (4) standardize(base)", "standardize(base)", 4),
     ("alternate standardize(base) tau 0.1", "standardize(base)", 9),
     ("top (18) standardize(base)", "standardize(base)", 18),
-    ("auto standardize(base)", "standardize(base)", "auto"),
 ]
 PROBES = {"none": "raw", "standardize": "std"}
 
@@ -66,14 +64,11 @@ def retrieval(folder: Path, layer: int) -> dict[str, float]:
     }
 
 
-def row(found: dict, system: str, seed: int, layer: int | str) -> dict | None:
+def row(found: dict, system: str, seed: int, layer: int) -> dict | None:
     """Every number of one system and seed, or None while a step is missing."""
     keys = [(kind, system, seed) for kind in ("eval", "probe-raw", "probe-std")]
     if not all(k in found for k in keys):
         return None
-    if layer == "auto":
-        train = json.loads((found["train", system, seed] / "done.json").read_text())
-        layer = train["result"]["align_layers"][0]
     task = json.loads((found[keys[0]] / "done.json").read_text())["result"]
     out = {"system": system, "seed": seed, "layer": layer, "task_average": task["average"]}
     out.update({f"task_{g}": v for g, v in task["groups"].items()})
@@ -101,7 +96,6 @@ def main() -> None:
         ours = {s: r for s, r in ours.items() if r}
         if not ours:
             continue
-        chosen = sorted({r["layer"] for r in ours.values()})
         sft = {s: row(found, "SFT", s, ours[s]["layer"]) for s in ours}
         rows += [
             *ours.values(),
@@ -113,7 +107,7 @@ def main() -> None:
             if k not in ("system", "seed", "layer")
         }
         table.append(
-            f"| {loss} | {', '.join(map(str, chosen))} | {', '.join(map(str, ours))} | "
+            f"| {loss} | {layer} | {', '.join(map(str, ours))} | "
             f"{paired(diff['raw_aligned'])} | {paired(diff['std_aligned'])} | "
             f"{paired(diff['std_other'])} | {paired(diff['task_average'])} |"
         )
@@ -144,7 +138,7 @@ def plot_layers(found: dict, seeds: list[int]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    colours = {4: "tab:blue", 9: "tab:green", 18: "tab:red", "auto": "tab:purple"}
+    colours = {4: "tab:blue", 9: "tab:green", 18: "tab:red"}
     for system, loss, layer in SYSTEMS:
         have = [
             s for s in seeds if all((k, system, s) in found for k in ("probe-raw", "probe-std"))
@@ -168,8 +162,7 @@ def plot_layers(found: dict, seeds: list[int]) -> None:
             ax.plot(
                 layers, gain, style, color=colours[layer], label=f"{system} ({len(have)} seeds)"
             )
-            if isinstance(layer, int):
-                ax.plot([layer], [gain[layers.index(layer)]], "o", color=colours[layer])
+            ax.plot([layer], [gain[layers.index(layer)]], "o", color=colours[layer])
     for ax, title in zip(axes, ("raw probe", "standardised probe"), strict=True):
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_title(f"aligned languages (cy/ja/jv/sw/tl), {title}")
