@@ -78,8 +78,13 @@ def row(found: dict, system: str, seed: int, layer: int) -> dict | None:
     out["task_transfer"] = statistics.mean(transfer)  # the 30 transfer languages' mean
     out.update({f"lang_{k}": v for k, v in task["per_language"].items()})
     for kind in ("probe-raw", "probe-std"):
-        for group, value in retrieval(found[kind, system, seed], layer).items():
-            out[f"{kind.split('-')[1]}_{group}"] = value
+        folder, view = found[kind, system, seed], kind.split("-")[1]
+        for group, value in retrieval(folder, layer).items():
+            out[f"{view}_{group}"] = value
+        layers = json.loads((folder / "results.json").read_text())["per_language"]
+        out[f"{view}_aligned_all_layers"] = statistics.mean(
+            retrieval(folder, int(n))["aligned"] for n in layers
+        )
     return out
 
 
@@ -120,7 +125,8 @@ def main() -> None:
         table.append(
             f"| {loss} | {layer} | {', '.join(map(str, ours))} | "
             f"{paired(diff['raw_aligned'])} | {paired(diff['std_aligned'])} | "
-            f"{paired(diff['std_other'])} | {paired(diff['task_supervised'])} | "
+            f"{paired(diff['std_other'])} | {paired(diff['std_aligned_all_layers'])} | "
+            f"{paired(diff['task_supervised'])} | "
             f"{paired(diff['task_transfer'])} | {100 * spread:.1f} |"
         )
     with (HERE / "per_seed.csv").open("w", newline="") as f:
@@ -135,9 +141,9 @@ def main() -> None:
         "training languages, transfer = the other 30; transfer SD = the standard deviation over "
         "the 30 of each language's change against SFT (the paper's Table 3), mean over seeds.\n\n"
         "| loss | layer | seeds | aligned, raw probe | aligned, standardised probe | "
-        "other (de/hi/th/ko), standardised | task, supervised | task, transfer | "
-        "transfer SD |\n"
-        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(table) + "\n\n"
+        "other (de/hi/th/ko), standardised | aligned, standardised, mean of all probed "
+        "layers | task, supervised | task, transfer | transfer SD |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(table) + "\n\n"
         f"The transfer SD of no change at all: SFT of one seed against SFT of another, "
         f"{100 * sft_spread(found, seeds):.1f} (mean over the seed pairs).\n"
     )
