@@ -28,6 +28,7 @@ from transformers import (
     PrinterCallback,
     ProgressCallback,
     TrainerCallback,
+    TrainerState,
     TrainingArguments,
     set_seed,
 )
@@ -45,7 +46,7 @@ from midalign.callbacks import (
     tensorboard_log,
     truncate_log,
 )
-from midalign.checkpoints import CHECKPOINTS, best_absolute
+from midalign.checkpoints import CHECKPOINTS, TRAINER_STATE, best_absolute
 from midalign.config import TrainConfig
 from midalign.data.instructions import TaskDataset, load_task_dataset, read_instructions
 from midalign.data.pairs import AlignBatches
@@ -330,9 +331,13 @@ def fit(
             best_absolute(resume_from, out)
         if args.should_save:
             truncate_log(out / LOG_FILE, int(resume_from.name.split("-")[-1]))
-    if resume_from is not None and _finished(resume_from, args.max_steps):
-        restore_finished(trainer, resume_from)
-        return False
+        # Killed after saving its last step but before its adapter: the Trainer, resumed there,
+        # would train one step more than asked (its loop tests the limit only after a step). A
+        # run by epochs resumes at an epoch boundary, which it does not re-enter.
+        state = TrainerState.load_from_json(str(resume_from / TRAINER_STATE))
+        if 0 < args.max_steps <= state.global_step:
+            restore_finished(trainer, resume_from, state)
+            return False
     stopper.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -341,21 +346,10 @@ def fit(
     return stopper.received is not None
 
 
-def _finished(checkpoint: Path, max_steps: int) -> bool:
-    """Whether ``checkpoint`` is the last step of a run of ``max_steps`` (> 0) steps: a run
-    killed after saving it but before its adapter. transformers' Trainer, resumed there, would
-    train one step more than asked (its loop tests the limit only after a step); a run by
-    epochs resumes at an epoch boundary, which it does not re-enter."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    return max_steps > 0 and state["global_step"] >= max_steps
-
-
-def restore_finished(trainer: AlignmentTrainer, checkpoint: Path) -> None:
+def restore_finished(trainer: AlignmentTrainer, checkpoint: Path, state: TrainerState) -> None:
     """The end of training as ``trainer.train`` leaves it, from the run's last checkpoint: its
-    state, its adapter weights, or the best checkpoint's where the run keeps the best."""
-    from transformers import TrainerState
-
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    ``state``, its adapter weights, or the best checkpoint's where the run keeps the best."""
+    trainer.state = state
     trainer._load_from_checkpoint(str(checkpoint))  # the Trainer's own loader
     if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
         trainer._load_best_model()
