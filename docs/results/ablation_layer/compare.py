@@ -14,6 +14,7 @@ value between two SFT seeds. Writes per_seed.csv (every number), results.md and 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import statistics
@@ -51,15 +52,21 @@ def steps() -> dict[tuple[str, str, int], Path]:
                 continue
             system, seed = rest.rsplit("-seed", 1)
             if kind == "probe":
-                normalize = json.loads((done.parent / "results.json").read_text())["normalize"]
+                normalize = probe_results(done.parent)["normalize"]
                 kind = f"probe-{PROBES[normalize]}"
             found[kind, system, int(seed)] = done.parent
     return found
 
 
+@functools.cache
+def probe_results(folder: Path) -> dict:
+    """A probe step's results.json, read once."""
+    return json.loads((folder / "results.json").read_text())
+
+
 def retrieval(folder: Path, layer: int) -> dict[str, float]:
     """Mean retrieval (as source and target) of each group's languages at ``layer``."""
-    both = json.loads((folder / "results.json").read_text())["per_language"][str(layer)]["both"]
+    both = probe_results(folder)["per_language"][str(layer)]["both"]
     return {
         group: statistics.mean(v for k, v in both.items() if k.split("_")[0] in langs)
         for group, langs in GROUPS.items()
@@ -81,7 +88,7 @@ def row(found: dict, system: str, seed: int, layer: int) -> dict | None:
         folder, view = found[kind, system, seed], kind.split("-")[1]
         for group, value in retrieval(folder, layer).items():
             out[f"{view}_{group}"] = value
-        layers = json.loads((folder / "results.json").read_text())["per_language"]
+        layers = probe_results(folder)["per_language"]
         out[f"{view}_aligned_all_layers"] = statistics.mean(
             retrieval(folder, int(n))["aligned"] for n in layers
         )
@@ -184,7 +191,7 @@ def plot_layers(found: dict, seeds: list[int]) -> None:
         for ax, kind in zip(axes, ("probe-raw", "probe-std"), strict=True):
             per_seed = []
             for s in have:
-                results = json.loads((found[kind, system, s] / "results.json").read_text())
+                results = probe_results(found[kind, system, s])
                 layers = sorted(map(int, results["per_language"]))
                 per_seed.append(
                     [
