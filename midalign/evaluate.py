@@ -25,6 +25,8 @@ from midalign.prompting import encode_prompt, prompt_text
 from midalign.tasks import Example, Task
 from midalign.tasks.translation import PIVOT, comet_scores
 
+SCORINGS = ("generate", "loglik")  # how an answer is obtained: see evaluate()
+
 
 def evaluate(
     model: Any,
@@ -38,27 +40,42 @@ def evaluate(
     groups: dict[str, list[str]] | None = None,
     comet_model: Path | None = None,
     progress: bool = True,
+    scoring: str = "generate",
 ) -> dict[str, Any]:
-    """Answer every example greedily and score the answers per language (``example.key``).
+    """Answer every example and score the answers per language (``example.key``).
 
-    Returns ``{"task", "metric", "zero_shot", "per_language": {key: scores + n + unparseable},
-    "groups": {name: mean of the headline metric over the group's keys}, "average",
-    "unparseable", "signatures", "predictions": [one dict per example]}``. Outputs that cannot
-    be parsed score as empty answers and are counted, never raised.
+    ``scoring``: ``generate`` answers greedily and parses the answer; ``loglik`` (tasks with a
+    closed label set: topic) picks the label of highest log-probability after the prompt
+    (:mod:`midalign.loglik`), and also scores the pick per character of the label (the
+    headline metric with ``_norm`` appended, lm-evaluation-harness's ``acc_norm``).
+
+    Returns ``{"task", "metric", "zero_shot", "scoring", "per_language": {key: scores + n +
+    unparseable}, "groups": {name: mean of the headline metric over the group's keys},
+    "average", "unparseable", "signatures", "predictions": [one dict per example]}``. Outputs
+    that cannot be parsed score as empty answers and are counted, never raised.
     """
     if not examples:
         raise InputError("no examples to evaluate")
+    if scoring not in SCORINGS:
+        raise InputError(f"--scoring {scoring}: one of {', '.join(SCORINGS)}")
     instructions = [task.instruction(ex, zero_shot) for ex in examples]
     prompts = [encode_prompt(tokenizer, prompt, system) for system, prompt in instructions]
-    outputs = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens or task.max_new_tokens,
-        stop=task.stop,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    extra: list[dict[str, Any]] = [{} for _ in examples]  # per prediction: label scores
+    normalised = None  # loglik: the label of highest log-probability per character
+    if scoring == "loglik":
+        outputs, extra, normalised = _loglik_answers(
+            model, tokenizer, task, examples, instructions, prompts, batch_size, progress
+        )
+    else:
+        outputs = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens or task.max_new_tokens,
+            stop=task.stop,
+            batch_size=batch_size,
+            progress=progress,
+        )
     parsed = [task.parse(out, ex) for out, ex in zip(outputs, examples, strict=True)]
     comet = None
     if comet_model is not None:
@@ -76,6 +93,9 @@ def evaluate(
         signatures.update({sig: None for sig in scores.get("signatures", {}).values()})
         if comet is not None:
             scores["comet"] = sum(comet[i] for i in rows) / len(rows)
+        if normalised is not None:
+            norm = task.score([examples[i] for i in rows], [normalised[i] for i in rows])
+            scores[f"{task.metric}_norm"] = norm[task.metric]
         scores["n"] = len(rows)
         scores["unparseable"] = sum(not parsed[i].ok for i in rows)
         per_language[key] = scores
@@ -102,6 +122,7 @@ def evaluate(
             "parsed": p.value,
             "ok": p.ok,
             **({"comet": comet[i]} if comet is not None else {}),
+            **extra[i],
         }
         for i, (ex, (system, prompt), out, p) in enumerate(
             zip(examples, instructions, outputs, parsed, strict=True)
@@ -111,6 +132,7 @@ def evaluate(
         "task": task.name,
         "metric": metric,
         "zero_shot": zero_shot,
+        "scoring": scoring,
         "per_language": per_language,
         "average": sum(s[metric] for s in per_language.values()) / len(per_language),
         "groups": group_scores,
@@ -119,6 +141,48 @@ def evaluate(
         "signatures": list(signatures),
         "predictions": predictions,
     }
+
+
+def _loglik_answers(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    instructions: Sequence[tuple[str | None, str]],
+    prompts: Sequence[list[int]],
+    batch_size: int,
+    progress: bool,
+) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """Likelihood scoring: each example's label of highest log-probability (its "output"),
+    the label scores kept with the prediction, and the pick per character of the label."""
+    from midalign.loglik import label_ids, label_logprobs
+
+    choices = [task.choices(ex) for ex in examples]
+    if any(c is None for c in choices):
+        raise InputError(
+            f"--scoring loglik: the {task.name} task has no closed set of answers to score "
+            "(loglik scores classification: topic); use --scoring generate"
+        )
+    # A label's tokens depend on the prompt only through a chat template's answer turn.
+    memo: dict[tuple[str | None, str, str], list[int]] = {}
+    label_tokens = []
+    for (system, prompt), labels in zip(instructions, choices, strict=True):
+        key = (system, "" if not tokenizer.chat_template else prompt)
+        row = []
+        for label in labels:
+            if (*key, label) not in memo:
+                memo[(*key, label)] = label_ids(tokenizer, prompt, label, system)
+            row.append(memo[(*key, label)])
+        label_tokens.append(row)
+    logps = label_logprobs(model, prompts, label_tokens, batch_size=batch_size, progress=progress)
+    outputs, extra, normalised = [], [], []
+    for labels, scores in zip(choices, logps, strict=True):
+        best = max(range(len(labels)), key=lambda k: scores[k])
+        best_norm = max(range(len(labels)), key=lambda k: scores[k] / len(labels[k]))
+        outputs.append(labels[best])
+        normalised.append(labels[best_norm])
+        extra.append({"loglik": dict(zip(labels, scores, strict=True))})
+    return outputs, extra, normalised
 
 
 def probe_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:

@@ -214,15 +214,21 @@ def response_loss(
     262k × 640, more than its 18 layers together), and a task example's prompt carries no loss:
     the head only needs to run on the response tokens, e.g. 3 of 60 for a topic label.
     """
-    inner = unwrap(model)
     hidden = decoder_stack(model)(
         input_ids=input_ids, attention_mask=attention_mask, use_cache=False
     ).last_hidden_state  # [B, T, d], after the final norm
     targets = labels[:, 1:]  # position t predicts token t + 1
     keep = targets != -100
-    logits = inner.get_output_embeddings()(hidden[:, :-1][keep])  # [n, vocab]
+    logits = output_logits(model, hidden[:, :-1][keep])  # [n, vocab]
+    return nn.functional.cross_entropy(logits, targets[keep])
+
+
+def output_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's logits (in at least float32) at the final-norm states ``hidden`` [..., d]:
+    its output embedding, and the final soft-capping where the model has one (Gemma 2)."""
+    inner = unwrap(model)
+    logits = inner.get_output_embeddings()(hidden)  # [..., vocab]
     cap = getattr(inner.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return nn.functional.cross_entropy(logits, targets[keep])
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))

@@ -111,6 +111,11 @@ class EvalSpec:
         "longest answer in tokens (default: the task's)", default=None
     )
     dtype: RunDtype = _dtype()
+    scoring: Literal["generate", "loglik"] = setting(
+        "generate (greedy answers, parsed) or loglik (the label of highest log-probability "
+        "after the prompt, for classification tasks: topic)",
+        default="generate",
+    )
 
     def check(self, name: sections.Name, error: sections.Error) -> None:
         sections.positive(name, error, self, "batch_size")

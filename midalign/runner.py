@@ -47,6 +47,7 @@ LATER_DEFAULTS = {
     ("optim", "bf16"): "false",
     ("probe", "dtype"): "float32",
     ("eval", "dtype"): "float32",
+    ("eval", "scoring"): "generate",
 }
 
 
@@ -265,6 +266,7 @@ class Runner:
                 max_new_tokens=e.max_new_tokens,
                 groups=self.groups,
                 progress=self.opt.progress,
+                scoring=e.scoring,
             )
             predictions = results.pop("predictions")
             results["dtype"] = settings["dtype"]

@@ -22,7 +22,7 @@ from midalign.cli.options import (
 )
 from midalign.dtypes import dtype_name, resolve_dtype
 from midalign.errors import InputError
-from midalign.evaluate import evaluate, write_outputs
+from midalign.evaluate import SCORINGS, evaluate, write_outputs
 from midalign.files import atomic_output_dir, check_output_dir
 from midalign.models import load_model
 from midalign.placement import parse_placement
@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="evaluate a model (optionally with an adapter) on slots, mt, ner or topic",
         description=textwrap.fill(
             "Prompt a causal LM with a task's test set (prompts of the paper's Appendix D.2), "
-            "decode greedily in batches, parse the answers and score them per language. Writes "
+            "decode greedily in batches and parse the answers (or, with --scoring loglik, pick "
+            "the label of highest log-probability), and score them per language. Writes "
             "results.json, predictions.jsonl, scores.csv, scores.png and per-language scores for "
             "`midalign probe --scores`."
         )
@@ -64,6 +65,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         + ", ".join(f"{n} {cls.max_new_tokens}" for n, cls in TASKS.items())
         + ")",
     )
+    p.add_argument(
+        "--scoring",
+        choices=SCORINGS,
+        default="generate",
+        help="generate: greedy answers, parsed (every task); loglik: the label of highest "
+        "log-probability after the prompt, as lm-evaluation-harness scores multiple choice, "
+        "plus the pick per character of the label (<metric>_norm); classification only "
+        "(topic). Default: generate",
+    )
     add_group_option(p, "to average, e.g. supervised=ar,en,es or transfer=de-en,ja-en")
     p.add_argument(
         "--comet-model",
@@ -85,6 +95,11 @@ def run(args: argparse.Namespace) -> int:
     if args.comet_model is not None and args.task != "mt":
         raise InputError("--comet-model: COMET scores translations only (--task mt)")
     examples = task.read(args.data, keys, args.split, args.limit)
+    if args.scoring == "loglik" and task.choices(examples[0]) is None:
+        raise InputError(
+            f"--scoring loglik: the {args.task} task has no closed set of answers to score "
+            "(loglik scores classification: topic); use --scoring generate"
+        )
     log.info("%d examples in %d languages", len(examples), len(keys))
     dtype, dtype_reason = resolve_dtype(args.dtype)
     model, tokenizer = load_model(args.model, args.adapter, dtype_name(dtype), placement=placement)
@@ -99,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         groups=groups,
         comet_model=args.comet_model,
         progress=not args.no_progress,
+        scoring=args.scoring,
     )
     predictions = results.pop("predictions")
     results["config"] = {
@@ -110,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "limit": args.limit,
         "zero_shot": args.zero_shot,
+        "scoring": args.scoring,
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens or task.max_new_tokens,
         "dtype": dtype_name(dtype),

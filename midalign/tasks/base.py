@@ -109,6 +109,11 @@ class Task(ABC):
         end), since every answer but a JSON one is one line."""
         return "\n" in answer.lstrip("\n")
 
+    def choices(self, example: Example) -> Sequence[str] | None:
+        """The closed set of answers ``example`` can have, for likelihood scoring
+        (:mod:`midalign.loglik`); None for a task whose answers are open (slots, mt, ner)."""
+        return None
+
     @abstractmethod
     def instruction(self, example: Example, zero_shot: bool = False) -> tuple[str | None, str]:
         """``(system, prompt)`` for the model; ``zero_shot`` picks the longer prompt where the

@@ -141,6 +141,9 @@ class Topic(Task):
     def target(self, example: Example) -> str:
         return example.reference
 
+    def choices(self, example: Example) -> Sequence[str]:
+        return LABELS
+
     def parse(self, output: str, example: Example) -> Parsed:
         return parse_label(output)
 
