@@ -39,11 +39,22 @@ class DataSpec:
         "split (default: train, dev or test, as the key says)", default=None
     )
     limit: int | None = setting("examples per language, a seeded sample", default=None)
+    held_out: bool = setting(
+        "test only: keep just the sentences whose ids the recipe's train and dev data hold in "
+        "no language (a parallel set gives a sentence one id in every language, so a sentence "
+        "trained in English is not tested in Swahili); for testing on a train or dev split",
+        default=False,
+    )
 
     def check(self, name: sections.Name, error: sections.Error) -> None:
         if not self.langs:
             raise error(f"{name('langs')}: give at least one language code")
         sections.positive(name, error, self, "limit")
+
+    def hashed(self) -> dict[str, Any]:
+        """The settings as a step's hash sees them: ``held_out`` only when set, so that steps
+        made before it existed keep their hashes."""
+        return {k: v for k, v in vars(self).items() if k != "held_out" or v}
 
 
 @dataclass(kw_only=True)
@@ -68,6 +79,9 @@ class TaskSpec:
     def check(self, name: sections.Name, error: sections.Error) -> None:
         if not self.test:
             raise error(f"{name('test')} must be a data source or a list of them")
+        for key, spec in (("train", self.train), ("dev", self.dev)):
+            if spec is not None and spec.held_out:
+                raise error(f"{name(key)}.held_out: only test data can be held out")
 
 
 @dataclass(kw_only=True)

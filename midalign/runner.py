@@ -129,15 +129,17 @@ class Runner:
         self.steps = Steps(self.out, options.dry_run)
         self.task = get_task(recipe.task.name)
         self.test_keys: list[str] = []
+        read: set[tuple[str, str, str | None]] = set()  # (key, source, split) read so far
         for i, spec in enumerate(recipe.task.test):
             keys = self.task.languages(",".join(spec.langs))
-            twice = [k for k in keys if k in self.test_keys]
+            twice = [k for k in keys if (k, spec.source, spec.split) in read]
             if twice:
                 raise InputError(
-                    f"{recipe.path}: task.test[{i}]: {', '.join(twice)} already read from an "
-                    "earlier test source; a language is scored on one test set"
+                    f"{recipe.path}: task.test[{i}]: {', '.join(twice)} already read from "
+                    f"{spec.source} ({spec.split}) by an earlier test source"
                 )
-            self.test_keys += keys
+            read.update((k, spec.source, spec.split) for k in keys)
+            self.test_keys += [k for k in keys if k not in self.test_keys]
         self.groups = {
             name: self.task.languages(",".join(codes)) for name, codes in recipe.task.groups.items()
         }
@@ -162,7 +164,7 @@ class Runner:
             return {"path": str(path.resolve()), "examples": len(examples)}
 
         return self.steps.run(
-            f"data-{name}", {"task": self.task.name, **vars(spec), "reading": READING}, work
+            f"data-{name}", {"task": self.task.name, **spec.hashed(), "reading": READING}, work
         )
 
     # ----------------------------------------------------------------- train and merge
@@ -185,7 +187,10 @@ class Runner:
         weights = DTYPES.get(sections["model"]["dtype"])
         bf16 = resolve_bf16(sections["optim"]["bf16"], weights)[0]
         sections["optim"]["bf16"] = "true" if bf16 else "false"
-        # The data files' paths change with their hashes; their hashes are what matter.
+        # The data files' paths change with their hashes; their hashes are what matter. (The
+        # paths are under --out and stay in the hash, so that the steps of run folders made
+        # before keep their names: the same recipe run into two --out folders names its
+        # training steps differently; docs/results/cpu_transfer/determinism.md.)
         spec = {"config": _hashed(sections), "data": {k: v.get("step") for k, v in data.items()}}
         align = sections["align"]
         if align["schedule"] != "task" and align["layers"] != "middle":
@@ -244,12 +249,14 @@ class Runner:
             "adapter": adapter["step"] if adapter else None,
             "task": self.task.name,
             # a single source hashes as it did before test sources could be listed
-            "test": vars(tests[0]) if len(tests) == 1 else [vars(t) for t in tests],
+            "test": tests[0].hashed() if len(tests) == 1 else [t.hashed() for t in tests],
             "zero_shot": system.zero_shot,
             "eval": _hashed({"eval": settings})["eval"],
             "groups": self.groups,
             "reading": READING,
         }
+        if any(t.held_out for t in tests):  # which sentences are left depends on these
+            spec["used"] = [s.hashed() for s in self.used_specs()]
 
         def work(folder: Path) -> dict:
             examples = self.test_examples()
@@ -286,15 +293,46 @@ class Runner:
         suffix = f"-seed{seed}" if seed is not None else ""
         return self.steps.run(f"eval-{system.name}{suffix}", spec, work)
 
-    def test_examples(self) -> list:
-        """Every test source's examples, in the recipe's order."""
-        return [
-            ex
-            for t in self.recipe.task.test
+    def used_specs(self) -> list[DataSpec]:
+        """The data a system trains on or selects its checkpoint on."""
+        return [s for s in (self.recipe.task.train, self.recipe.task.dev) if s is not None]
+
+    def used_ids(self) -> set[str]:
+        """The ids of every sentence in the train and dev data, in any language."""
+        return {
+            ex.id
+            for s in self.used_specs()
             for ex in self.task.read(
+                s.source, self.task.languages(",".join(s.langs)), s.split, s.limit
+            )
+        }
+
+    def test_examples(self) -> list:
+        """Every test source's examples, in the recipe's order; a ``held_out`` source without
+        the sentences the train and dev data hold (:meth:`used_ids`). An item read twice (the
+        same language and id from two sources) is an error: it would count twice."""
+        used = self.used_ids() if any(t.held_out for t in self.recipe.task.test) else set()
+        examples, seen = [], set()
+        for i, t in enumerate(self.recipe.task.test):
+            found = self.task.read(
                 t.source, self.task.languages(",".join(t.langs)), t.split, t.limit
             )
-        ]
+            if t.held_out:
+                found = [ex for ex in found if ex.id not in used]
+                if not found:
+                    raise InputError(
+                        f"{self.recipe.path}: task.test[{i}]: every sentence of {t.source} "
+                        f"({t.split}) is in the train or dev data"
+                    )
+            for ex in found:
+                if (ex.key, ex.id) in seen:
+                    raise InputError(
+                        f"{self.recipe.path}: task.test[{i}]: {ex.key} sentence {ex.id} is "
+                        "already read by an earlier test source"
+                    )
+                seen.add((ex.key, ex.id))
+            examples += found
+        return examples
 
     def probe_settings(self) -> dict[str, Any]:
         """The recipe's ``probe`` section, pooling as the recipe trains (its shared

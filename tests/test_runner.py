@@ -18,6 +18,7 @@ from midalign.recipe import deep_merge, load_recipe, parse_recipe
 from midalign.report.markdown import write_report
 from midalign.report.stats import dev_alignment, group_means, mean_ci, paired_differences
 from midalign.runner import Runner, RunOptions
+from midalign.tasks import get_task
 from midalign.tasks.topic import LABELS
 
 WORDS = {
@@ -304,9 +305,13 @@ def test_test_sources_can_be_listed_and_a_missing_one_fails_first(tmp_path: Path
         (i, dev_fra[i].strip()) for i in ("10", "11", "12")
     ]
 
+    # a language may come from two splits, not twice from one
     values["task"]["test"][1]["langs"] = ["fra", "deu"]
-    with pytest.raises(InputError, match=r"task.test\[1\]: deu_Latn already read"):
+    Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+    values["task"]["test"].append({"source": sib, "langs": ["deu"], "split": "test"})
+    with pytest.raises(InputError, match=rf"task.test\[2\]: deu_Latn already read from {sib}"):
         Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+    values["task"]["test"].pop()
 
     # a test set that is not there stops the run before any step
     values["task"]["test"][1] = {"source": f"sib200:{tmp_path / 'nowhere'}", "langs": ["fra"]}
@@ -314,6 +319,59 @@ def test_test_sources_can_be_listed_and_a_missing_one_fails_first(tmp_path: Path
     with pytest.raises(InputError, match="nowhere"):
         runner.run()
     assert runner.steps.ran == [] and not (tmp_path / "run2" / "steps").exists()
+
+
+def test_held_out_test_items_share_no_sentence_with_train_or_dev(tmp_path: Path) -> None:
+    """Train on 8 of the 10 train ids in English, select on the 4 dev ids; test every
+    language on the test split and on the train and dev ids that neither uses: 6 + 2 + 0
+    sentences a language, none of them trained or selected on in any language."""
+    data = _write_sib200(tmp_path / "sib200")
+    values = _recipe(tmp_path / "model", data)
+    sib = f"sib200:{data}"
+    langs = ["eng", "deu", "fra"]
+    values["task"]["test"] = [
+        {"source": sib, "langs": langs, "split": "test"},
+        {"source": sib, "langs": langs, "split": "train", "held_out": True},
+    ]
+    runner = Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+    examples = runner.test_examples()
+    trained = {ex.id for ex in get_task("topic").read(sib, ["eng"], "train", 8)}
+    assert len(trained) == 8
+    by_lang: dict[str, set[str]] = {}
+    for ex in examples:
+        by_lang.setdefault(ex.lang, set()).add(ex.id)
+    every_train_id = {str(i) for i in range(10)}
+    for ids in by_lang.values():
+        assert ids == {str(i) for i in range(14, 20)} | (every_train_id - trained)
+        assert not ids & trained and not ids & {str(i) for i in range(10, 14)}  # no dev id
+    assert len(examples) == 3 * (6 + 2)
+    # a held-out source left empty is an error, not a silent nothing
+    values["task"]["test"][1] = {"source": sib, "langs": langs, "split": "dev", "held_out": True}
+    runner = Runner(parse_recipe(values, "r.yaml"), RunOptions(out=tmp_path / "run"))
+    with pytest.raises(InputError, match=r"task.test\[1\]: every sentence of .* \(dev\) is in"):
+        runner.test_examples()
+    values["task"]["train"]["held_out"] = True
+    with pytest.raises(InputError, match="task.train.held_out: only test data can be held out"):
+        parse_recipe(values, "r.yaml")
+
+
+def test_held_out_setting_leaves_older_hashes_alone(tmp_path: Path) -> None:
+    """``held_out: false`` (the default) hashes as before it existed: a recipe's steps keep
+    their names; ``true`` is a new eval step."""
+    data = _write_sib200(tmp_path / "sib200")
+    values = _recipe(tmp_path / "model", data)
+
+    def eval_steps() -> list[str]:
+        runner = Runner(parse_recipe(values, "r.yaml"), RunOptions(tmp_path, dry_run=True))
+        runner.run()
+        return [name for name in runner.steps.ran if name.startswith("eval-")]
+
+    before = eval_steps()
+    values["task"]["test"]["held_out"] = False
+    assert eval_steps() == before
+    values["task"]["test"]["held_out"] = True
+    after = eval_steps()
+    assert len(after) == len(before) and not set(after) & set(before)
 
 
 def test_report_written_for_a_dry_outcome(tmp_path: Path, recipe_file: Path) -> None:
