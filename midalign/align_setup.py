@@ -59,6 +59,7 @@ class AlignSetup:
     normalize: str = "none"
     stats: Stats | None = None  # the base model's (μ, σ) [n_layers, d]; None: the batch's
     weight: float = 1.0
+    matched: bool = False  # alternate: alignment added on top of the task micro-batches
     max_length: int = 128
     special_ids: list[int] = field(default_factory=list)
     dev_batches: list[dict[str, torch.Tensor]] = field(default_factory=list)
@@ -183,6 +184,7 @@ def align_setup(
         pool=a.pool,
         normalize=a.normalize,
         weight=a.weight,
+        matched=a.matched,
         max_length=max_length,
         special_ids=special_token_ids(tokenizer),
         dev_batches=dev_batches(dev_pairs, tokenizer, a.batch_pairs, max_length),

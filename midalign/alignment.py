@@ -26,10 +26,21 @@ logging are this module's, one implementation for both:
 - ``task``: plain SFT. ``align``: alignment only; the Trainer's "dataset" is then the first
   max_steps·G micro-batches of the alignment stream.
 
+- ``alternate`` with ``align.matched``: the alignment added on top of plain SFT. The Trainer
+  accumulates all G task micro-batches of a step, each brings one alignment micro-batch, and
+  both losses are divided by G: the task examples, their order, the optimizer steps, the task
+  batch, the learning-rate schedule and the task gradient are SFT's, and a system − SFT
+  difference measures the alignment loss alone (the issue "Answer the transfer question").
+
 Every micro-batch loss is a mean over its own tokens (task) or pairs (alignment), and is divided
-by the number of micro-batches in the step, so the accumulated gradient is exactly the mean over
-micro-batches. The Trainer's own division by its accumulation count is not used (the mixin
-calls ``accelerator.backward`` itself); the accelerator is built with num_steps = 1 and does not
+by the number of micro-batches in the step (of its kind, under matched ``alternate``), so the
+accumulated gradient is exactly the mean over micro-batches.
+What a run has seen (:attr:`AlignmentMixin.seen`: task examples and alignment pairs, this
+process's times the processes) is counted as it trains and kept in every checkpoint, so that
+the report can show that the systems it compares saw the same task data.
+
+The Trainer's own division by its accumulation count is not used (the mixin calls
+``accelerator.backward`` itself); the accelerator is built with num_steps = 1 and does not
 scale either.
 
 The alignment micro-batch is B pairs, 2B rows, through :func:`midalign.forward.pooled_states`
@@ -98,7 +109,23 @@ class AlignmentMixin:
         self.align_tokenizer = tokenizer
         self.has_task_dev = has_task_dev
         self.align_position = 0  # alignment micro-batches drawn so far = the stream position
+        self.seen = {"task_examples": 0, "align_pairs": 0}  # over every process
+        self.seeded_order = False  # the task order from a generator of its own (_seed_order)
         self._sums: dict[str, list[float]] = {"task_loss": [0.0, 0], "align_loss": [0.0, 0]}
+
+    def stream_state(self) -> dict[str, int]:
+        """What a checkpoint keeps of the alignment stream: its position, and what the run
+        has seen so far."""
+        return {"align_position": self.align_position, **self.seen}
+
+    def restore_stream(self, saved: dict[str, int]) -> None:
+        """The stream as a checkpoint left it (:meth:`stream_state`; checkpoints written before
+        the counts existed restore the position only)."""
+        self.align_position = saved["align_position"]
+        self.seen = {k: saved.get(k, 0) for k in self.seen}
+
+    def _count(self, name: str, rows: int) -> None:
+        self.seen[name] += rows * self.args.world_size
 
     # ------------------------------------------------------------------ losses
 
@@ -173,6 +200,7 @@ class AlignmentMixin:
         """The stream's next micro-batch, tokenised and on the model's device."""
         _, pairs = self.align.stream.batch(self.align_position)
         self.align_position += 1
+        self._count("align_pairs", len(pairs))
         batch = encode_pairs(self.align_tokenizer, pairs, self.align.max_length)
         return self._prepare_inputs(batch)
 
@@ -207,14 +235,24 @@ class AlignmentMixin:
         :class:`~midalign.data.steps.AlternatingSteps`, which adds the alignment steps."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if not isinstance(dataset, StepsDataset):
-            return super()._get_train_sampler(train_dataset)
+            return self._seed_order(super()._get_train_sampler(train_dataset))
         return AlternatingSteps(
-            super()._get_train_sampler(dataset.task),
+            self._seed_order(super()._get_train_sampler(dataset.task)),
             len(dataset.task),
             self._train_batch_size,
             self.args.gradient_accumulation_steps,
             self.args.world_size,
         )
+
+    def _seed_order(self, sampler: Any) -> Any:
+        """With :attr:`seeded_order`, a shuffling sampler draws from a generator of its own,
+        seeded by the run's seed (``optim.data_order: seeded``): the task order of every epoch
+        is then the same for SFT and for a run whose alignment forwards draw dropout masks
+        from the global stream."""
+        if self.seeded_order and hasattr(sampler, "generator"):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler.generator = torch.Generator().manual_seed(seed)
+        return sampler
 
     def training_step(
         self,
@@ -235,6 +273,8 @@ class AlignmentMixin:
         def align(**batch: torch.Tensor) -> torch.Tensor:
             return self.align_loss(inner, batch)
 
+        if ALIGN_STEP not in inputs and self.schedule != "align":
+            self._count("task_examples", inputs["input_ids"].shape[0])
         if self.schedule == "alternate-steps" and ALIGN_STEP in inputs:
             # a micro-batch of an alignment step: the marker stands for the stream's next batch
             loss = self.wrapped_forward(model, align, **self.next_align_batch())
@@ -249,6 +289,7 @@ class AlignmentMixin:
         elif self.schedule == "align":
             loss = self.wrapped_forward(model, align, **inputs)
             self.align_position += 1
+            self._count("align_pairs", inputs["input_ids"].shape[0] // 2)
             self._record("align_loss", loss)
             scaled = loss / n
             self._backward(scaled)
@@ -265,14 +306,15 @@ class AlignmentMixin:
             scaled = (task_l + self.align.weight * align_l) / n
             self._backward(scaled)
         else:  # alternate: 2n micro-batches in this step, n of each kind (module docstring)
+            per_kind = n if self.align.matched else 2 * n  # matched: each kind's mean, summed
             with self.accumulate_only(model):
                 align_l = self.wrapped_forward(model, align, **self.next_align_batch())
                 self._record("align_loss", align_l)
-                self._backward(align_l / (2 * n))
+                self._backward(align_l / per_kind)
             task_l = self.wrapped_forward(model, task, **inputs)
             self._record("task_loss", task_l)
-            self._backward(task_l / (2 * n))
-            scaled = (task_l + align_l) / (2 * n)
+            self._backward(task_l / per_kind)
+            scaled = (task_l + align_l) / per_kind
         return scaled.detach()
 
     # ------------------------------------------------------------------ logging and eval

@@ -157,6 +157,15 @@ class AlignConfig:
         default=False,
     )
     auto_pairs: int = _help("pairs per language the auto layer choice probes", default=100)
+    matched: bool = _help(
+        "alternate: every task micro-batch brings one alignment micro-batch on top, and each "
+        "loss is divided by the task micro-batches of the step, so the task side (examples, "
+        "order, optimizer steps, batch, schedule, task gradient) is plain SFT's and a "
+        "comparison with it is matched; false: the gradient_accumulation_steps micro-batches "
+        "of a step are split between the two kinds, as the paper's code does (half the task "
+        "examples per step, each loss halved)",
+        default=False,
+    )
 
     def check(self, name: Name, error: Error) -> None:
         if not self.temperature > 0:  # NaN too
@@ -167,6 +176,12 @@ class AlignConfig:
             raise error(f"{name('batch_pairs')} must be at least 2 (in-batch negatives)")
         if not self.weight >= 0:
             raise error(f"{name('weight')} must be non-negative, not {self.weight}")
+        if self.matched and self.schedule == "alternate-steps":
+            raise error(
+                f"{name('matched')}: alternate-steps has no matched form (its alignment steps "
+                "are optimizer steps of their own, which move the learning-rate schedule); "
+                "use schedule alternate"
+            )
 
 
 @dataclass
@@ -182,7 +197,8 @@ class OptimConfig:
     )
     batch_size: int = _help("task examples per micro-batch and process", default=8)
     gradient_accumulation_steps: int = _help(
-        "micro-batches per optimizer step (alternate: half task, half alignment; "
+        "micro-batches per optimizer step (alternate: half task, half alignment, or with "
+        "align.matched every one a task micro-batch with an alignment micro-batch on top; "
         "alternate-steps: all of one kind)",
         default=4,
     )
@@ -199,6 +215,13 @@ class OptimConfig:
     )
     keep_checkpoints: int = _help("checkpoints kept besides the best one", default=2)
     seed: int = _help("seed of LoRA init, data order, dropout and the alignment stream", default=42)
+    data_order: str = _help(
+        "where the task examples' order comes from: global (the process's random stream, which "
+        "dropout in alignment forwards also draws from, so from the second epoch on a run "
+        "with alignment sees another order than SFT) or seeded (a generator of its own, "
+        "seeded by seed: every system sees the task examples in the same order, every epoch)",
+        default="global",
+    )
     bf16: str = _help(
         "bf16 mixed precision (autocast; weights, gradients and optimizer state stay float32): "
         "auto (on where bf16 matmuls are native: a CUDA GPU with bf16, a CPU with AMX or "
@@ -238,6 +261,8 @@ class OptimConfig:
                 f"{name('eval_steps')} ({self.eval_steps}): the best checkpoint is chosen at "
                 "evaluations"
             )
+        if self.data_order not in ("global", "seeded"):
+            raise error(f"{name('data_order')} must be global or seeded, not {self.data_order!r}")
         if str(self.bf16).lower() not in ("auto", "true", "false"):  # YAML's true: True
             raise error(f"{name('bf16')} must be one of auto, true, false, not {self.bf16!r}")
 
@@ -273,6 +298,7 @@ ALIASES = {
     "align.gather_negatives": "--gather-negatives",
     "align.stats": "--align-stats",
     "align.stats_pairs": "--align-stats-pairs",
+    "align.matched": "--align-matched",
     "lora.r": "--lora-r",
     "lora.alpha": "--lora-alpha",
     "lora.dropout": "--lora-dropout",

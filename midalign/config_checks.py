@@ -73,7 +73,7 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
             raise error(f"{name('data.align_langs')}: give at least one language")
     if a.schedule == "align" and o.max_steps <= 0:
         raise error(f"{name('optim.max_steps')} must be given (> 0) for the align schedule")
-    if a.schedule == "alternate" and o.gradient_accumulation_steps % 2:
+    if a.schedule == "alternate" and not a.matched and o.gradient_accumulation_steps % 2:
         raise error(
             f"{name('optim.gradient_accumulation_steps')} must be even for the alternate "
             "schedule (half task, half alignment micro-batches), "

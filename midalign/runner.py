@@ -45,6 +45,8 @@ LATER_DEFAULTS = {
     ("align", "stats"): "batch",
     ("align", "stats_pairs"): 256,
     ("optim", "bf16"): "false",
+    ("optim", "data_order"): "global",
+    ("align", "matched"): False,
     ("probe", "dtype"): "float32",
     ("eval", "dtype"): "float32",
     ("eval", "scoring"): "generate",
@@ -211,6 +213,7 @@ class Runner:
                 "best_metric": result.best_metric,
                 "align_layers": result.align_layers,
                 "bf16": result.bf16,
+                "budget": result.budget,
             }
 
         return self.steps.run(f"train-{system.name}-seed{seed}", spec, work)

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,9 @@ class TrainResult:
     log_history: list[dict[str, Any]]
     bf16: bool = False  # bf16 mixed precision, as optim.bf16 resolved on this machine
     bf16_reason: str = ""
+    # what the run saw: optimizer steps, task examples, alignment pairs; and what the adapter
+    # it leaves saw (the best checkpoint's, when that is not the last)
+    budget: dict[str, Any] = field(default_factory=dict)
 
 
 def train(
@@ -140,7 +143,26 @@ def train(
         log_history=trainer.state.log_history,
         bf16=bf16,
         bf16_reason=bf16_reason,
+        budget=budget(trainer, out),
     )
+
+
+def budget(trainer: AlignmentTrainer, out: Path) -> dict[str, Any]:
+    """The optimizer steps, task examples and alignment pairs a run saw, and those its adapter
+    saw: the best checkpoint's (its stream file) when the run keeps the best, else the run's."""
+    steps = trainer.state.global_step
+    found: dict[str, Any] = {"optimizer_steps": steps, **trainer.seen}
+    best = trainer.state.best_model_checkpoint
+    adapter = {"optimizer_steps": steps, **trainer.seen}
+    saved_at = out / CHECKPOINTS / Path(best).name / STREAM_FILE if best else None
+    if saved_at is not None and Path(best).name != f"checkpoint-{steps}" and saved_at.is_file():
+        saved = json.loads(saved_at.read_text())
+        adapter = {
+            "optimizer_steps": int(Path(best).name.split("-")[-1]),
+            **{k: saved.get(k) for k in trainer.seen},
+        }
+    found["adapter"] = adapter
+    return found
 
 
 def load_task_data(
@@ -196,7 +218,9 @@ def training_arguments(
     (``metric_for_best_model: auto``)."""
     schedule = c.align.schedule
     ga = c.optim.gradient_accumulation_steps
-    trainer_ga = ga // 2 if schedule == "alternate" else ga  # alternate-steps: G of one kind
+    # alternate: the Trainer accumulates the task half of the G micro-batches, or all G with
+    # align.matched (each brings an alignment micro-batch); alternate-steps: G of one kind
+    trainer_ga = ga // 2 if schedule == "alternate" and not c.align.matched else ga
     evals = has_eval(dev_set, align)
     metric = c.optim.metric_for_best_model
     if metric == "auto":
@@ -310,6 +334,7 @@ def make_trainer(
         has_task_dev=dev_set is not None,
         keep_checkpoints=c.optim.keep_checkpoints,
         checkpoint_files=checkpoint_files,
+        seeded_order=c.optim.data_order == "seeded",
     )
     trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
     trainer.add_callback(ProgressLog() if progress else PrintLog())
@@ -325,8 +350,7 @@ def fit(
     stopped the run (its checkpoint saved)."""
     args = trainer.args
     if resume_from is not None:
-        position = json.loads((resume_from / STREAM_FILE).read_text())["align_position"]
-        trainer.align_position = position
+        trainer.restore_stream(json.loads((resume_from / STREAM_FILE).read_text()))
         with args.main_process_first(desc="resolving the best checkpoint"):
             best_absolute(resume_from, out)
         if args.should_save:

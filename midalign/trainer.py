@@ -49,10 +49,12 @@ class AlignmentTrainer(AlignmentMixin, Trainer):
         has_task_dev: bool = False,
         keep_checkpoints: int | None = None,
         checkpoint_files: Sequence[Path] = (),
+        seeded_order: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.init_alignment(schedule, align, align_tokenizer, has_task_dev)
+        self.seeded_order = seeded_order  # optim.data_order: seeded
         self.keep_checkpoints = keep_checkpoints  # besides the best; rotated after each save
         self.checkpoint_files = list(checkpoint_files)  # copied into every checkpoint
 
@@ -182,7 +184,7 @@ class AlignmentTrainer(AlignmentMixin, Trainer):
         if self.args.should_save:  # the main process (the others only add their RNG states)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / COMPLETE_FILE).unlink(missing_ok=True)
-            write_json(folder / STREAM_FILE, {"align_position": self.align_position})
+            write_json(folder / STREAM_FILE, self.stream_state())
             for path in self.checkpoint_files:
                 shutil.copyfile(path, folder / path.name)
         super()._save_checkpoint(model, trial)

@@ -107,7 +107,7 @@ class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
         if self.args.should_save:
             name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder = Path(self._get_output_dir(trial)) / name
-            write_json(folder / STREAM_FILE, {"align_position": self.align_position})
+            write_json(folder / STREAM_FILE, self.stream_state())
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """``Trainer.train``; a resumed run draws the alignment micro-batches from where the
@@ -116,6 +116,5 @@ class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if checkpoint and (Path(checkpoint) / STREAM_FILE).is_file():
-            saved = json.loads((Path(checkpoint) / STREAM_FILE).read_text())
-            self.align_position = saved["align_position"]
+            self.restore_stream(json.loads((Path(checkpoint) / STREAM_FILE).read_text()))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)

@@ -145,6 +145,11 @@ def _valid(**changes) -> TrainConfig:
         ({"align__normalize": "whiten"}, "--normalize must be one of none, center, standardize"),
         ({"align__stats": "dev"}, "--align-stats must be one of batch, base, not 'dev'"),
         ({"align__stats_pairs": 0}, "--align-stats-pairs must be positive"),
+        (
+            {"align__schedule": "alternate-steps", "align__matched": True},
+            "--align-matched: alternate-steps has no matched form",
+        ),
+        ({"optim__data_order": "random"}, "--data-order must be global or seeded, not 'random'"),
     ],
 )
 def test_validate_rejects(changes, message):

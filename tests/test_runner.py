@@ -590,7 +590,7 @@ LANG_HELP = "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn
             lambda r: r["systems"][1]["train"]["align"].update(temprature=1),
             "r.yaml: system sft: unknown key train.align.temprature (known: schedule, layers, "
             "temperature, pool, normalize, stats, stats_pairs, symmetric, weight, batch_pairs, "
-            "gather_negatives, auto_pairs)",
+            "gather_negatives, auto_pairs, matched)",
         ),
         (
             lambda r: r["systems"][1].update(train="fast"),
@@ -671,9 +671,10 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
         data = {"train": {"step": "data-train-abc", "path": "/t.jsonl"}}
         system = next(s for s in runner.recipe.systems if s.name == name)
         sections = runner.train_config(system, 1, data)
-        for key in ("normalize", "stats", "stats_pairs"):  # the config as it was
+        for key in ("normalize", "stats", "stats_pairs", "matched"):  # the config as it was
             del sections["align"][key]
         del sections["optim"]["bf16"]
+        del sections["optim"]["data_order"]
         before = {"config": sections, "data": {"train": "data-train-abc"}}
         got = runner.train(system, 1, data)["step"]
         return got, Steps(tmp_path).folder(f"train-{name}-seed1", before).name

@@ -191,6 +191,7 @@ def test_alternate_steps_order_epochs_and_stream_position(tmp_path, monkeypatch)
         ("llama", "float64", "alternate", [["align", "task"] * 2]),
         ("gemma3", "float32", "alternate", [["align", "task"] * 2]),
         ("llama", "float64", "alternate-steps", [["align"] * 4, ["task"] * 4]),
+        ("llama", "float64", "alternate-matched", [["align", "task"] * 4]),
     ],
 )
 def test_accumulated_gradient_is_the_mean_over_micro_batches(
@@ -198,7 +199,9 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches(
 ):
     """Recompute each step's gradient by hand as the mean of its 4 micro-batch losses over the
     same batches: (a1 + t1 + a2 + t2) / 4 under alternate; (a1 + … + a4) / 4, then
-    (t1 + … + t4) / 4 under alternate-steps, standardised with the batch statistics."""
+    (t1 + … + t4) / 4 under alternate-steps, standardised with the batch statistics; under
+    matched alternate the 4 task micro-batches' mean plus the 4 alignment micro-batches' mean,
+    (a1 + t1 + … + a4 + t4) / 4."""
     seen: list[tuple[int, str, dict]] = []
     task_loss, align_loss = AlignmentTrainer.task_loss, AlignmentTrainer.align_loss
 
@@ -246,7 +249,8 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches(
     config = _config(
         tmp_path,
         family,
-        align__schedule=schedule,
+        align__schedule=schedule.removesuffix("-matched"),
+        align__matched=schedule.endswith("-matched"),
         optim__gradient_accumulation_steps=4,
         optim__max_steps=len(kinds),
         optim__max_grad_norm=0.0,
@@ -259,6 +263,49 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches(
     config.data.align_dev_pairs = 0
     _run(config, tmp_path / "run", callbacks=[Check()])
     assert checked == list(range(len(kinds)))
+
+
+def test_matched_alternate_trains_on_sft_task_batches_with_alignment_on_top(tmp_path, monkeypatch):
+    """Matched ``alternate`` with ``data_order: seeded`` hands the task loss the very
+    micro-batches SFT gets, step by step (over an epoch boundary: 4 steps of 2 × 2 examples of
+    10; the global order differs from the second epoch on), adds one alignment micro-batch to
+    each, and reports the budget; the unmatched form sees half the task examples."""
+    seen: list[tuple[int, list]] = []
+    task_loss = AlignmentTrainer.task_loss
+
+    def record_task(self, model, inputs):
+        if model.training:  # not the dev loss
+            seen.append((self.state.global_step, inputs["input_ids"].tolist()))
+        return task_loss(self, model, inputs)
+
+    monkeypatch.setattr(AlignmentTrainer, "task_loss", record_task)
+    runs = {}
+    for name, schedule, matched in [
+        ("sft", "task", False),
+        ("matched", "alternate", True),
+        ("shared", "alternate", False),
+    ]:
+        seen.clear()
+        config = _config(tmp_path, align__schedule=schedule, align__matched=matched)
+        config.optim.eval_steps = config.optim.save_steps = 4
+        config.optim.data_order = "seeded"
+        result = _run(config, tmp_path / name)
+        runs[name] = (list(seen), result.budget)
+    (sft, sft_budget), (matched, matched_budget), (_, shared_budget) = runs.values()
+    # 5 task micro-batches an epoch: steps of 2, 2, 1 (the epoch's last), 2, in SFT's order
+    assert [step for step, _ in sft] == [0, 0, 1, 1, 2, 3, 3]
+    assert matched == sft
+    assert sft_budget["optimizer_steps"] == matched_budget["optimizer_steps"] == 4
+    assert sft_budget["task_examples"] == matched_budget["task_examples"] == 7 * 2
+    assert (sft_budget["align_pairs"], matched_budget["align_pairs"]) == (0, 7 * 4)
+    # shared: the Trainer accumulates 1 task micro-batch a step, with 1 alignment micro-batch
+    assert (shared_budget["task_examples"], shared_budget["align_pairs"]) == (4 * 2, 4 * 4)
+    # one evaluation, at the last step: the adapter is the last step's
+    assert matched_budget["adapter"] == {
+        "optimizer_steps": 4,
+        "task_examples": 14,
+        "align_pairs": 28,
+    }
 
 
 @ROUTE_DTYPES
@@ -361,7 +408,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
         align__stats=stats,
     )
     straight = tmp_path / "straight"
-    _run(config, straight)
+    straight_budget = _run(config, straight).budget
 
     stopped = tmp_path / "stopped"
     result = _run(config, stopped, callbacks=[_InterruptAt(3)])
@@ -370,7 +417,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
     checkpoint = last_checkpoint(stopped)
     assert checkpoint.name == "checkpoint-3"
     stream = json.loads((checkpoint / "align_stream.json").read_text())
-    assert stream == {"align_position": position}
+    assert stream["align_position"] == position
     if stats == "base":  # resumed with the checkpoint's statistics, not computed again
         assert (checkpoint / "align_stats.safetensors").is_file()
 
@@ -380,6 +427,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
         monkeypatch.setattr("midalign.align_setup.base_stats", fail)
     result = train(config, stopped, checkpoint, progress=False)
     assert not result.interrupted and result.global_step == 8
+    assert result.budget == straight_budget  # what was seen, counted on across the resume
 
     assert _curve(stopped) == _curve(straight)
     task_steps = 8 if schedule == "alternate" else 4

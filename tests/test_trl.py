@@ -209,7 +209,8 @@ def test_readme_example_trains_and_logs_both_losses(tmp_path, monkeypatch):
 
     # resumed from step 1, the stream goes on from its saved position to the same adapter
     checkpoint = tmp_path / "runs" / "sft-align" / "checkpoint-1"
-    assert json.loads((checkpoint / "align_stream.json").read_text()) == {"align_position": 1}
+    stream = json.loads((checkpoint / "align_stream.json").read_text())
+    assert stream == {"align_position": 1, "task_examples": 2, "align_pairs": 2}
     again = {"model": tiny_model("llama", n_layers=4), "tokenizer": tiny_tokenizer()}
     exec(_readme_example().replace("trainer.train()", "pass"), again)
     again["trainer"].train(resume_from_checkpoint=str(checkpoint))

@@ -31,11 +31,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import sparse, stats
+from statsmodels.regression.linear_model import OLS
 from statsmodels.regression.mixed_linear_model import MixedLM, VCSpec
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-# A REML component below this fraction of σ²_res is the optimizer's rendering of 0 (the
-# boundary): it is reported as exactly 0, so that the df rule below sees the boundary.
+# a REML component below this fraction of σ²_res is taken for 0 (the boundary)
 BOUNDARY = 1e-8
+# random effects up to which MixedLM gets dense designs: its sparse path solves column by
+# column, 10× slower at 5 seeds × 40 items, faster only beyond several hundred (5 × 1000: 3 s)
+DENSE = 500
 
 
 def differences(
@@ -104,84 +108,129 @@ def _table(diffs: dict[tuple[int, str], float]) -> np.ndarray:
     return np.array([[diffs[s, i] for i in items] for s in seeds])
 
 
-def _mean_squares(d: np.ndarray) -> tuple[float, float, float]:
-    """MS_seed, MS_item, MS_res of the two-way table d [S, I] (no interaction, one obs per
-    cell): only the method-of-moments start of the REML fit."""
-    S, I = d.shape
+def _sums_of_squares(d: np.ndarray) -> dict[str, tuple[float, int]]:
+    """term -> (sum of squares, df) of the two-way table d [S, I] without interaction, one
+    observation per cell."""
+    n_seeds, n_items = d.shape
     m, row, col = d.mean(), d.mean(1), d.mean(0)
     resid = d - row[:, None] - col[None, :] + m
-    return (
-        I * float(((row - m) ** 2).sum()) / (S - 1),
-        S * float(((col - m) ** 2).sum()) / (I - 1),
-        float((resid**2).sum()) / ((S - 1) * (I - 1)),
-    )
+    return {
+        "seed": (n_items * float(((row - m) ** 2).sum()), n_seeds - 1),
+        "item": (n_seeds * float(((col - m) ** 2).sum()), n_items - 1),
+        "residual": (float((resid**2).sum()), (n_seeds - 1) * (n_items - 1)),
+    }
+
+
+def _moments(
+    ss: dict[str, tuple[float, int]], keep: Sequence[str], per: dict[str, int]
+) -> np.ndarray | None:
+    """sqrt(σ²_k / σ²_res) for k in ``keep`` by the method of moments of the model without
+    the other components (their sums of squares pooled into the residual); None if any
+    σ²_k is ≤ 0. For a complete table this is the REML optimum of that model when it lies
+    inside the parameter space, and that model has no REML optimum inside it otherwise."""
+    pooled = [t for t in ss if t not in keep]
+    res = sum(ss[t][0] for t in pooled) / sum(ss[t][1] for t in pooled)
+    ratio = np.array([(ss[k][0] / ss[k][1] - res) / per[k] / res for k in keep])
+    return np.sqrt(ratio) if np.all(ratio > 0) else None
 
 
 def variance_components(diffs: dict[tuple[int, str], float]) -> dict:
     """REML fit of d[seed, item] = μ + a_seed + b_item + e with crossed random effects.
 
-    One ``MixedLM`` group holds all rows; seed and item are variance components with sparse
-    indicator designs (``VCSpec``), so the Woodbury solve is over S + I random effects. The
-    optimizer starts at the method-of-moments (two-way ANOVA) estimates, floored at a small
-    positive value: for a complete table that is already the REML optimum when all three are
-    positive, and statsmodels' BFGS only confirms it (a gradient evaluation costs ~1 s at
-    5 × 1000, so a cold start takes tens of seconds). A component REML puts at the boundary is
-    reported as 0 and listed in ``boundary``.
+    One ``MixedLM`` group holds all rows; seed and item are variance components with
+    indicator designs (``VCSpec``; sparse beyond ``DENSE`` columns), so the Woodbury solve is
+    over S + I random effects.
 
-    ``se`` is sqrt(σ²_seed/S + σ²_item/I + σ²_res/(S·I)) at the REML components, the exact
-    variance of the mean for a complete table; it is what :func:`paired_effect` uses.
-    ``se_mixedlm`` is statsmodels' ``bse_fe`` from the inverse Hessian, (X'V⁻¹X)^-1/2, which
-    equals it up to the optimizer's tolerance (NaN if the Hessian is singular).
+    REML keeps every σ² ≥ 0, so its optimum lies inside one face of the parameter space:
+    both components, seed only, item only, or neither. For a complete table the REML
+    likelihood factorises over the mean squares, and inside a face its optimum is the
+    method-of-moments (ANOVA) estimate with the left-out sums of squares pooled into the
+    residual, if that is positive. So each face with positive moments is fitted by
+    ``MixedLM`` started from them (BFGS then only confirms them; from a cold start a
+    5 × 1000 fit takes tens of seconds, a gradient costing ~1 s). The full model wins if it
+    qualifies, otherwise the face of highest REML likelihood, otherwise the i.i.d. model
+    (statsmodels' OLS: σ² with ddof 1). Components left out are 0 and listed in ``boundary``.
+
+    ``se`` is sqrt(σ²_seed/S + σ²_item/I + σ²_res/(S·I)) at the REML components, the
+    standard error of the mean for a complete table; it is what :func:`paired_effect` uses.
+    ``se_statsmodels`` is statsmodels' own standard error of μ̂ (MixedLM's inverse Hessian,
+    whose μ block is (X'V⁻¹X)⁻¹); the two agree to rounding (see the tests).
     """
     d = _table(diffs)  # [S, I]
-    S, I = d.shape
-    if S < 2 or I < 2:
-        raise ValueError(f"variance components need ≥ 2 seeds and ≥ 2 items, got {S} × {I}")
-    ms_seed, ms_item, ms_res = _mean_squares(d)
-    if ms_res == 0:
+    n_seeds, n_items = d.shape
+    if n_seeds < 2 or n_items < 2:
         raise ValueError(
-            "the differences are exactly additive in seed and item (no residual variation): "
-            "the mixed model is degenerate"
+            f"variance components need ≥ 2 seeds and ≥ 2 items, got {n_seeds} × {n_items}"
         )
-    n = S * I
+    ss = _sums_of_squares(d)
+    if ss["residual"][0] == 0:
+        raise ValueError(
+            "the differences are exactly additive in seed and item (all equal, say): with no "
+            "residual variation the mixed model is degenerate"
+        )
+    n = n_seeds * n_items
     rows = np.arange(n)
-    seed_of, item_of = np.repeat(np.arange(S), I), np.tile(np.arange(I), S)
-    z_seed = sparse.csr_array((np.ones(n), (rows, seed_of)), shape=(n, S))
-    z_item = sparse.csr_array((np.ones(n), (rows, item_of)), shape=(n, I))
-    vc = VCSpec(
-        ["seed", "item"],
-        [[[f"seed{s}" for s in range(S)]], [[f"item{i}" for i in range(I)]]],
-        [[z_seed], [z_item]],
-    )
-    model = MixedLM(d.ravel(), np.ones((n, 1)), groups=np.zeros(n), exog_vc=vc)
-    # packed, unprofiled parameters: sqrt(σ²_k / σ²_res), in the order of vc.names
-    start = np.sqrt(
-        np.maximum([(ms_seed - ms_res) / I / ms_res, (ms_item - ms_res) / S / ms_res], 1e-4)
-    )
-    with warnings.catch_warnings():
-        # statsmodels flags any component below 0.01 in absolute terms, which every
-        # proportion-scale seed variance is; the boundary is judged below, relative to σ²_res
-        warnings.filterwarnings("ignore", message="The MLE may be on the boundary")
-        warnings.filterwarnings("ignore", message="The Hessian matrix at the estimated")
-        fit = model.fit(reml=True, method=METHOD, start_params=start, **KW)
-    if not fit.converged:
-        raise RuntimeError(f"MixedLM REML did not converge on the {S} × {I} differences")
-    var = dict(zip(model.exog_vc.names, (float(v) for v in fit.vcomp), strict=True))
+    designs = {  # indicator matrices, [S·I, S] and [S·I, I], rows in seed-major order
+        "seed": sparse.csr_array(
+            (np.ones(n), (rows, np.repeat(np.arange(n_seeds), n_items))), shape=(n, n_seeds)
+        ),
+        "item": sparse.csr_array(
+            (np.ones(n), (rows, np.tile(np.arange(n_items), n_seeds))), shape=(n, n_items)
+        ),
+    }
+    if n_seeds + n_items <= DENSE:
+        designs = {k: z.toarray() for k, z in designs.items()}
+    per = {"seed": n_items, "item": n_seeds}  # observations per level
+    y = d.ravel()
+    fits = []
+    for keep in (("seed", "item"), ("seed",), ("item",)):
+        start = _moments(ss, keep, per)
+        fit = None if start is None else _reml(y, {k: designs[k] for k in keep}, start)
+        if fit is not None:
+            fits.append(fit)
+            if len(keep) == 2:
+                break
+    var = {"seed": 0.0, "item": 0.0}
+    if fits:
+        fit = max(fits, key=lambda f: f.llf)
+        var.update(zip(fit.model.exog_vc.names, (float(v) for v in fit.vcomp), strict=True))
+        mean = float(fit.fe_params[0])
+    else:
+        fit = OLS(y, np.ones((n, 1))).fit()
+        mean = float(fit.params[0])
     var["residual"] = float(fit.scale)
-    boundary = [k for k in ("seed", "item") if var[k] < BOUNDARY * var["residual"]]
-    for k in boundary:
-        var[k] = 0.0
     return {
-        "mean": float(fit.fe_params[0]),
-        "se": _se(var["seed"], var["item"], var["residual"], S, I),
-        "se_mixedlm": float(fit.bse_fe[0]),
+        "mean": mean,
+        "se": _se(var["seed"], var["item"], var["residual"], n_seeds, n_items),
+        "se_statsmodels": float(fit.bse[0]),
         "var_seed": var["seed"],
         "var_item": var["item"],
         "var_residual": var["residual"],
-        "boundary": boundary,
-        "seeds": S,
-        "items": I,
+        "boundary": [k for k in designs if var[k] == 0],
+        "seeds": n_seeds,
+        "items": n_items,
     }
+
+
+def _reml(y: np.ndarray, designs: dict[str, np.ndarray | sparse.csr_array], start: np.ndarray):
+    """statsmodels' REML fit of y = μ + Σ_k Z_k u_k + e, u_k ~ N(0, σ²_k I), with one group
+    holding all rows, from ``start`` (sqrt(σ²_k / σ²_res)); None unless BFGS converged with
+    every σ²_k above BOUNDARY σ²_res."""
+    n = len(y)
+    vc = VCSpec(
+        list(designs),
+        [[[f"{k}{j}" for j in range(z.shape[1])]] for k, z in designs.items()],
+        [[z] for z in designs.values()],
+    )
+    model = MixedLM(y, np.ones((n, 1)), groups=np.zeros(n), exog_vc=vc)
+    with warnings.catch_warnings():
+        # statsmodels warns of every component below 0.01 in absolute terms, as every
+        # proportion-scale seed variance is; the boundary is judged here, relative to σ²_res
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = model.fit(reml=True, method="bfgs", start_params=start, gtol=1e-8)
+    if not fit.converged or np.any(fit.vcomp < BOUNDARY * fit.scale):
+        return None
+    return fit
 
 
 def _se(var_seed: float, var_item: float, var_res: float, seeds: int, items: int) -> float:
@@ -205,20 +254,15 @@ def satterthwaite_df(components: dict, seeds: int, items: int) -> float:
     total (df S·I − 1). For the REML components of a complete table these are the mean
     squares of the data, so the df is the classical one for that design.
     """
-    S, I = seeds, items
-    v_seed, v_item, v_res = (
-        components["var_seed"],
-        components["var_item"],
-        components["var_residual"],
-    )
-    df_seed, df_item, df_res = S - 1, I - 1, (S - 1) * (I - 1)
+    v_seed, v_item, v_res = (components[k] for k in ("var_seed", "var_item", "var_residual"))
+    df_seed, df_item, df_res = seeds - 1, items - 1, (seeds - 1) * (items - 1)
     if v_seed == 0 and v_item == 0:
-        return float(S * I - 1)
+        return float(seeds * items - 1)
     if v_seed == 0:
         return float(df_item)
     if v_item == 0:
         return float(df_seed)
-    m_seed, m_item, m_res = v_res + I * v_seed, v_res + S * v_item, v_res
+    m_seed, m_item, m_res = v_res + items * v_seed, v_res + seeds * v_item, v_res
     total = m_seed + m_item - m_res
     return total**2 / (m_seed**2 / df_seed + m_item**2 / df_item + m_res**2 / df_res)
 
@@ -248,28 +292,22 @@ def paired_effect(
     """
     diffs = differences(records, system, reference, langs)
     comp = variance_components(diffs)
-    S, I = comp["seeds"], comp["items"]
     estimate, se = comp["mean"], comp["se"]
-    df = satterthwaite_df(comp, S, I)
-    if se == 0:
-        ci, p = (estimate, estimate), math.nan
-    else:
-        half = float(stats.t.ppf(1 - alpha / 2, df)) * se
-        ci = (estimate - half, estimate + half)
-        p = float(2 * stats.t.sf(abs(estimate) / se, df))
+    df = satterthwaite_df(comp, comp["seeds"], comp["items"])
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
     return {
         "system": system,
         "reference": reference,
         "estimate": estimate,
         "se": se,
         "df": df,
-        "ci": ci,
-        "p": p,
+        "ci": (estimate - half, estimate + half),
+        "p": float(2 * stats.t.sf(abs(estimate) / se, df)),
         "mde": _mde(se, df, alpha, power),
         "alpha": alpha,
         "power": power,
-        "seeds": S,
-        "items": I,
+        "seeds": comp["seeds"],
+        "items": comp["items"],
         "languages": len(langs),
         "components": comp,
     }
@@ -318,8 +356,11 @@ def transfer_sd(per_language_diff: dict[str, float]) -> float:
 def correlation(x: dict[str, float], y: dict[str, float], seed: int = 0) -> dict:
     """Pearson r over the languages in both ``x`` and ``y`` with two 95 % CIs: Fisher's z,
     tanh(atanh r ± z_0.975/√(n−3)) (None below 4 languages), and a percentile bootstrap
-    over languages (pairs resampled together, 9999 resamples, ``seed``d). With a dozen
-    languages the two can differ a lot; neither is exact."""
+    over languages (``scipy.stats.bootstrap``, pairs resampled together, 9999 resamples,
+    rng seeded by ``seed``). A resample that draws one language n times has no r; such
+    resamples (a share n^(1−n): 1 in 7776 at 6 languages) are left out of the percentiles,
+    where scipy would return NaN. With a dozen languages the two CIs can differ a lot;
+    neither is exact."""
     langs = [g for g in x if g in y]
     n = len(langs)
     if n < 3:
@@ -330,7 +371,9 @@ def correlation(x: dict[str, float], y: dict[str, float], seed: int = 0) -> dict
     if n >= 4:
         ci = result.confidence_interval(0.95)
         fisher = (float(ci.low), float(ci.high))
-    with np.errstate(invalid="ignore", divide="ignore"):  # resamples of one repeated language
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         boot = stats.bootstrap(
             (a, b),
             lambda u, v, axis: stats.pearsonr(u, v, axis=axis).statistic,
@@ -339,12 +382,13 @@ def correlation(x: dict[str, float], y: dict[str, float], seed: int = 0) -> dict
             method="percentile",
             rng=np.random.default_rng(seed),
         )
+    low, high = np.nanquantile(boot.bootstrap_distribution, [0.025, 0.975])
     return {
         "r": float(result.statistic),
         "n": n,
         "languages": langs,
         "fisher_ci": fisher,
-        "bootstrap_ci": (float(boot.confidence_interval.low), float(boot.confidence_interval.high)),
+        "bootstrap_ci": (float(low), float(high)),
     }
 
 
@@ -357,24 +401,24 @@ def two_way_bootstrap(
 
     A model-free check of :func:`paired_effect`, and a poor one with few seeds: its variance
     is Σ r_s²/S² + Σ c_i²/I² + Σ e_si²/(S·I)² (r, c, e the seed, item and residual parts of
-    the table), whose seed term is (S−1)/S of the usual estimate, and its percentiles are
-    those of a normal, not of a t with S − 1 df: at S = 3 it under-covers badly.
+    the table), whose seed term is (S−1)/S of the usual estimate, and its percentiles
+    carry no small-sample correction for S − 1 df: at S = 3 it under-covers badly.
     ``se`` is the standard deviation of the replicates.
     """
     d = _table(diffs)  # [S, I]
-    S, I = d.shape
+    n_seeds, n_items = d.shape
     rng = np.random.default_rng(seed)
     # how often each seed / item is drawn in each replicate, [n_boot, S] and [n_boot, I]:
     # the same as indexing with rng.integers, without materialising n_boot resampled tables
-    seed_counts = rng.multinomial(S, np.full(S, 1 / S), size=n_boot)
-    item_counts = rng.multinomial(I, np.full(I, 1 / I), size=n_boot)
-    replicates = np.einsum("bs,si,bi->b", seed_counts, d, item_counts) / (S * I)
+    seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_boot)
+    item_counts = rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=n_boot)
+    replicates = np.einsum("bs,si,bi->b", seed_counts, d, item_counts) / (n_seeds * n_items)
     low, high = np.quantile(replicates, [0.025, 0.975])
     return {
         "mean": float(d.mean()),
         "ci": (float(low), float(high)),
         "se": float(replicates.std(ddof=1)),
         "n_boot": n_boot,
-        "seeds": S,
-        "items": I,
+        "seeds": n_seeds,
+        "items": n_items,
     }
