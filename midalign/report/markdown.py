@@ -135,6 +135,10 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
                 *_table("system", columns, retrieval["paired"], 100),
                 "",
             ]
+    if summary.get("items"):
+        from midalign.report.items import markdown
+
+        lines += markdown(summary["items"])
     corr = summary.get("correlation")
     if corr:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
@@ -152,9 +156,13 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
 def write_report(recipe: Recipe, outcome: dict, groups: dict[str, list[str]], out: Path) -> dict:
     """``out/report/``: report.md, results.json and the plots, replaced as a whole."""
     # matplotlib only now: importing this module must not switch a notebook's backend to Agg
+    from midalign.report.items import analyse
     from midalign.report.plots import plot_run
 
     summary = summarize_run(recipe, outcome, groups)
+    items = analyse(outcome, groups, Path(out) / "steps")
+    if items is not None:
+        summary["items"] = items
     with atomic_output_dir(Path(out) / "report", overwrite=True) as tmp:
         write_json(tmp / "results.json", {"recipe": recipe.name, **summary, "raw": outcome})
         write_text_atomic(tmp / "report.md", report_markdown(recipe, summary, groups))

@@ -215,7 +215,7 @@ def variance_components(diffs: dict[tuple[int, str], float]) -> dict:
 def _reml(y: np.ndarray, designs: dict[str, np.ndarray | sparse.csr_array], start: np.ndarray):
     """statsmodels' REML fit of y = μ + Σ_k Z_k u_k + e, u_k ~ N(0, σ²_k I), with one group
     holding all rows, from ``start`` (sqrt(σ²_k / σ²_res)); None unless BFGS converged with
-    every σ²_k above BOUNDARY σ²_res."""
+    every σ²_k above BOUNDARY σ²_res (and None where its Hessian is singular)."""
     n = len(y)
     vc = VCSpec(
         list(designs),
@@ -227,7 +227,10 @@ def _reml(y: np.ndarray, designs: dict[str, np.ndarray | sparse.csr_array], star
         # statsmodels warns of every component below 0.01 in absolute terms, as every
         # proportion-scale seed variance is; the boundary is judged here, relative to σ²_res
         warnings.simplefilter("ignore", ConvergenceWarning)
-        fit = model.fit(reml=True, method="bfgs", start_params=start, gtol=1e-8)
+        try:
+            fit = model.fit(reml=True, method="bfgs", start_params=start, gtol=1e-8)
+        except np.linalg.LinAlgError:  # a singular Hessian: tiny tables (2 seeds × 3 items)
+            return None
     if not fit.converged or np.any(fit.vcomp < BOUNDARY * fit.scale):
         return None
     return fit
