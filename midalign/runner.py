@@ -14,6 +14,8 @@ from its last complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
 import json
 import logging
@@ -103,10 +105,60 @@ class Steps:
         log.info("step %s", folder.name)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "spec.json", spec)
+        segments = _segments(folder)  # one an attempt: a resumed step has several
         result = fn(folder)
-        write_json(done, {"step": name, "spec": spec, "result": result})
+        if any(s != {**segments[-1], "started": s["started"]} for s in segments):
+            log.warning(
+                "%s ran in %d attempts whose environments differ (%s): its result may not be "
+                "what one uninterrupted run gives",
+                folder.name,
+                len(segments),
+                ENVIRONMENT_FILE,
+            )
+        write_json(done, {"step": name, "spec": spec, "result": result, "environment": segments})
         self.ran.append(folder.name)
         return {**result, "step": folder.name}
+
+
+ENVIRONMENT_FILE = "environment.json"  # in a step folder: each attempt's environment
+
+
+def environment() -> dict[str, Any]:
+    """What a step's float numerics depend on besides its settings: library versions, torch's
+    threads, the CPU and the kernels torch dispatches to (a resumed run on another machine or
+    thread count trains to another adapter: docs/results/cpu_transfer/determinism.md)."""
+    import peft
+    import torch
+    import transformers
+
+    from midalign.dtypes import cpu_bf16_feature
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": cpu_bf16_feature(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _segments(folder: Path) -> list[dict[str, Any]]:
+    """The environments of the step's attempts so far, this one appended (and saved)."""
+    path = folder / ENVIRONMENT_FILE
+    earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    now = {**environment(), "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    segments = [*earlier, now]
+    write_json(path, segments)
+    return segments
 
 
 # --------------------------------------------------------------------------- running

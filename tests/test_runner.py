@@ -814,3 +814,27 @@ def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
     assert json.loads((steps / evaluation["step"] / "results.json").read_text())["dtype"] == (
         "float32"
     )
+
+
+def test_steps_record_the_environment_of_each_attempt(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A step's done.json lists the environment of every attempt at it; a step finished in
+    another environment than it started in (another thread count here) is flagged."""
+    from midalign.runner import Steps, environment
+
+    steps = Steps(tmp_path)
+
+    def interrupted(folder: Path) -> dict:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        steps.run("x", {"a": 1}, interrupted)
+    real = environment()
+    assert real["torch_threads"] == torch.get_num_threads() and real["torch"] == torch.__version__
+    monkeypatch.setattr(runner_module, "environment", lambda: {**real, "torch_threads": 99})
+    steps.run("x", {"a": 1}, lambda folder: {"ok": 1})
+    done = json.loads(next(tmp_path.glob("steps/x-*/done.json")).read_text())
+    assert [s["torch_threads"] for s in done["environment"]] == [torch.get_num_threads(), 99]
+    assert "ran in 2 attempts whose environments differ" in caplog.text
+    caplog.clear()
+    steps.run("y", {"a": 2}, lambda folder: {"ok": 1})  # one attempt: nothing to flag
+    assert "environments differ" not in caplog.text
