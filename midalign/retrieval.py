@@ -303,7 +303,7 @@ def summarize(
 
 def correlate(per_lang_retrieval: dict[str, float | None], scores: dict[str, float]) -> dict:
     """Pearson r and Spearman ρ between per-language retrieval and downstream scores
-    (the paper's Figure 2), over the languages both have."""
+    (the paper's Figure 1(b)), over the languages both have."""
     from scipy.stats import pearsonr, spearmanr
 
     common = [g for g in per_lang_retrieval if g in scores and per_lang_retrieval[g] is not None]

@@ -155,7 +155,8 @@ def _segments(folder: Path) -> list[dict[str, Any]]:
     """The environments of the step's attempts so far, this one appended (and saved)."""
     path = folder / ENVIRONMENT_FILE
     earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    now = {**environment(), "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    now = {**environment(), "started": started}
     segments = [*earlier, now]
     write_json(path, segments)
     return segments

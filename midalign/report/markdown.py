@@ -143,7 +143,7 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
     if corr:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         lines += [
-            "## Retrieval vs transfer (paper, Figure 2)",
+            "## Retrieval vs transfer (paper, Figure 1(b))",
             "",
             f"Base-model retrieval at layer {corr['layer']} against `{corr['system']}` scores "
             f"over {corr['n']} languages: Pearson r = {fmt(corr['pearson'])}, "

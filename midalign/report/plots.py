@@ -224,7 +224,7 @@ def plot_correlation(
     title: str = "",
 ) -> None:
     """Scatter of per-language retrieval against downstream scores, with a least-squares line
-    (the paper's Figure 2)."""
+    (the paper's Figure 1(b))."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.scatter(x, y)
     for xi, yi, label in zip(x, y, labels, strict=True):
