@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerFast
 
 from midalign.cli import main
 from midalign.evaluate import evaluate
-from midalign.loglik import label_ids, label_logprobs
+from midalign.loglik import label_ids, label_logprobs, shared_start
 from midalign.prompting import encode_example, encode_prompt
 from midalign.tasks import get_task
 from midalign.tasks.base import Example
@@ -37,6 +37,9 @@ LABEL_IDS = [
     [[40, 41, 42, 43], [44], [45, 46]],
     [[50], [51]],
 ]
+# the same prompts after a shared instruction of 6 tokens (computed once, its cache copied)
+INSTRUCTION = [1, 60, 61, 62, 63, 64]
+SHARED = [INSTRUCTION + p[1:] for p in PROMPTS]
 
 
 def _model(family: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -69,13 +72,25 @@ def _full_forward(model, prompts, labels) -> torch.Tensor:
 @ROUTE_DTYPES
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "gemma3-sliding"])
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_label_logprobs_equal_a_full_forward(family, dtype, batch_size) -> None:
+@pytest.mark.parametrize("prompts", [PROMPTS, SHARED], ids=["distinct", "shared-start"])
+def test_label_logprobs_equal_a_full_forward(family, dtype, batch_size, prompts) -> None:
     model = _model(family, dtype)
-    got = label_logprobs(model, PROMPTS, LABEL_IDS, batch_size=batch_size, progress=False)
+    got = label_logprobs(model, prompts, LABEL_IDS, batch_size=batch_size, progress=False)
     assert [len(row) for row in got] == [len(row) for row in LABEL_IDS]
     flat = torch.tensor([v for row in got for v in row], dtype=torch.float64)
-    expected = _full_forward(model, PROMPTS, LABEL_IDS)
+    expected = _full_forward(model, prompts, LABEL_IDS)
     assert_same_numbers(flat, expected, precision(family.split("-")[0], dtype))
+
+
+def test_shared_start_is_the_common_prefix_unless_a_window_is_shorter() -> None:
+    longest = max(map(len, SHARED)) + 4
+    assert shared_start(SHARED, _model("llama", torch.float32), longest) == len(INSTRUCTION)
+    assert shared_start(PROMPTS, _model("llama", torch.float32), 12) == 0  # only BOS shared
+    # no prompt is all prefix: the last shared token stays with the shortest prompt
+    assert shared_start([[1, 2, 3], [1, 2, 3, 4]], _model("llama", torch.float32), 8) == 2
+    assert shared_start(SHARED[:1], _model("llama", torch.float32), longest) == 0
+    # a 4-token window: padding after the prefix would narrow it
+    assert shared_start(SHARED, _model("gemma3-sliding", torch.float32), longest) == 0
 
 
 def test_label_logprobs_computes_logits_only_at_label_positions(monkeypatch) -> None:
@@ -91,7 +106,7 @@ def test_label_logprobs_computes_logits_only_at_label_positions(monkeypatch) -> 
         return real(model, hidden)
 
     monkeypatch.setattr(midalign.loglik, "output_logits", counting)
-    label_logprobs(tiny_model("llama"), PROMPTS, LABEL_IDS, batch_size=4, progress=False)
+    label_logprobs(tiny_model("llama"), SHARED, LABEL_IDS, batch_size=4, progress=False)
     later_tokens = sum(len(label) - 1 for choices in LABEL_IDS for label in choices)
     assert rows == [len(PROMPTS), later_tokens]
 
