@@ -97,10 +97,10 @@ def analyse(outcome: dict, groups: dict[str, list[str]], steps: Path) -> dict[st
     if not runs or runs[0].get("metric") != "accuracy":
         return None
     records = item_records(outcome, steps)
-    seeded = list(dict.fromkeys(r["system"] for r in records))
     if not records:
         return None
-    reference, systems = seeded[0], seeded[1:]
+    # in the recipe's order: the first trained system is the reference
+    reference, *systems = dict.fromkeys(r["system"] for r in records)
     items = Counter(r["lang"] for r in records if r["system"] == reference)
     seeds = {r["seed"] for r in records if r["system"] == reference}
     result: dict[str, Any] = {
