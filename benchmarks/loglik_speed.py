@@ -4,9 +4,11 @@ The same items on both sides: SIB-200 test sentences in the paper's 35 languages
 topic prompt (plain template of the base model). Generation = ``midalign.evaluate.evaluate``
 with ``scoring="generate"`` (batched greedy answers up to the task's 8 new tokens, parsed);
 loglik = ``scoring="loglik"`` (each of the 7 labels' log-probability after the prompt, the
-prompt computed once, logits only at label positions). Both score the answers; their
-accuracies are printed beside the times (they differ: a base model rarely answers with a
-label, and loglik always picks one). The full task, 35 × 204 = 7,140 items, is extrapolated
+prompt computed once, its shared instruction once for all, logits only at label positions);
+and loglik with every prompt computed whole (``share_start=False``), whose label scores must
+equal the shared-start ones up to float32 rounding. Generation and loglik score the answers;
+their accuracies are printed beside the times (they differ: a base model rarely answers with
+a label, and loglik always picks one). The full task, 35 × 204 = 7,140 items, is extrapolated
 from the items timed.
 
     python benchmarks/loglik_speed.py                      # 35 languages × 8 sentences
@@ -25,8 +27,10 @@ from _common import SIB200, load_1min, quiet_start, timed
 
 from midalign.evaluate import evaluate
 from midalign.languages import parse_langs
+from midalign.loglik import label_ids, label_logprobs
 from midalign.models import load_model
-from midalign.tasks.topic import Topic
+from midalign.prompting import encode_prompt
+from midalign.tasks.topic import LABELS, Topic
 
 FULL = 35 * 204  # the transfer experiment's SIB-200 test items
 
@@ -71,27 +75,52 @@ def main() -> None:
             progress=False,
         )
 
+    def whole() -> list[list[float]]:  # loglik without the shared start, same inputs
+        prompts, labels = [], []
+        for ex in examples:
+            system, prompt = task.instruction(ex)
+            prompts.append(encode_prompt(tokenizer, prompt, system))
+            labels.append([label_ids(tokenizer, prompt, lab, system) for lab in LABELS])
+        return label_logprobs(
+            model, prompts, labels, batch_size=args.batch_size, progress=False, share_start=False
+        )
+
     run("loglik")  # warm-up: thread pool, kernels
-    rows = {}
-    for scoring in ("generate", "loglik"):
-        result, seconds, busy = timed(run, scoring)
-        rows[scoring] = {
+    rows, scores = {}, {}
+    for name in ("generate", "loglik", "loglik, whole prompts"):
+        fn = whole if name.endswith("prompts") else lambda n=name: run(n)
+        result, seconds, busy = timed(fn)
+        row = {
             "seconds": seconds,
             "items_per_s": len(examples) / seconds,
             "full_task_minutes": FULL / (len(examples) / seconds) / 60,
-            "accuracy": result["average"],
-            "unparseable": result["unparseable"],
             "others_busy": busy,
         }
+        if isinstance(result, dict):
+            row |= {"accuracy": result["average"], "unparseable": result["unparseable"]}
+            if name == "loglik":
+                scores[name] = [list(p["loglik"].values()) for p in result["predictions"]]
+        else:
+            scores[name] = result
+        rows[name] = row
+    a = torch.tensor(scores["loglik"], dtype=torch.float64)
+    b = torch.tensor(scores["loglik, whole prompts"], dtype=torch.float64)
+    rel = float((a - b).norm() / b.norm())
+    same = int((a.argmax(1) == b.argmax(1)).sum())
     print(f"1-min load at start {load:.2f}, at end {load_1min():.2f}")
-    print(f"{'':10}{'seconds':>9}{'items/s':>9}{'7,140 items':>13}{'accuracy':>10}{'busy':>7}")
+    print(f"{'':24}{'seconds':>9}{'items/s':>9}{'7,140 items':>13}{'accuracy':>10}{'busy':>7}")
     for name, row in rows.items():
+        acc = f"{row['accuracy']:10.3f}" if "accuracy" in row else f"{'':10}"
         print(
-            f"{name:10}{row['seconds']:9.1f}{row['items_per_s']:9.2f}"
-            f"{row['full_task_minutes']:10.1f} min{row['accuracy']:10.3f}{row['others_busy']:7.2f}"
+            f"{name:24}{row['seconds']:9.1f}{row['items_per_s']:9.2f}"
+            f"{row['full_task_minutes']:9.1f} min{acc}{row['others_busy']:7.2f}"
         )
     ratio = rows["generate"]["seconds"] / rows["loglik"]["seconds"]
+    shared = rows["loglik, whole prompts"]["seconds"] / rows["loglik"]["seconds"]
     print(f"loglik is {ratio:.2f}× generation's speed on these items")
+    print(f"the shared start makes loglik {shared:.2f}× faster than whole prompts")
+    print(f"label scores, shared start vs whole: norm-relative difference {rel:.1e},")
+    print(f"the same label picked for {same} of {len(examples)} items")
     if args.json:
         figures = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
@@ -103,6 +132,9 @@ def main() -> None:
             "load_1min_after": load_1min(),
             "rows": rows,
             "speedup": ratio,
+            "shared_start_speedup": shared,
+            "shared_vs_whole_rel_difference": rel,
+            "shared_vs_whole_same_pick": same,
         }
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -63,11 +63,13 @@ def label_logprobs(
     labels: Sequence[Sequence[Sequence[int]]],
     batch_size: int = 16,
     progress: bool = True,
+    share_start: bool = True,
 ) -> list[list[float]]:
     """For each prompt (token ids) and each of its labels (token ids), the log-probability of
     the label's tokens following the prompt: ``out[i][k] = Σ_t log p(labels[i][k][t] | prompt
     i, labels[i][k][:t])``. Prompts are batched by length, longest first; results come back in
-    input order."""
+    input order. ``share_start=False`` computes every prompt whole (benchmarks/loglik_speed.py
+    times the two)."""
     if len(prompts) != len(labels):
         raise ValueError(f"{len(prompts)} prompts but {len(labels)} label lists")
     if any(not ids for choices in labels for ids in choices):
@@ -76,7 +78,7 @@ def label_logprobs(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     scores: list[list[float]] = [[] for _ in prompts]
     longest = max(len(p) for p in prompts) + max(len(x) for c in labels for x in c)
-    start = shared_start(prompts, model, longest)
+    start = shared_start(prompts, model, longest) if share_start else 0
     prefix = None
     if start:  # the shared start, once for the whole set
         prefix = decoder_stack(model)(
