@@ -838,3 +838,29 @@ def test_steps_record_the_environment_of_each_attempt(tmp_path: Path, monkeypatc
     caplog.clear()
     steps.run("y", {"a": 2}, lambda folder: {"ok": 1})  # one attempt: nothing to flag
     assert "environments differ" not in caplog.text
+
+
+def test_report_of_a_probe_without_even_layers(tmp_path: Path, recipe_file: Path) -> None:
+    """A probe of one odd layer has no mean over even layers (its aggregate is None): the report
+    leaves that column out instead of failing."""
+    recipe = load_recipe(recipe_file)
+    run = {
+        "metric": "accuracy",
+        "per_language": {"eng_Latn": 1.0, "deu_Latn": 0.5},
+        "groups": {"supervised": 1.0, "transfer": 0.5},
+        "average": 0.75,
+        "probe_scores": {"probe_scores.json": {"eng_Latn": 1.0, "deu_Latn": 0.5}},
+    }
+    probe = {"layer": 3, "aggregate": None, "per_language": {"eng_Latn": 0.5, "deu_Latn": 0.25}}
+    outcome = {
+        "scores": {"sft": {"1": run, "2": run}},
+        "retrieval": {"sft": {"1": probe, "2": probe}},
+        "base_retrieval": probe,
+    }
+    groups = {"supervised": ["eng_Latn"], "transfer": ["deu_Latn"]}
+    summary = write_report(recipe, outcome, groups, tmp_path / "out")
+    assert summary["retrieval"]["systems_aggregate"] == {"sft": None}
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert "| base | – | 50.0 | 25.0 |" in report
+    # the group table has no "even layers" column
+    assert "| system | supervised | transfer |\n" in report and "| base | 50.0 | 25.0 |" in report

@@ -101,7 +101,13 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
             "| system | mean over even layers | " + " | ".join(langs) + " |",
             "|---|---|" + "---|" * len(langs),
             "| base | "
-            + f"{retrieval['base_aggregate'] * 100:.1f} | "
+            + _cell(
+                {"mean": retrieval["base_aggregate"], "ci95": None}
+                if retrieval["base_aggregate"] is not None
+                else None,
+                100,
+            )
+            + " | "
             + " | ".join(f"{retrieval['base'][g] * 100:.1f}" for g in langs)
             + " |",
         ]
@@ -113,7 +119,8 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
                 + " |"
             )
         lines.append("")
-        columns = [*retrieval["base_groups"], "even layers"]
+        evens = retrieval["base_aggregate"] is not None  # no even layer probed: no column
+        columns = [*retrieval["base_groups"], *(["even layers"] if evens else [])]
         rows = {
             "base": {
                 **{g: {"mean": v, "ci95": None} for g, v in retrieval["base_groups"].items()},
@@ -122,8 +129,8 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
             **retrieval["systems_groups"],
         }
         lines += [
-            f"By group: the mean over the group's languages at layer {retrieval['layer']}, "
-            "and the mean over even layers and all languages.",
+            f"By group: the mean over the group's languages at layer {retrieval['layer']}"
+            + (", and the mean over even layers and all languages." if evens else "."),
             "",
             *_table("system", columns, rows, 100),
             "",

@@ -80,11 +80,13 @@ def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -
             }
             for name, by_seed in outcome["retrieval"].items()
         }
-        by_group = {  # system -> seed -> group (and "even layers") -> retrieval
+        # system -> seed -> group (and "even layers", unless no even layer was probed) -> retrieval
+        evens = base["aggregate"] is not None
+        by_group = {
             name: {
                 seed: {
                     **group_means(run["per_language"], groups),
-                    "even layers": run["aggregate"],
+                    **({"even layers": run["aggregate"]} if evens else {}),
                 }
                 for seed, run in by_seed.items()
             }
@@ -98,7 +100,7 @@ def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -
             "base_groups": group_means(base["per_language"], groups),
             "systems": after,
             "systems_aggregate": {
-                name: mean_ci([run["aggregate"] for run in by_seed.values()])
+                name: mean_ci([run["aggregate"] for run in by_seed.values()]) if evens else None
                 for name, by_seed in outcome["retrieval"].items()
             },
             "systems_groups": {
