@@ -51,6 +51,21 @@ def tiny_model(
     return model_cls(config_cls(num_hidden_layers=n_layers, **_COMMON, **extra)).eval().to(dtype)
 
 
+def tiny_model_or_sliding(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """``tiny_model(family)`` with 2 layers; "gemma3-sliding" is a 3-layer Gemma 3 with a
+    4-token sliding window on layers 1 and 3, shorter than most test prompts, so that the
+    sliding layers' cache is cut at the window."""
+    if family != "gemma3-sliding":
+        return tiny_model(family, n_layers=2, dtype=dtype)
+    model_cls, config_cls = TINY_FAMILIES["gemma3"]
+    layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
+    config = config_cls(
+        num_hidden_layers=3, head_dim=8, sliding_window=4, layer_types=layer_types, **_COMMON
+    )
+    torch.manual_seed(0)
+    return model_cls(config).eval().to(dtype)
+
+
 # Two routes to the same numbers (early exit vs full forward, response_loss vs the model's loss,
 # 1 vs 2 processes, merged vs stacked adapters) agree up to rounding, and rounding depends on the
 # order in which a CPU's kernels sum: it differs between AMD and Intel (AMX) machines, thread

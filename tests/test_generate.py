@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
-    _COMMON,
-    TINY_FAMILIES,
     assert_same_numbers,
     precision,
     spy_loaded_dtypes,
     tiny_model,
+    tiny_model_or_sliding,
     tiny_tokenizer,
 )
 from transformers import DynamicCache
@@ -45,17 +44,7 @@ def _prompts(tok) -> list[list[int]]:
 
 
 def _model(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A tiny random model; "gemma3-sliding" has a 4-token sliding window on layers 1 and 3,
-    shorter than every prompt, so that the sliding layers' cache is cut at the window."""
-    if family != "gemma3-sliding":
-        return tiny_model(family, n_layers=2, dtype=dtype)
-    model_cls, config_cls = TINY_FAMILIES["gemma3"]
-    layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
-    config = config_cls(
-        num_hidden_layers=3, head_dim=8, sliding_window=4, layer_types=layer_types, **_COMMON
-    )
-    torch.manual_seed(0)
-    return model_cls(config).eval().to(dtype)
+    return tiny_model_or_sliding(family, dtype)
 
 
 def _repeats(text: str) -> bool:

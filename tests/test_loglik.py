@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
-    _COMMON,
     ROUTE_DTYPES,
-    TINY_FAMILIES,
     assert_same_numbers,
     precision,
     tiny_model,
+    tiny_model_or_sliding,
 )
 from transformers import PreTrainedTokenizerFast
 
@@ -42,18 +41,8 @@ INSTRUCTION = [1, 60, 61, 62, 63, 64]
 SHARED = [INSTRUCTION + p[1:] for p in PROMPTS]
 
 
-def _model(family: str, dtype: torch.dtype) -> torch.nn.Module:
-    """A tiny random model; "gemma3-sliding" has a 4-token sliding window on layers 1 and 3,
-    shorter than most prompt + label sequences, so the continued cache is cut at the window."""
-    if family != "gemma3-sliding":
-        return tiny_model(family, n_layers=2, dtype=dtype)
-    model_cls, config_cls = TINY_FAMILIES["gemma3"]
-    layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
-    config = config_cls(
-        num_hidden_layers=3, head_dim=8, sliding_window=4, layer_types=layer_types, **_COMMON
-    )
-    torch.manual_seed(0)
-    return model_cls(config).eval().to(dtype)
+def _model(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    return tiny_model_or_sliding(family, dtype)
 
 
 def _full_forward(model, prompts, labels) -> torch.Tensor:
