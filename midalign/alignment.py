@@ -35,6 +35,7 @@ logging are this module's, one implementation for both:
 Every micro-batch loss is a mean over its own tokens (task) or pairs (alignment), and is divided
 by the number of micro-batches in the step (of its kind, under matched ``alternate``), so the
 accumulated gradient is exactly the mean over micro-batches.
+
 What a run has seen (:attr:`AlignmentMixin.seen`: task examples and alignment pairs, this
 process's times the processes) is counted as it trains and kept in every checkpoint, so that
 the report can show that the systems it compares saw the same task data.
@@ -83,6 +84,31 @@ from midalign.losses import Stats, info_nce, top1_accuracy
 STREAM_FILE = "align_stream.json"  # in a checkpoint: the alignment stream position
 
 
+class EpochSeeded(torch.utils.data.Sampler[int]):
+    """``sampler`` (one with a ``generator``: the Trainer's length-grouped or random
+    sampler) drawing from a generator of its own, seeded by ``seed``: epoch e's order is the
+    (e+1)-th order it draws. Each epoch replays the generator from the seed through the
+    epochs before it (the Trainer sets the epoch: ``set_epoch``), so an epoch's order depends
+    on nothing else: not on what else drew from the global random stream, not on where a
+    resumed run started."""
+
+    def __init__(self, sampler: Any, seed: int) -> None:
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        self.sampler.generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):  # the earlier epochs' draws (a permutation each: cheap)
+            for _ in self.sampler:
+                pass
+        return iter(self.sampler)
+
+
 class TrainingDiverged(InputError):
     """The loss or the LoRA weights became NaN or infinite. An InputError because the fix is
     an option (a lower learning rate) or the data; the CLI reports it in one line."""
@@ -125,7 +151,7 @@ class AlignmentMixin:
         self.seen = {k: saved.get(k, 0) for k in self.seen}
 
     def _count(self, name: str, rows: int) -> None:
-        self.seen[name] += rows * self.args.world_size
+        self.seen[name] += rows * self.accelerator.num_processes
 
     # ------------------------------------------------------------------ losses
 
@@ -245,13 +271,13 @@ class AlignmentMixin:
         )
 
     def _seed_order(self, sampler: Any) -> Any:
-        """With :attr:`seeded_order`, a shuffling sampler draws from a generator of its own,
-        seeded by the run's seed (``optim.data_order: seeded``): the task order of every epoch
-        is then the same for SFT and for a run whose alignment forwards draw dropout masks
-        from the global stream."""
+        """With :attr:`seeded_order` (``optim.data_order: seeded``), a shuffling sampler draws
+        each epoch's order from a generator seeded by the run's seed and the epoch
+        (:class:`EpochSeeded`): the same for SFT and for a run whose alignment forwards draw
+        dropout masks from the global stream, and the same after a resume."""
         if self.seeded_order and hasattr(sampler, "generator"):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            sampler.generator = torch.Generator().manual_seed(seed)
+            return EpochSeeded(sampler, seed)
         return sampler
 
     def training_step(

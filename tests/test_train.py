@@ -295,6 +295,8 @@ def test_matched_alternate_trains_on_sft_task_batches_with_alignment_on_top(tmp_
     # 5 task micro-batches an epoch: steps of 2, 2, 1 (the epoch's last), 2, in SFT's order
     assert [step for step, _ in sft] == [0, 0, 1, 1, 2, 3, 3]
     assert matched == sft
+    # epoch 2 is drawn anew (the Trainer sets the sampler's epoch)
+    assert [rows for _, rows in sft[5:]] != [rows for _, rows in sft[:2]]
     assert sft_budget["optimizer_steps"] == matched_budget["optimizer_steps"] == 4
     assert sft_budget["task_examples"] == matched_budget["task_examples"] == 7 * 2
     assert (sft_budget["align_pairs"], matched_budget["align_pairs"]) == (0, 7 * 4)
@@ -393,7 +395,13 @@ def _curve(out):
 
 @pytest.mark.parametrize(
     "schedule, normalize, stats, position",
-    [("alternate", "none", "batch", 3), ("alternate-steps", "standardize", "base", 4)],
+    [
+        ("alternate", "none", "batch", 3),
+        ("alternate-steps", "standardize", "base", 4),
+        # 2 task micro-batches a step, each with one alignment micro-batch: 2 + 2 + 1 (the
+        # epoch's last) by step 3; the order of epoch 2 from the sampler's own generator
+        ("alternate-matched-seeded", "none", "batch", 5),
+    ],
 )
 def test_resume_reproduces_the_uninterrupted_run_exactly(
     tmp_path, monkeypatch, schedule, normalize, stats, position
@@ -403,10 +411,12 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
     config = _config(
         tmp_path,
         optim__max_steps=8,
-        align__schedule=schedule,
+        align__schedule=schedule.removesuffix("-matched-seeded"),
         align__normalize=normalize,
         align__stats=stats,
     )
+    if schedule.endswith("-matched-seeded"):  # the task order from its own generator
+        config.align.matched, config.optim.data_order = True, "seeded"
     straight = tmp_path / "straight"
     straight_budget = _run(config, straight).budget
 
@@ -430,7 +440,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
     assert result.budget == straight_budget  # what was seen, counted on across the resume
 
     assert _curve(stopped) == _curve(straight)
-    task_steps = 8 if schedule == "alternate" else 4
+    task_steps = 4 if schedule == "alternate-steps" else 8
     assert len([r for r in _curve(straight) if "task_loss" in r]) == task_steps
     assert len([r for r in _curve(straight) if "eval_align_acc" in r]) == 4
     a, b = _adapter(straight), _adapter(stopped)
@@ -817,3 +827,22 @@ def test_tensorboard_event_files_hold_the_logged_rows(tmp_path):
         assert [s for s, _ in scalars] == [s for s, _ in logged], tag
         assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6), tag
     assert not list((out / "checkpoints").glob("**/events.out.tfevents*"))
+
+
+def test_epoch_seeded_order_is_one_generator_drawn_epoch_after_epoch():
+    """``optim.data_order: seeded``: epoch e's order is the (e+1)-th draw of a generator seeded
+    once (what a run that is never stopped draws), whichever epoch the sampler is asked for
+    first, as a resumed run asks for its epoch; and the global random stream plays no part."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from midalign.alignment import EpochSeeded
+
+    lengths = [3, 9, 4, 7, 1, 8, 2, 6, 5, 10, 11, 12]
+    once = LengthGroupedSampler(4, lengths=lengths, generator=torch.Generator().manual_seed(7))
+    drawn = [list(once) for _ in range(3)]  # consecutive epochs of one run
+    assert drawn[0] != drawn[1] != drawn[2]
+    seeded = EpochSeeded(LengthGroupedSampler(4, lengths=lengths), 7)
+    for epoch in (2, 0, 1):  # a resumed run starts anywhere
+        seeded.set_epoch(epoch)
+        torch.manual_seed(epoch)  # the global stream, advanced differently: no effect
+        assert list(seeded) == drawn[epoch]

@@ -80,6 +80,11 @@ class AlternatingSteps(Sampler[int]):
     def generator(self, value: torch.Generator | None) -> None:
         self.task_sampler.generator = value
 
+    def set_epoch(self, epoch: int) -> None:
+        """The Trainer's epoch, passed on to a task sampler that orders by it."""
+        if hasattr(self.task_sampler, "set_epoch"):
+            self.task_sampler.set_epoch(epoch)
+
     def _task_length(self) -> int:
         n = len(self.task_sampler)
         if self.world == 1:
