@@ -15,16 +15,10 @@ from pathlib import Path
 
 import torch
 
+from midalign.dtypes import cpu_name  # the benchmarks import it from here too
+
 REPO = Path(__file__).resolve().parents[1]
 SIB200 = REPO.parent / "shared" / "data" / "sib200"
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")

@@ -32,6 +32,18 @@ CPUINFO = Path("/proc/cpuinfo")
 _reported: set[str] = set()  # the auto resolutions already logged by this process
 
 
+def cpu_name() -> str:
+    """The CPU's ``model name`` as /proc/cpuinfo gives it ("unknown" where there is none)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return "unknown"
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
     try:

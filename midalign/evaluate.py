@@ -167,12 +167,12 @@ def _loglik_answers(
     memo: dict[tuple[str | None, str, str], list[int]] = {}
     label_tokens = []
     for (system, prompt), labels in zip(instructions, choices, strict=True):
-        key = (system, "" if not tokenizer.chat_template else prompt)
         row = []
         for label in labels:
-            if (*key, label) not in memo:
-                memo[(*key, label)] = label_ids(tokenizer, prompt, label, system)
-            row.append(memo[(*key, label)])
+            key = (system, prompt if tokenizer.chat_template else "", label)
+            if key not in memo:
+                memo[key] = label_ids(tokenizer, prompt, label, system)
+            row.append(memo[key])
         label_tokens.append(row)
     logps = label_logprobs(model, prompts, label_tokens, batch_size=batch_size, progress=progress)
     outputs, extra, normalised = [], [], []

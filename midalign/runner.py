@@ -14,7 +14,6 @@ from its last complete checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
@@ -131,16 +130,10 @@ def environment() -> dict[str, Any]:
     import torch
     import transformers
 
-    from midalign.dtypes import cpu_bf16_feature
+    from midalign.dtypes import cpu_bf16_feature, cpu_name
 
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_native": cpu_bf16_feature(),
         "torch_threads": torch.get_num_threads(),

@@ -153,7 +153,7 @@ def budget(trainer: AlignmentTrainer, out: Path) -> dict[str, Any]:
     steps = trainer.state.global_step
     found: dict[str, Any] = {"optimizer_steps": steps, **trainer.seen}
     best = trainer.state.best_model_checkpoint
-    adapter = {"optimizer_steps": steps, **trainer.seen}
+    adapter = dict(found)
     saved_at = out / CHECKPOINTS / Path(best).name / STREAM_FILE if best else None
     if saved_at is not None and Path(best).name != f"checkpoint-{steps}" and saved_at.is_file():
         saved = json.loads(saved_at.read_text())

@@ -117,17 +117,13 @@ def analyse(outcome: dict, groups: dict[str, list[str]], steps: Path) -> dict[st
         chosen = [r for r in records if r["seed"] in shared]
         effects = {}
         for name, langs in effect_groups(groups).items():
-            estimate = _mean_difference(chosen, system, reference, langs)
-            if len(shared) < 2:  # no seed variance: the estimate alone
-                effects[name] = {
-                    "estimate": estimate, "seeds": 1, "ci": None, "why": "one seed"
-                }  # fmt: skip
-                continue
             try:
+                if len(shared) < 2:  # no seed variance: the estimate alone
+                    raise ValueError("one seed")
                 effects[name] = _plain(paired_effect(chosen, system, reference, langs))
-            except ValueError as e:  # e.g. no residual variation: every difference equal
+            except ValueError as e:  # one seed; no residual variation (every difference equal)
                 effects[name] = {
-                    "estimate": estimate,
+                    "estimate": _mean_difference(chosen, system, reference, langs),
                     "seeds": len(shared),
                     "ci": None,
                     "why": str(e),
