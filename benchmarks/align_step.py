@@ -288,28 +288,31 @@ def paired_sub_batch_timings(run, model, repeats: int) -> dict:
     }
 
 
+def topic_batch(tokenizer, start: int, size: int) -> dict[str, torch.Tensor]:
+    """SIB-200 English train questions ``start``..``start + size`` (by index_id) as one task
+    micro-batch, right-padded, the loss on the answer."""
+    with (SIB200 / "eng_Latn" / "train.tsv").open(encoding="utf-8", newline="") as f:
+        rows = sorted(csv.DictReader(f, delimiter="\t"), key=lambda r: int(r["index_id"]))
+    pad = tokenizer.pad_token_id
+    items = [
+        encode_example(tokenizer, TOPIC_PROMPT.format(text=r["text"]), r["category"])
+        for r in rows[start : start + size]
+    ]
+    width = max(len(ids) for ids, _ in items)
+    return {
+        "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in items]),
+        "attention_mask": torch.tensor(
+            [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in items]
+        ),
+        "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in items]),
+    }
+
+
 def worker_throughput(args: argparse.Namespace) -> dict:
     model, tokenizer, layer, pairs = _setup(args)
     trainer = _fake_trainer(layer, special_token_ids(tokenizer), args.autocast)
-    with (SIB200 / "eng_Latn" / "train.tsv").open(encoding="utf-8", newline="") as f:
-        rows = sorted(csv.DictReader(f, delimiter="\t"), key=lambda r: int(r["index_id"]))
-    task_batches = []
-    pad = tokenizer.pad_token_id
-    for start in (0, args.task_batch):
-        items = [
-            encode_example(tokenizer, TOPIC_PROMPT.format(text=r["text"]), r["category"])
-            for r in rows[start : start + args.task_batch]
-        ]
-        width = max(len(ids) for ids, _ in items)
-        task_batches.append(
-            {
-                "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in items]),
-                "attention_mask": torch.tensor(
-                    [[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in items]
-                ),
-                "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in items]),
-            }
-        )
+    size = args.task_batch
+    task_batches = [topic_batch(tokenizer, start, size) for start in (0, size)]
     align_batch = encode_pairs(tokenizer, pairs, 128)
 
     def task(batch):

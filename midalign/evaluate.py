@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from midalign.compiled import check_mode, compiled_layers
 from midalign.errors import InputError
 from midalign.files import write_json, write_text_atomic
 from midalign.generate import generate
@@ -41,6 +42,7 @@ def evaluate(
     comet_model: Path | None = None,
     progress: bool = True,
     scoring: str = "generate",
+    compile: str = "auto",
 ) -> dict[str, Any]:
     """Answer every example and score the answers per language (``example.key``).
 
@@ -48,6 +50,8 @@ def evaluate(
     closed label set: topic) picks the label of highest log-probability after the prompt
     (:mod:`midalign.loglik`), and also scores the pick per character of the label (the
     headline metric with ``_norm`` appended, lm-evaluation-harness's ``acc_norm``).
+    ``compile``: ``auto``, ``on`` or ``off``, the decoder layers under ``torch.compile``
+    (:mod:`midalign.compiled`; the result's ``compile`` says what it did).
 
     Returns ``{"task", "metric", "zero_shot", "scoring", "per_language": {key: scores + n +
     unparseable}, "groups": {name: mean of the headline metric over the group's keys},
@@ -58,24 +62,26 @@ def evaluate(
         raise InputError("no examples to evaluate")
     if scoring not in SCORINGS:
         raise InputError(f"--scoring {scoring}: one of {', '.join(SCORINGS)}")
+    check_mode(compile)
     instructions = [task.instruction(ex, zero_shot) for ex in examples]
     prompts = [encode_prompt(tokenizer, prompt, system) for system, prompt in instructions]
     extra: list[dict[str, Any]] = [{} for _ in examples]  # per prediction: label scores
     normalised = None  # loglik: the label of highest log-probability per character
-    if scoring == "loglik":
-        outputs, extra, normalised = _loglik_answers(
-            model, tokenizer, task, examples, instructions, prompts, batch_size, progress
-        )
-    else:
-        outputs = generate(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens or task.max_new_tokens,
-            stop=task.stop,
-            batch_size=batch_size,
-            progress=progress,
-        )
+    with compiled_layers(model, compile) as how:
+        if scoring == "loglik":
+            outputs, extra, normalised = _loglik_answers(
+                model, tokenizer, task, examples, instructions, prompts, batch_size, progress
+            )
+        else:
+            outputs = generate(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens or task.max_new_tokens,
+                stop=task.stop,
+                batch_size=batch_size,
+                progress=progress,
+            )
     parsed = [task.parse(out, ex) for out, ex in zip(outputs, examples, strict=True)]
     comet = None
     if comet_model is not None:
@@ -133,6 +139,7 @@ def evaluate(
         "metric": metric,
         "zero_shot": zero_shot,
         "scoring": scoring,
+        "compile": how.as_dict(),
         "per_language": per_language,
         "average": sum(s[metric] for s in per_language.values()) / len(per_language),
         "groups": group_scores,

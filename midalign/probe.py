@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from midalign.anisotropy import anisotropy_by_layer
+from midalign.compiled import compiled_layers
 from midalign.data.corpus import ParallelCorpus
 from midalign.errors import InputError
 from midalign.forward import pooled_states
@@ -220,6 +221,7 @@ class Probe:
     acc: torch.Tensor  # [len(layers), len(corpus.pairs)] retrieval accuracy
     summary: dict  # retrieval.summarize of acc: per layer, language, pair and group
     anisotropy: dict[str, dict]  # str(layer) -> diagnostics of the raw states
+    compile: dict  # what --compile did (midalign.compiled.Compiled)
 
     @property
     def by_layer(self) -> dict[int, float]:
@@ -241,6 +243,7 @@ def probe_model(
     max_tokens: int = MAX_TOKENS,
     groups: dict[str, list[str]] | None = None,
     progress: bool = False,
+    compile: str = "auto",
 ) -> Probe:
     """xsim retrieval of every ordered language pair at ``layers``, for a model in memory.
 
@@ -251,7 +254,8 @@ def probe_model(
     The options are `midalign probe`'s: ``pool`` ``mean``|``mean-all``, ``margin``
     ``ratio``|``cosine`` with ``k`` neighbours, ``normalize`` ``none``|``center``|``standardize``,
     ``groups`` ``{name: [language, ...]}``. ``batch_tokens`` defaults to 1024 on CPU, 16384 on
-    GPU.
+    GPU. ``compile``: ``off``, ``on`` or ``auto``, the decoder layers' forward under
+    ``torch.compile`` (:mod:`midalign.compiled`).
     """
     if isinstance(sentences, ParallelCorpus):
         corpus = sentences
@@ -266,9 +270,10 @@ def probe_model(
     chosen = parse_layers(layers, num_layers(model), "layers")
     if batch_tokens is None:
         batch_tokens = default_batch_tokens(model)
-    embeddings = embed_corpus(
-        model, tokenizer, corpus, chosen, pool, batch_tokens, progress, max_tokens
-    )
+    with compiled_layers(model, compile, option="compile") as how:
+        embeddings = embed_corpus(
+            model, tokenizer, corpus, chosen, pool, batch_tokens, progress, max_tokens
+        )
     # [L, P], scored on normalised copies, freed at once; anisotropy and the caller get the raw
     # states
     acc = score_corpus(normalize_states(embeddings, normalize), corpus, k, margin)
@@ -280,4 +285,5 @@ def probe_model(
         acc=acc,
         summary=summarize(acc, chosen, corpus, groups=groups),
         anisotropy=anisotropy_by_layer(embeddings, chosen),
+        compile=how.as_dict(),
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from midalign.compiled import check_mode
 from midalign.data import load_parallel
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.reading import parse_json, read_text
@@ -74,6 +75,7 @@ def run_probe(
     groups: dict[str, list[str]] | None = None,
     progress: bool = True,
     option: str = "--",
+    compile: str = "auto",
 ) -> ProbeRun:
     """Retrieval of every ordered language pair of ``data`` at ``layers`` (plus
     ``report_layer``), for ``model`` with ``adapter``. The corpus and the options are checked
@@ -85,6 +87,7 @@ def run_probe(
     check_languages(corpus, f"{option}langs {langs}")
     check_characters(corpus, max_tokens)
     check_options(min(len(t) for t in corpus.texts.values()), k, margin)
+    check_mode(compile, f"{option}compile")
     resolved, dtype_reason = resolve_dtype(dtype)
     lm, tokenizer = load_model(model, adapter, dtype_name(resolved), placement=placement)
     if batch_tokens is None:
@@ -115,6 +118,7 @@ def run_probe(
         max_tokens=max_tokens,
         groups=groups,
         progress=progress,
+        compile=compile,
     )
     return ProbeRun(
         **{f.name: getattr(probe, f.name) for f in fields(Probe)},

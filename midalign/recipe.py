@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from midalign import sections
-from midalign.config import Normalize, Pool, TrainConfig
+from midalign.config import Compile, Normalize, Pool, TrainConfig
 from midalign.data.reading import read_yaml
 from midalign.errors import InputError
 from midalign.sections import setting
 
 RunDtype = Literal["auto", "float32", "bfloat16"]  # midalign.dtypes.DTYPE_CHOICES (torch-free)
+
+
+def _compile(work: str) -> Any:
+    return setting(
+        f"torch.compile the decoder layers for {work}: auto (on where a short measurement on "
+        "this machine shows a gain of at least 1.1×; float32 on a CPU stays eager), on, off",
+        default="auto",
+    )
 
 
 def _dtype() -> Any:
@@ -107,6 +115,7 @@ class ProbeSpec:
         "layer of the report's tables: middle, or a number (default: middle)", default=None
     )
     dtype: RunDtype = _dtype()
+    compile: Compile = _compile("the probe's forwards")
 
     def check(self, name: sections.Name, error: sections.Error) -> None:
         sections.positive(name, error, self, "max_sentences")
@@ -130,6 +139,7 @@ class EvalSpec:
         "after the prompt, for classification tasks: topic)",
         default="generate",
     )
+    compile: Compile = _compile("evaluation")
 
     def check(self, name: sections.Name, error: sections.Error) -> None:
         sections.positive(name, error, self, "batch_size")

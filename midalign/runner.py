@@ -41,6 +41,8 @@ READING = 2
 # steps, by section of their config, ``optim.bf16`` resolved (``auto`` is off on a CPU without
 # native bf16: float32 as every earlier training step); probe and eval steps: the dtype they
 # load the model in, resolved (``auto`` is float32 there), as every one of them used float32.
+# ``compile`` at auto: every earlier step ran eagerly, as auto does in float32 on a CPU (a
+# machine that compiles under auto computes the same up to rounding, as another CPU does).
 LATER_DEFAULTS = {
     ("align", "normalize"): "none",
     ("align", "stats"): "batch",
@@ -51,6 +53,9 @@ LATER_DEFAULTS = {
     ("probe", "dtype"): "float32",
     ("eval", "dtype"): "float32",
     ("eval", "scoring"): "generate",
+    ("model", "compile"): "auto",
+    ("probe", "compile"): "auto",
+    ("eval", "compile"): "auto",
 }
 
 
@@ -323,6 +328,7 @@ class Runner:
                 groups=self.groups,
                 progress=self.opt.progress,
                 scoring=e.scoring,
+                compile=e.compile,
             )
             predictions = results.pop("predictions")
             results["dtype"] = settings["dtype"]
@@ -432,11 +438,13 @@ class Runner:
                 dtype=p["dtype"],
                 progress=self.opt.progress,
                 option="probe.",
+                compile=p.get("compile", "auto"),
             )
             summary = {
                 **probe.summary,
                 "normalize": normalize,
                 "dtype": p["dtype"],
+                "compile": probe.compile,
                 "anisotropy": probe.anisotropy,
             }
             write_json(folder / "results.json", summary)

@@ -47,6 +47,7 @@ from midalign.callbacks import (
     truncate_log,
 )
 from midalign.checkpoints import CHECKPOINTS, TRAINER_STATE, best_absolute
+from midalign.compiled import compiled_layers
 from midalign.config import TrainConfig
 from midalign.data.instructions import TaskDataset, load_task_dataset, read_instructions
 from midalign.data.pairs import AlignBatches
@@ -81,6 +82,7 @@ class TrainResult:
     # what the run saw: optimizer steps, task examples, alignment pairs; and what the adapter
     # it leaves saw (the best checkpoint's, when that is not the last)
     budget: dict[str, Any] = field(default_factory=dict)
+    compile: dict[str, Any] = field(default_factory=dict)  # midalign.compiled.Compiled
 
 
 def train(
@@ -122,7 +124,8 @@ def train(
         run_callbacks(c, out, args, has_eval(dev_set, align), callbacks, stopper),
         progress,
     )
-    interrupted = fit(trainer, stopper, resume_from, out)
+    with compiled_layers(model, c.model.compile, train=True, autocast=trainer.autocast) as how:
+        interrupted = fit(trainer, stopper, resume_from, out)
     layers = align.layers if align is not None else []
     examples = len(task_set) if c.align.schedule != "align" else 0
     if not interrupted and args.should_save:
@@ -144,6 +147,7 @@ def train(
         bf16=bf16,
         bf16_reason=bf16_reason,
         budget=budget(trainer, out),
+        compile=how.as_dict(),
     )
 
 

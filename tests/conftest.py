@@ -120,6 +120,23 @@ def _no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: None)
 
 
+@pytest.fixture(autouse=True)
+def _no_compile_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compile auto`` (the default) would measure compiled against eager layers where the
+    work is bf16 (tests/test_bf16.py trains under bf16 autocast): it decides "eager" at once in
+    every test, so no test compiles unasked, and neither reads nor writes the decisions kept in
+    the user's cache; tests/test_compiled.py tests the measurement and the cache."""
+    import midalign.compiled
+
+    monkeypatch.setattr(
+        midalign.compiled,
+        "_measure",
+        lambda model, sample, mode: midalign.compiled.Compiled(mode, False, "not measured"),
+    )
+    monkeypatch.setattr(midalign.compiled, "_decisions", dict)
+    monkeypatch.setattr(midalign.compiled, "_remember", lambda key, decision: None)
+
+
 @pytest.fixture(params=["llama", "qwen2", "gemma3"])
 def family(request: pytest.FixtureRequest) -> str:
     return request.param

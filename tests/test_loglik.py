@@ -213,6 +213,14 @@ def test_eval_cli_loglik_writes_label_scores(tmp_path) -> None:
     assert main([*argv, "--langs", "en", "--scoring", "loglik", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["scoring"] == results["config"]["scoring"] == "loglik"
+    assert results["compile"] == {
+        "mode": "auto",
+        "on": False,
+        "reason": "float32 on a CPU is matmul-bound: left eager unmeasured",
+        "eager_seconds": None,
+        "compiled_seconds": None,
+        "compile_seconds": None,
+    }
     assert set(results["per_language"]["eng_Latn"]) >= {"accuracy", "accuracy_norm", "macro_f1"}
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [sorted(p["loglik"]) for p in lines] == [sorted(LABELS)] * 2

@@ -269,3 +269,6 @@ def test_dtype_auto_is_resolved_loaded_and_recorded(
         reason,
     )
     assert loaded == [getattr(torch, dtype)]
+    # --compile auto: float32 stays eager unmeasured; bf16 is measured (stubbed in tests)
+    assert config["compile"]["mode"] == "auto" and not config["compile"]["on"]
+    assert ("float32" in config["compile"]["reason"]) == (dtype == "float32")

@@ -661,7 +661,8 @@ def test_the_probe_pools_as_the_recipe_trains(tmp_path: Path) -> None:
 def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_matters(
     tmp_path: Path,
 ) -> None:
-    """A run directory made before align.normalize/stats/stats_pairs existed reuses its training
+    """A run directory made before align.normalize/stats/stats_pairs (and the other later
+    settings: matched, bf16, data_order, model.compile) existed reuses its training
     steps (their hash leaves those settings out at their default); a non-default value, or an
     alignment layer that may be L (whose loss takes the state before the final norm), does not."""
     from midalign.runner import Steps
@@ -675,6 +676,7 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
             del sections["align"][key]
         del sections["optim"]["bf16"]
         del sections["optim"]["data_order"]
+        del sections["model"]["compile"]
         before = {"config": sections, "data": {"train": "data-train-abc"}}
         got = runner.train(system, 1, data)["step"]
         return got, Steps(tmp_path).folder(f"train-{name}-seed1", before).name

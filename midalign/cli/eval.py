@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from midalign.cli.options import (
+    add_compile_option,
     add_dtype_option,
     add_group_option,
     add_model_options,
@@ -82,6 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "midalign[comet]; never downloaded)",
     )
     add_dtype_option(p)
+    add_compile_option(p, "evaluation (generation or likelihood scoring)")
     add_output_options(p, "output directory", "no progress bar")
 
 
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         comet_model=args.comet_model,
         progress=not args.no_progress,
         scoring=args.scoring,
+        compile=args.compile,
     )
     predictions = results.pop("predictions")
     results["config"] = {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from midalign.anisotropy import TOP_DIMS
 from midalign.cli.options import (
+    add_compile_option,
     add_dtype_option,
     add_group_option,
     add_model_options,
@@ -104,6 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the model loads) (default: %(default)s)",
     )
     add_dtype_option(p, ", where it is about 2× faster with the same retrieval accuracy")
+    add_compile_option(p, "the probe's forwards")
     add_group_option(p, "to report, e.g. low=swh,jav,tgl")
     p.add_argument(
         "--scores",
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens,
         max_tokens=args.max_tokens,
         dtype=args.dtype,
+        compile=args.compile,
         placement=placement,
         groups=groups,
         progress=not args.no_progress,
@@ -167,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         "dtype": probe.dtype,
         "dtype_requested": args.dtype,
         "dtype_reason": probe.dtype_reason,
+        "compile": probe.compile,
         "device_map": args.device_map,
         "max_memory": args.max_memory,
     }
