@@ -40,6 +40,7 @@ from _common import (
 )
 from tqdm.auto import tqdm
 
+from midalign.compiled import COMPILE_MODES, compiled_layers
 from midalign.forward import pooling_mask
 from midalign.layers import decoder_layers
 from midalign.models import load_model
@@ -93,6 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="ROWS",
         help="after the timings, run ours once more per dtype under torch.profiler and print "
         "(and record) its ROWS most expensive ops by self CPU time (0: no profile)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="ours with the decoder layers compiled (midalign.compiled; the warm-up compiles): "
+        "off, on, or auto as the probe decides (default: %(default)s)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
@@ -244,25 +252,28 @@ def main(argv: list[str] | None = None) -> int:
             del model
             model, tokenizer = load_model("default", dtype=dtype)
             loaded = dtype
-        extract_embeddings(model, tokenizer, sentences[:8], layers, progress=False)  # warm-up
-        for budget in args.batch_tokens:
-            name = f"ours-{SHORT[dtype]}" + (f" @{budget}" if len(args.batch_tokens) > 1 else "")
-            embeddings[name], seconds, others = timed(
-                extract_embeddings, model, tokenizer, sentences, layers, "mean", budget
-            )
-            rows[name] = figures(dtype, sentences, lengths, seconds, others, budget)
-        if args.profile:
-            once = partial(
-                extract_embeddings,
-                model,
-                tokenizer,
-                sentences,
-                layers,
-                "mean",
-                args.batch_tokens[0],
-                progress=False,
-            )
-            profiles[SHORT[dtype]] = profile_ops(once, args.profile)
+        with compiled_layers(model, args.compile) as how:
+            extract_embeddings(model, tokenizer, sentences[:8], layers, progress=False)  # warm-up
+            for budget in args.batch_tokens:
+                name = f"ours-{SHORT[dtype]}"
+                name += f" @{budget}" if len(args.batch_tokens) > 1 else ""
+                embeddings[name], seconds, others = timed(
+                    extract_embeddings, model, tokenizer, sentences, layers, "mean", budget
+                )
+                rows[name] = figures(dtype, sentences, lengths, seconds, others, budget)
+                rows[name]["compile"] = how.as_dict()
+            if args.profile:
+                once = partial(
+                    extract_embeddings,
+                    model,
+                    tokenizer,
+                    sentences,
+                    layers,
+                    "mean",
+                    args.batch_tokens[0],
+                    progress=False,
+                )
+                profiles[SHORT[dtype]] = profile_ops(once, args.profile)
     for dtype, takes in gflops.items():
         takes.append(matmul_gflops(shapes, dtype=DTYPES[dtype]))
     peak = {dtype: max(takes) for dtype, takes in gflops.items()}
