@@ -144,8 +144,66 @@ def _pair_blocks(m: int, n: int) -> int:
     return max(1, min(m, _BLOCK_BYTES // (n * n * 4)))
 
 
+BF16_UNIT = 2.0**-9  # bfloat16's unit roundoff (round to nearest, 8 significant bits)
+FP32_UNIT = 2.0**-24
+RESCORE_CHUNK = 4096  # candidate entries rescored at a time (1.8x faster than 65,536 here)
+DENSE = 0.25  # a block with more candidates than this share of its entries is scored in fp32
+
+
+def bf16_bound(d: int) -> float:
+    """An upper bound on |s₁₆ − s₃₂| for two unit vectors x, y in d dimensions, s₃₂ their
+    cosine as a float32 product computes it and s₁₆ as a bf16 product (inputs rounded to bf16,
+    products accumulated in float32, the result rounded to bf16) computes it.
+
+    With u = 2⁻⁹ (bf16) and γ = d·2⁻²⁴ (a float32 dot product of length d, Higham's γ_d
+    to first order): rounding the inputs moves the cosine by at most
+    |x̃·ỹ − x·y| ≤ ‖x̃ − x‖‖ỹ‖ + ‖x‖‖ỹ − y‖ ≤ u(1 + u) + u; accumulating x̃·ỹ in float32 adds at
+    most γ(1 + u)², and rounding the result to bf16 u·|x̃·ỹ| ≤ u(1 + u)²; the float32 product
+    itself is within γ of the exact cosine. (The vectors are normalised in float32, so their
+    norms are 1 within d·2⁻²⁴, inside γ.) Doubled, so that no kernel's summation order or an
+    FMA's missing rounding can slip past it."""
+    u, gamma = BF16_UNIT, d * FP32_UNIT
+    return 2 * (u * (1 + u) + u + (gamma + u) * (1 + u) ** 2 + gamma)
+
+
+def _rescored_block(x: torch.Tensor, ys: torch.Tensor, k: int, margin: str) -> torch.Tensor:
+    """The similarities [b, N, N] of sources x [N, d] and targets ys [b, N, d] (unit vectors)
+    that can decide a prediction, in float32; -inf where they cannot.
+
+    All similarities are computed in bf16 first, s₁₆, each within δ = :func:`bf16_bound` of its
+    float32 value. A row's float32 top-k are then among the entries with s₁₆ ≥ kth₁₆ − 2δ, kth₁₆
+    the row's k-th largest s₁₆ (an entry of the float32 top-k has s₃₂ ≥ kth₃₂ ≥ kth₁₆ − δ, so
+    s₁₆ ≥ kth₁₆ − 2δ), and likewise a column's. Only those entries are computed in float32, so
+    the top-k values, the margins' averages and the best candidates are the float32 scorer's
+    (k = 1 for the cosine margin: each row's and column's best). A block where more than
+    :data:`DENSE` of the entries are candidates (nearly identical states) is computed whole in
+    float32. The candidates are rescored one dot product each, not inside one matrix product,
+    so where two of them are within float32's own rounding of each other (a few 1e-7), the pick
+    may differ from the float32 product's, as it may between two CPUs or thread counts.
+
+    Measured on an AMD EPYC with AVX512-BF16 (2 threads, 10 targets × 1,012 sentences, d 640,
+    standardised states: 2 % of the entries are candidates): 1.34 s a block against 0.27 s for
+    the float32 product, of which the bf16 product is 0.16 s; gathering the candidates' vectors
+    and a second top-k cost more than bf16 saves, so the probe scores in float32."""
+    d = x.shape[-1]
+    sim16 = torch.einsum("nd,tmd->tnm", x.bfloat16(), ys.bfloat16()).float()
+    need_k = 1 if margin == "cosine" else k
+    slack = 2 * bf16_bound(d)
+    row_kth = sim16.topk(need_k, dim=-1).values[..., -1:]  # [b, N, 1]
+    col_kth = sim16.topk(need_k, dim=-2).values[..., -1:, :]  # [b, 1, N]
+    need = (sim16 >= row_kth - slack) | (sim16 >= col_kth - slack)
+    if need.float().mean().item() > DENSE:
+        return torch.einsum("nd,tmd->tnm", x, ys)
+    exact = torch.full_like(sim16, float("-inf"))
+    t, n, m = need.nonzero(as_tuple=True)
+    for start in range(0, len(t), RESCORE_CHUNK):
+        part = slice(start, start + RESCORE_CHUNK)
+        exact[t[part], n[part], m[part]] = (x[n[part]] * ys[t[part], m[part]]).sum(-1)
+    return exact
+
+
 def layer_predictions(
-    e: torch.Tensor, k: int = 4, margin: str = "ratio"
+    e: torch.Tensor, k: int = 4, margin: str = "ratio", bf16: bool = False
 ) -> Iterator[tuple[slice, slice, torch.Tensor]]:
     """Multiway retrieval of one layer, a block of language pairs at a time: e [M, N, d] ->
     (sources, targets, predicted target index [len(sources), len(targets), N] long).
@@ -155,17 +213,25 @@ def layer_predictions(
     (avg_y over all N sources) are exact. s → t and t → s come from one product
     (:func:`_predict_both_ways`), so only the targets t ≥ s are computed, and each block yields
     both directions: M(M + 1)/2 products a layer instead of M². The diagonal pairs (a language
-    against itself) are scored too.
+    against itself) are scored too. ``bf16``: the products in bf16, only the candidates that
+    can decide a prediction recomputed in float32 (:func:`_rescored_block`): the float32
+    predictions (up to float32's own ties), for machines where a bf16 product is many times
+    faster than a float32 one; on the EPYC measured here it is slower.
     """
     m, n, _ = e.shape
     check_options(n, k, margin)
     e = F.normalize(e.float(), dim=-1)
-    per_block = _pair_blocks(m, n)
+    # the bf16 route holds a block three times over (bf16 products as float32, the candidate
+    # mask, the rescored block)
+    per_block = max(1, _pair_blocks(m, n) // (3 if bf16 else 1))
     for s in range(m):
         src = slice(s, s + 1)
         for t0 in range(s, m, per_block):
             tgt = slice(t0, min(t0 + per_block, m))
-            sim = torch.einsum("nd,tmd->tnm", e[s], e[tgt])  # [b, N, N]
+            if bf16:
+                sim = _rescored_block(e[s], e[tgt], k, margin)
+            else:
+                sim = torch.einsum("nd,tmd->tnm", e[s], e[tgt])  # [b, N, N]
             forward, backward = _predict_both_ways(sim, k, margin)  # [b, N] each
             yield src, tgt, forward.unsqueeze(0)
             skip = 1 if t0 == s else 0  # (s, s) is scored once, by the forward direction
@@ -187,7 +253,9 @@ def all_pairs_predictions(emb: torch.Tensor, k: int = 4, margin: str = "ratio") 
     return pred
 
 
-def all_pairs_accuracy(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
+def all_pairs_accuracy(
+    emb: torch.Tensor, k: int = 4, margin: str = "ratio", bf16: bool = False
+) -> torch.Tensor:
     """Multiway retrieval accuracy: emb [L, M, N, d] -> [L, M, M] (source, target), NaN diagonal.
 
     Streams over layers and blocks of language pairs: beyond the input, memory is one layer's
@@ -198,15 +266,17 @@ def all_pairs_accuracy(emb: torch.Tensor, k: int = 4, margin: str = "ratio") -> 
     check_options(n, k, margin)
     acc = torch.empty(n_layers, m, m)
     for layer in range(n_layers):
-        acc[layer] = layer_accuracy(emb[layer], k, margin)
+        acc[layer] = layer_accuracy(emb[layer], k, margin, bf16)
     return acc
 
 
-def layer_accuracy(e: torch.Tensor, k: int = 4, margin: str = "ratio") -> torch.Tensor:
+def layer_accuracy(
+    e: torch.Tensor, k: int = 4, margin: str = "ratio", bf16: bool = False
+) -> torch.Tensor:
     """:func:`all_pairs_accuracy` of one layer: e [M, N, d] -> [M, M], NaN diagonal."""
     m, n, _ = e.shape
     acc = torch.empty(m, m)
-    for src, tgt, pred in layer_predictions(e, k, margin):
+    for src, tgt, pred in layer_predictions(e, k, margin, bf16):
         acc[src, tgt] = (pred == torch.arange(n)).float().mean(-1)
     acc[torch.arange(m), torch.arange(m)] = float("nan")
     return acc

@@ -353,3 +353,86 @@ def test_normalised_xsim_is_invariant_to_a_per_dimension_affine_change(mode):
 def test_unknown_normalize_mode_is_refused():
     with pytest.raises(InputError, match="normalize must be one of none, center, standardize"):
         normalize_states({"a": X[None]}, "whiten")
+
+
+# --------------------------------------------------------------------------- bf16 candidates
+
+
+def _anisotropic(m: int, n: int, d: int, seed: int) -> torch.Tensor:
+    """[m, n, d] states as a small LM's mid layer has them: a shared direction and two rogue
+    dimensions far larger than the rest (cosines crowd near 1), translations close."""
+    g = torch.Generator().manual_seed(seed)
+    meaning = torch.randn(n, d, generator=g)
+    states = meaning + 0.6 * torch.randn(m, n, d, generator=g) + 1.0
+    states[..., :2] *= 5.0
+    return states
+
+
+def test_bf16_bound_holds_for_every_product():
+    """The derivation of bf16_bound, checked: the un-doubled bound holds for every entry of
+    bf16 vs float32 products of anisotropic unit vectors (d = 640, Gemma 3's width)."""
+    e = F.normalize(_anisotropic(2, 300, 640, 0), dim=-1)
+    s32 = e[0] @ e[1].T
+    s16 = (e[0].bfloat16() @ e[1].bfloat16().T).float()
+    worst = (s16 - s32).abs().max().item()
+    assert 0 < worst <= retrieval.bf16_bound(640) / 2
+
+
+def _near_ties(n: int, d: int, seed: int) -> torch.Tensor:
+    """[2, n, d]: source 2i has its translation (target 2i, cosine 0.9998) and a rival (target
+    2i + 1, cosine 0.9996); source 2i + 1 is random. The rival's gap, 2e-4, is far below bf16's
+    resolution near 1 (2⁻⁸ ≈ 0.004), so a plain bf16 scorer picks between the two by rounding,
+    and far above float32's (~1e-7), so the float32 scorer's pick is not itself a rounding tie."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    y = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    for i in range(0, n - 1, 2):
+        v, w = torch.randn(2, d, generator=g, dtype=torch.float64)
+        u = x[i].double()
+        v = F.normalize(v - (v @ u) * u, dim=0)
+        w = w - (w @ u) * u
+        w = F.normalize(w - (w @ v) * v, dim=0)
+        for j, c in ((i, 0.9998), (i + 1, 0.9996)):
+            y[j] = (c * u + (1 - c * c) ** 0.5 * (v if j == i else w)).float()
+    return torch.stack([x, y])
+
+
+@pytest.mark.parametrize("margin", ["ratio", "cosine"])
+@pytest.mark.parametrize("states", ["anisotropic", "near-ties"])
+def test_bf16_candidates_give_the_float32_predictions(margin, states):
+    if states == "anisotropic":
+        emb = _anisotropic(4, 120, 64, 1)
+    else:
+        emb = _near_ties(120, 64, 2)
+    e = F.normalize(emb.float(), dim=-1)
+    m, n, _ = e.shape
+
+    def predictions(bf16: bool) -> torch.Tensor:
+        pred = torch.full((m, m, n), -1)
+        for src, tgt, block in retrieval.layer_predictions(e, 4, margin, bf16):
+            pred[src, tgt] = block
+        return pred
+
+    assert torch.equal(predictions(bf16=True), predictions(bf16=False))
+    if states == "near-ties":  # the test has teeth: scoring plainly in bf16 picks otherwise
+        plain = retrieval._predict((e[0].bfloat16() @ e[1].bfloat16().T).float(), 4, margin)
+        assert not torch.equal(plain, retrieval._predict(e[0] @ e[1].T, 4, margin))
+
+
+def test_bf16_rescoring_computes_only_candidates_and_falls_back_when_dense(monkeypatch):
+    e = F.normalize(_anisotropic(2, 200, 64, 3), dim=-1)
+    block = retrieval._rescored_block(e[0], e[1:], 4, "ratio")
+    share = torch.isfinite(block).float().mean().item()
+    assert 0 < share < retrieval.DENSE  # a few candidates a row and column, not the block
+    exact = torch.einsum("nd,tmd->tnm", e[0], e[1:])
+    finite = torch.isfinite(block)
+    assert torch.allclose(block[finite], exact[finite], rtol=0, atol=1e-6)
+    monkeypatch.setattr(retrieval, "DENSE", 0.0)  # every block "dense": the float32 product
+    assert torch.equal(retrieval._rescored_block(e[0], e[1:], 4, "ratio"), exact)
+    torch.testing.assert_close(
+        all_pairs_accuracy(e[None], 4, "ratio", bf16=True),
+        all_pairs_accuracy(e[None], 4),
+        rtol=0,
+        atol=0,
+        equal_nan=True,
+    )
