@@ -4,6 +4,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from conftest import shared_data
 
 from midalign.cli import build_parser
 from midalign.cli.train import resolve_config
@@ -166,6 +167,22 @@ def test_recipes_load_and_validate(recipe):
     if recipe == "paper_alternate.yaml":  # the paper's: its pooling, its five languages
         assert config.align.pool == "mean-all" and config.align.batch_pairs == 32
         assert config.data.align_langs == ["cym", "jav", "jpn", "swh", "tgl"]
+
+
+@pytest.mark.parametrize("recipe", ["cpu_demo.yaml", "paper_alternate.yaml"])
+def test_recipes_alignment_data_has_their_languages(recipe):
+    """Each training recipe's alignment source holds every one of its languages: read with
+    ../shared/data's copy of LASER's Tatoeba standing in for the recipe's folder. (The paper
+    recipe once read hf-tatoeba, which has none of cy, jv, sw, tl: it could not run.)"""
+    from midalign.data.pairs import load_pairs
+
+    config = load_config(REPO / "recipes" / "train" / recipe)
+    kind, _, folder = config.data.align_data.partition(":")
+    assert kind == "tatoeba", config.data.align_data
+    local = shared_data("tatoeba")
+    pairs = load_pairs(f"tatoeba:{local}", config.data.align_langs, config.data.align_split)
+    assert len(pairs) == len(config.data.align_langs)
+    assert all(len(p) >= 100 for p in pairs.values()), {k: len(p) for k, p in pairs.items()}
 
 
 def test_normalize_choices_are_the_losses():
