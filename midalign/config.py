@@ -8,7 +8,12 @@ it (and ``--field`` where the name is unique, or a short alias such as ``--model
 defaults < ``--config`` YAML < command-line options. The resolved config is written to the run
 directory as ``config.yaml`` and is what ``--resume`` compares. Each section's ``check`` refuses
 values that cannot work on their own; :func:`midalign.config_checks.validate` adds the rules
-across sections. Defaults are the paper's (Liu & Niehues 2025, App. D.1; docs/design.md §2).
+across sections. Defaults follow the paper (Liu & Niehues 2025, App. D.1; docs/design.md §2)
+in the loss, LoRA and the optimiser, with three exceptions: ``align.pool`` is ``mean`` (content
+tokens; the authors' code averages every token, ``mean-all``, which on small models mixes in the
+attention sink at BOS), and ``align.batch_pairs`` 16 and ``optim.batch_size`` 8 (the paper: 32
+per micro-batch, 128 an optimizer step, on GPUs). recipes/train/paper_alternate.yaml is the
+paper's setup as a whole.
 """
 
 from __future__ import annotations
