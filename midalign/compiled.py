@@ -22,8 +22,9 @@ thing, as a step of the runner must to give the same predictions again. A float3
 a CPU is matmul-bound (``mm`` 77 % of its time, docs/benchmarks.md) and compiling it gained
 1.04–1.11× (alignment micro-batch, task micro-batch, probe; AMD EPYC, compile_speed.py), about
 the noise of a short measurement: ``auto`` leaves it eager without measuring, so that machines
-do not flip between the two on noise. A model spread over devices by ``--device-map`` runs its layers
-through accelerate's hooks, which dynamo does not trace: it stays eager (``on`` is refused).
+do not flip between the two on noise. A model spread over devices by ``--device-map`` runs its
+layers through accelerate's hooks, which dynamo does not trace: it stays eager (``on`` is
+refused).
 """
 
 from __future__ import annotations

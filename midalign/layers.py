@@ -69,8 +69,13 @@ def num_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
 
 
-def parse_layers(spec: str | Sequence[int], n_layers: int, option: str = "--layers") -> list[int]:
-    """``all`` → 0..L, ``even`` → 0,2,…,L (+L), ``middle`` → L//2, or a list such as ``2,4,9``."""
+def parse_layers(
+    spec: str | int | Sequence[int], n_layers: int, option: str = "--layers"
+) -> list[int]:
+    """``all`` → 0..L, ``even`` → 0,2,…,L (+L), ``middle`` → L//2, a list such as ``2,4,9``, or
+    one layer as an int (``AlignConfig(layers=16)``, YAML's ``layers: 16``)."""
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = [spec]
     if isinstance(spec, str):
         if spec == "all":
             return list(range(n_layers + 1))

@@ -116,9 +116,10 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, optionally with a PEFT adapter on top.
 
-    ``dtype`` is float32 (CPU default), bfloat16 (GPU default; also fast on CPUs with AVX512-BF16)
-    or float16. ``device`` defaults to CUDA when present; ``placement`` instead spreads the
-    model over devices, RAM and disk (``--device-map``).
+    ``dtype`` is float32 (the default, on any device), bfloat16 (what the commands' ``--dtype
+    auto`` picks on a GPU and on a CPU with AMX or AVX512-BF16; :func:`midalign.dtypes.
+    resolve_dtype`), float16 or float64. ``device`` defaults to CUDA when present;
+    ``placement`` instead spreads the model over devices, RAM and disk (``--device-map``).
     """
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")

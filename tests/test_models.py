@@ -178,6 +178,9 @@ def test_parse_layers():
     assert parse_layers("even", 5) == [0, 2, 4, 5]
     assert parse_layers("middle", 18) == [9]
     assert parse_layers("9,2,4,2", 18) == [2, 4, 9]
+    assert parse_layers(16, 18) == parse_layers([16], 18) == [16]  # AlignConfig(layers=16)
+    with pytest.raises(InputError, match="layer 19 is out of range"):
+        parse_layers(19, 18)
     with pytest.raises(
         InputError, match="--layers: layer 19 is out of range.*0 \\(embeddings\\) to 18"
     ):
