@@ -269,7 +269,11 @@ def prepare_alignment(
     if schedule == "task" and not (c.data.align_data and c.data.align_langs):
         return None, {}, None
     pairs = load_pairs(
-        c.data.align_data, c.data.align_langs, c.data.align_split, c.data.align_max_pairs
+        c.data.align_data,
+        c.data.align_langs,
+        c.data.align_split,
+        c.data.align_max_pairs,
+        c.data.align_pivot,
     )
     pairs, dev_pairs = split_dev(pairs, c.data.align_dev_pairs, c.optim.seed)
     pair_counts = {lang: len(items) for lang, items in pairs.items()}

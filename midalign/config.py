@@ -35,6 +35,7 @@ Normalize = Literal["none", "center", "standardize"]  # midalign.losses.NORMALIZ
 Stats = Literal["batch", "base"]
 Pool = Literal["mean", "mean-all"]
 ModelDtype = Literal["float32", "bfloat16", "float16", "float64"]
+AlignPivot = Literal["english", "all"]  # midalign.data.pairs.PIVOTS (torch-free)
 Compile = Literal["auto", "on", "off"]  # midalign.compiled.COMPILE_MODES (torch-free)
 BestMetric = Literal["auto", "task_loss", "align_loss"]
 SCHEDULES = typing.get_args(Schedule)
@@ -100,8 +101,16 @@ class DataConfig:
         default=None,
     )
     align_langs: list[str] = _help(
-        "non-English languages paired with English for alignment (comma-separated codes)",
+        "non-English languages paired with English for alignment (comma-separated codes); "
+        "with align_pivot all, the languages every one of which is paired with every other",
         default_factory=list,
+    )
+    align_pivot: AlignPivot = _help(
+        "english: every alignment pair is x-English (the paper's main setup); all: every "
+        "ordered pair of align_langs, English among them if listed, from a multiway source "
+        "(sib200, flores, udhr: the same sentences in every language), the paper's all-to-all "
+        "alignment (its Table 4)",
+        default="english",
     )
     align_split: str = _help("split of flores/sib200 alignment data", default="dev")
     align_max_pairs: int | None = _help(

@@ -54,6 +54,7 @@ LATER_DEFAULTS = {
     ("eval", "dtype"): "float32",
     ("eval", "scoring"): "generate",
     ("model", "compile"): "auto",
+    ("data", "align_pivot"): "english",
     ("probe", "compile"): "auto",
     ("eval", "compile"): "auto",
 }

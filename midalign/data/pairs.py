@@ -96,49 +96,89 @@ def _hf_tatoeba(source: str, langs: list[str]) -> Pairs:
     return pairs
 
 
+PIVOTS = ("english", "all")
+
+
 def load_pairs(
-    spec: str, langs: list[str], split: str = "dev", max_pairs: int | None = None
+    spec: str,
+    langs: list[str],
+    split: str = "dev",
+    max_pairs: int | None = None,
+    pivot: str = "english",
 ) -> Pairs:
-    """Filtered (x, English) pairs per language of ``langs``, in the data's order."""
+    """Filtered translation pairs per group, in the data's order: with ``pivot`` ``english``,
+    (x, English) pairs per language of ``langs``; with ``all``, (x, y) pairs per ordered pair
+    of ``langs`` (group ``"x-y"``, e.g. ``deu_Latn-fra_Latn``), from a multiway source."""
+    if pivot not in PIVOTS:
+        raise InputError(f"data.align_pivot must be one of {', '.join(PIVOTS)}, not {pivot!r}")
     langs = list(dict.fromkeys(to_flores(lang) for lang in langs))
+    if pivot == "all":
+        raw = _all_pairs(spec, langs, split)
+    else:
+        raw = _english_pairs(spec, langs, split)
+    pairs: Pairs = {}
+    for group in raw if pivot == "all" else langs:  # a language without pairs is an error
+        items = raw.get(group, [])
+        kept = [
+            (x.strip(), y.strip()) for x, y in items if is_one_sentence(x) and is_one_sentence(y)
+        ]
+        if len(kept) < len(items):
+            log.info(
+                "%s: dropped %d of %d pairs (empty or several sentences)",
+                group,
+                len(items) - len(kept),
+                len(items),
+            )
+        if len(kept) < 2:
+            raise InputError(
+                f"--align-langs: {group} has {len(kept)} usable pair(s) in {spec} "
+                "(at least 2 are needed for in-batch negatives)"
+            )
+        pairs[group] = kept[:max_pairs] if max_pairs else kept
+    return pairs
+
+
+def _english_pairs(spec: str, langs: list[str], split: str) -> Pairs:
+    """(x, English) pairs by language, unfiltered (a language the data lacks has no entry)."""
     if ENGLISH in langs:
         raise InputError("--align-langs: English is the pivot of every pair; list the others")
     if not langs:
         raise InputError("--align-langs: give at least one language")
     if spec == "hf-tatoeba" or spec.startswith("hf-tatoeba:"):
-        raw = _hf_tatoeba(spec.partition(":")[2], langs)
-    elif spec.startswith("alma:"):
+        return _hf_tatoeba(spec.partition(":")[2], langs)
+    if spec.startswith("alma:"):
         # the task's own training pairs, as the paper aligns for translation
         root = Path(spec[len("alma:") :]).expanduser()
-        raw = {lang: read_alma_pairs(root, lang, ENGLISH, "train") for lang in langs}
-    else:
-        corpus = load_parallel(spec, [*langs, ENGLISH], split)
-        raw = {}
-        for src, tgt in corpus.pairs:
-            if corpus.lang[tgt] == ENGLISH and corpus.lang[src] != ENGLISH:
-                raw[corpus.lang[src]] = list(zip(corpus.texts[src], corpus.texts[tgt], strict=True))
-    pairs: Pairs = {}
-    for lang in langs:
-        kept = [
-            (x.strip(), y.strip())
-            for x, y in raw.get(lang, [])
-            if is_one_sentence(x) and is_one_sentence(y)
-        ]
-        dropped = len(raw.get(lang, [])) - len(kept)
-        if dropped:
-            log.info(
-                "%s: dropped %d of %d pairs (empty or several sentences)",
-                lang,
-                dropped,
-                len(raw.get(lang, [])),
-            )
-        if len(kept) < 2:
-            raise InputError(
-                f"--align-langs: {lang} has {len(kept)} usable pair(s) in {spec} "
-                "(at least 2 are needed for in-batch negatives)"
-            )
-        pairs[lang] = kept[:max_pairs] if max_pairs else kept
-    return pairs
+        return {lang: read_alma_pairs(root, lang, ENGLISH, "train") for lang in langs}
+    corpus = load_parallel(spec, [*langs, ENGLISH], split)
+    raw: Pairs = {}
+    for src, tgt in corpus.pairs:
+        if corpus.lang[tgt] == ENGLISH and corpus.lang[src] != ENGLISH:
+            raw[corpus.lang[src]] = list(zip(corpus.texts[src], corpus.texts[tgt], strict=True))
+    return raw
+
+
+def _all_pairs(spec: str, langs: list[str], split: str) -> Pairs:
+    """(x, y) pairs for every ordered pair of ``langs`` from a multiway corpus: sentence i of
+    every language translates sentence i of the others."""
+    if len(langs) < 2:
+        raise InputError("--align-langs: align_pivot all pairs languages: give at least two")
+    if spec.startswith(("hf-tatoeba", "alma:", "tatoeba:", "parallel:")):
+        raise InputError(
+            f"data.align_pivot all needs a multiway source (sib200:DIR, flores:DIR, udhr), "
+            f"where every language has the same sentences; {spec} pairs each language with "
+            "English only"
+        )
+    corpus = load_parallel(spec, langs, split)
+    side = {corpus.lang[s]: s for s in corpus.texts}
+    if len({len(corpus.texts[s]) for s in corpus.texts}) != 1:
+        raise InputError(f"data.align_pivot all: {spec} is not multiway (sides differ in length)")
+    return {
+        f"{a}-{b}": list(zip(corpus.texts[side[a]], corpus.texts[side[b]], strict=True))
+        for a in langs
+        for b in langs
+        if a != b
+    }
 
 
 def split_dev(pairs: Pairs, per_lang: int, seed: int) -> tuple[Pairs, Pairs]:
