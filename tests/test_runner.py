@@ -662,9 +662,10 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
     tmp_path: Path,
 ) -> None:
     """A run directory made before align.normalize/stats/stats_pairs (and the other later
-    settings: matched, bf16, data_order, model.compile) existed reuses its training
-    steps (their hash leaves those settings out at their default); a non-default value, or an
-    alignment layer that may be L (whose loss takes the state before the final norm), does not."""
+    settings: matched, bf16, data_order, model.compile, data.align_pivot) existed reuses its
+    training steps (their hash leaves those settings out at their default); a non-default
+    value, or an alignment layer that may be L (whose loss takes the state before the final
+    norm), does not."""
     from midalign.runner import Steps
 
     def step(recipe: dict, name: str) -> tuple[str, str]:
@@ -677,6 +678,7 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
         del sections["optim"]["bf16"]
         del sections["optim"]["data_order"]
         del sections["model"]["compile"]
+        del sections["data"]["align_pivot"]
         before = {"config": sections, "data": {"train": "data-train-abc"}}
         got = runner.train(system, 1, data)["step"]
         return got, Steps(tmp_path).folder(f"train-{name}-seed1", before).name
