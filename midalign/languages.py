@@ -315,7 +315,9 @@ def to_flores(code: str) -> str:
     match = _CODE_RE.fullmatch(code.strip())
     if match is None:
         raise _unknown(code)
-    lang = _iso639_3(match.group(1).lower())
+    given = match.group(1).lower()
+    # a FLoRes language stands even where ISO 639-3 has retired its code (ajp, merged into apc)
+    lang = given if given in _SCRIPTS else _iso639_3(given)
     if lang is None:
         raise _unknown(code)
     lang = _ALIASES.get(lang, _MACRO_TO_FLORES.get(lang, lang))

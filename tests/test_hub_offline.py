@@ -15,8 +15,8 @@ from midalign.cli import main
 from midalign.tasks.topic import Topic
 
 FORMS = (
-    "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (a copy of its parquet "
-    "conversion, <code>/<split>/*.parquet)"
+    "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (a copy of the repo, "
+    "or of its parquet conversion, <code>/<split>/*.parquet)"
 )
 WHERE = "hf:Davlan/sib200 config eng_Latn split test"
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -127,11 +127,6 @@ def test_a_hub_that_answers_is_left_to_datasets(online, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-    # a loading-script repo: its parquet conversion, one folder per config
-    assert calls == [
-        (
-            ("Davlan/sib200",),
-            {"split": "test", "data_dir": "eng_Latn", "revision": "refs/convert/parquet"},
-        )
-    ]
+    # the repo's config on main (a card's configs, no longer a loading script)
+    assert calls == [(("Davlan/sib200",), {"split": "test", "name": "eng_Latn"})]
     assert [(ex.id, ex.reference, ex.text) for ex in examples] == [("7", "sports", "a goal")]

@@ -141,3 +141,12 @@ def test_paper35_is_appendix_c() -> None:
     # with UNER's languages they are the 41 of the shared data README
     assert len(set(paper35) | set(PRESETS["uner"])) == 41
     assert PRESETS["uner"] == parse_langs("en,pt,zh,da,hr,sk,sr,sv")
+
+
+def test_every_flores_code_is_its_own_code() -> None:
+    """ISO 639-3 retired ajp (South Levantine Arabic) in 2023, merging it into apc, and
+    pycountry dropped it; FLoRes-200 still names it ajp_Arab (FLORES+ 2.0: apc_Arab_sout3123)."""
+    assert {code: to_flores(code) for code in FLORES_NAMES} == {c: c for c in FLORES_NAMES}
+    assert to_flores("ajp") == "ajp_Arab"
+    assert language_name("ajp") == "South Levantine Arabic"
+    assert iso639_1("ajp_Arab") is None

@@ -25,3 +25,30 @@ def test_alma_training_files_become_x_english_pairs() -> None:
 def test_alma_language_without_files_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="train.cs-en.cs"):
         load_pairs(f"alma:{ALMA}", ["cs"])
+
+
+def test_alma_icelandic_dev_names_the_missing_valid_file(tmp_path: Path, capsys) -> None:
+    """ALMA's isen has train and test files but no valid one, unlike cs, de, ru and zh: a dev
+    split of is-en fails when the data is read, in one line, before any model is loaded."""
+    from midalign.cli import main
+
+    folder = tmp_path / "isen"
+    folder.mkdir()
+    (folder / "train.is-en.is").write_text("Góðan daginn.\nHúsið er rautt.\n")
+    (folder / "train.is-en.en").write_text("Good morning.\nThe house is red.\n")
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded a model")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("midalign.cli.eval.load_model", never)
+        args = ["eval", "--model", "default", "--task", "mt", "--data", f"alma:{tmp_path}"]
+        for direction in ("is-en", "en-is"):
+            out = ["--out", str(tmp_path / "out"), "--no-progress"]
+            assert main([*args, "--langs", direction, "--split", "dev", *out]) == 2
+            assert capsys.readouterr().err == (
+                f"midalign eval: error: alma:{tmp_path}: {direction} split dev: no "
+                f"{folder / 'valid.is-en.json'} (ALMA has no valid file for Icelandic: use split "
+                "train or test)\n"
+            )
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,9 @@ from midalign.data.reading import read_json, read_sentences
 from midalign.errors import InputError
 from midalign.languages import iso639_1
 
+# ALMA's folders without a valid file (isen has train and test only)
+_NO_VALID = {"isen": "Icelandic"}
+
 
 def two_letter(code: str) -> str:
     """The ISO 639-1 code of a FLoRes code, as ALMA and WMT23 name their files."""
@@ -26,16 +29,18 @@ def read_alma_pairs(root: Path, src: str, tgt: str, split: str) -> list[tuple[st
 
     ALMA human-written data: ``DIR/<xx>en/train.<xx>-en.{xx,en}`` (line-aligned, split
     ``train``), ``DIR/<xx>en/valid.<xx>-en.json`` (a JSON list of ``{"translation": {xx,
-    en}}``, split ``valid``/``dev``; either direction reads it) and, split ``test``, the
-    WMT22 test sets ALMA ships one per direction: ``DIR/<xx>en/test.<src>-<tgt>.json``."""
+    en}}``, split ``valid``/``dev``; either direction reads it; Icelandic has none) and, split
+    ``test``, the WMT test sets ALMA ships one per direction: ``DIR/<xx>en/test.<src>-<tgt>.json``.
+    A missing file is an error naming the direction and the split."""
     if ENGLISH not in (src, tgt):
         raise InputError(f"alma:{root}: ALMA pairs every language with English, not {src}-{tgt}")
     other = tgt if src == ENGLISH else src
     xx = two_letter(other)
+    s, t = two_letter(src), two_letter(tgt)
     folder = root / f"{xx}en"
     if split == "train":
         files = {c: folder / f"train.{xx}-en.{c}" for c in (xx, "en")}
-        texts = {c: read_sentences(p) for c, p in files.items()}
+        texts = {c: read_sentences(_existing(root, p, f"{s}-{t}", split)) for c, p in files.items()}
         if len(texts[xx]) != len(texts["en"]):
             raise InputError(
                 f"{files[xx]} has {len(texts[xx])} lines but {files['en']} has "
@@ -43,11 +48,21 @@ def read_alma_pairs(root: Path, src: str, tgt: str, split: str) -> list[tuple[st
             )
         return list(zip(texts[xx], texts["en"], strict=True))
     if split in ("valid", "dev", "validation"):
-        return _read_alma_json(folder / f"valid.{xx}-en.json", xx)
-    if split == "test":
-        s, t = two_letter(src), two_letter(tgt)
-        return _read_alma_json(folder / f"test.{s}-{t}.json", xx)
-    raise InputError(f"alma:{root}: split {split!r} (ALMA has train, valid and test)")
+        path = folder / f"valid.{xx}-en.json"
+    elif split == "test":
+        path = folder / f"test.{s}-{t}.json"
+    else:
+        raise InputError(f"alma:{root}: split {split!r} (ALMA has train, valid and test)")
+    return _read_alma_json(_existing(root, path, f"{s}-{t}", split), xx)
+
+
+def _existing(root: Path, path: Path, direction: str, split: str) -> Path:
+    """``path``, or an error naming the direction and the split that need it."""
+    if path.is_file():
+        return path
+    language = _NO_VALID.get(path.parent.name) if path.name.startswith("valid.") else None
+    lacks = f" (ALMA has no valid file for {language}: use split train or test)" if language else ""
+    raise InputError(f"alma:{root}: {direction} split {split}: no {path}{lacks}")
 
 
 def _read_alma_json(path: Path, xx: str) -> list[tuple[str, str]]:

@@ -4,22 +4,25 @@ Every hub read goes through :func:`load_split`: one ``datasets.load_dataset`` ca
 and for a local copy of the same repository, so a copy laid out like the repo (its dataset card's
 ``configs:`` naming the files, or the Parquet conversion's folders) reads exactly as the hub does,
 and the tests, which build such copies, test the hub's layout. ``datasets`` no longer runs
-loading scripts; a repo that has one (``Davlan/sib200``, ``AmazonScience/massive``) is read from
-the Parquet conversion the hub keeps of it (:data:`PARQUET_EXPORT`).
+loading scripts; a repo that has one (``AmazonScience/massive``) is read from the Parquet
+conversion the hub keeps of it (:data:`PARQUET_EXPORT`), which is also the fall-back of
+``Davlan/sib200``, a loading script until its card declared its configs. A config the repo
+lacks is named with the nearest it has (:func:`unknown_config`).
 
 FLORES+ (layout from the repo's file names as public code downloads them, and from
 openlanguagedata/flores' README and CHANGELOG; the dataset card itself is gated): one config per
-language variety (``deu_Latn``; FLoRes-200's ``zho_Hans`` is ``cmn_Hans`` there, ``tgl_Latn`` is
-``fil_Latn``, ``est_Latn`` is ``ekk_Latn``), splits ``dev`` and ``devtest``, stored as
-``<split>/<config>.jsonl`` (``.parquet`` before v2); rows carry ``id``, ``iso_639_3``,
-``iso_15924``, ``glottocode``, ``text`` and metadata (``url``, ``domain``, ...). Sentences are
-joined on ``id``. A local copy with the repo's README reads through :func:`load_split`; a folder
-of loose ``<split>/<code>.parquet`` or ``.jsonl`` files (at any depth, no README) is read file by
-file.
+language variety (``deu_Latn``; where FLORES+ 2.0 renamed FLoRes-200's code, :data:`_HUB_CONFIG`:
+``zho_Hans`` is ``cmn_Hans``, ``tgl_Latn`` ``fil_Latn``, ``ajp_Arab`` ``apc_Arab_sout3123``),
+splits ``dev`` and ``devtest``, stored as ``<split>/<config>.jsonl`` (``.parquet`` before v2);
+rows carry ``id``, ``iso_639_3``, ``iso_15924``, ``glottocode``, ``text`` and metadata (``url``,
+``domain``, ...). Sentences are joined on ``id``. A local copy with the repo's README reads
+through :func:`load_split`; a folder of loose ``<split>/<code>.parquet`` or ``.jsonl`` files (at
+any depth, no README) is read file by file.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +45,12 @@ _HUB_CONFIG = {
     "grn_Latn": "gug_Latn",
     "kon_Latn": "ktu_Latn",
     "tzm_Tfng": "zgh_Tfng",
+    # Levantine Arabic and Akan are split by glottocode: ISO 639-3 merged ajp into apc (2023),
+    # and FLORES+ files FLoRes-200's Akan (Asante) and Twi (Akuapem) under twi.
+    "apc_Arab": "apc_Arab_nort3139",
+    "ajp_Arab": "apc_Arab_sout3123",
+    "aka_Latn": "twi_Latn_asan1239",
+    "twi_Latn": "twi_Latn_akua1239",
 }
 # The branch where the hub keeps its Parquet conversion of a data set: one folder per config,
 # ``<config>/<split>/0000.parquet`` (more shards for big splits). For a loading-script repo it is
@@ -198,6 +207,30 @@ def load_split(
     return load_from_hub(where, source, split=split, **kwargs)
 
 
+def repo_configs(source: str) -> list[str] | None:
+    """The configs of the hub data set ``source`` (or of a local copy of its repository), as
+    ``datasets`` lists them from the card; None where they cannot be listed (a gated repo
+    without a login, a loading script, no answer)."""
+    from datasets import get_dataset_config_names
+
+    local = Path(source).expanduser()
+    try:
+        return list(get_dataset_config_names(str(local) if local.is_dir() else source))
+    except Exception:  # the hub's and datasets' own error types; the caller says what it knows
+        return None
+
+
+def unknown_config(where: str, config: str, configs: list[str]) -> InputError:
+    """The error for a config the repo does not have, naming the nearest ones it has."""
+    nearest = difflib.get_close_matches(config, configs, n=5, cutoff=0.5)
+    has = (
+        f"the nearest it has: {', '.join(nearest)}"
+        if nearest
+        else f"none of its {len(configs)} is close"
+    )
+    return InputError(f"{where}: unknown config {config}; {has}")
+
+
 def _load_flores_config(repo: str, lang: str, split: str) -> tuple[str, Dataset]:
     config = _HUB_CONFIG.get(lang, lang)
     where = f"hf:{repo} config {config} split {split}"
@@ -206,8 +239,11 @@ def _load_flores_config(repo: str, lang: str, split: str) -> tuple[str, Dataset]
     except HubUnreachable as e:
         raise InputError(f"{e}: hf:DIR, a folder laid out like the repo") from None
     except InputError as e:  # gated, unknown config or split: all fixable by the user
-        if Path(repo).expanduser().is_dir():
-            raise
+        configs = repo_configs(repo)
+        if configs is not None and config not in configs:
+            raise unknown_config(where, config, configs) from e
+        if configs is not None or Path(repo).expanduser().is_dir():
+            raise  # the repo's card was read: not a gated repo
         raise InputError(
             f"{e}. flores_plus is gated: accept its terms on the hub and log in, or download it "
             "and pass hf:DIR"

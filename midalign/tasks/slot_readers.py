@@ -33,7 +33,7 @@ MASSIVE_TYPES = (
     "event_name time change_amount alarm_type order_type music_descriptor"
 ).split()
 
-# The 51 MASSIVE locales (hub configs and file names).
+# The 52 MASSIVE locales (hub configs and file names; ca-ES since MASSIVE 1.1).
 MASSIVE_LOCALES = (
     "af-ZA am-ET ar-SA az-AZ bn-BD ca-ES cy-GB da-DK de-DE el-GR en-US es-ES fa-IR fi-FI fr-FR "
     "he-IL hi-IN hu-HU hy-AM id-ID is-IS it-IT ja-JP jv-ID ka-GE km-KH kn-IN ko-KR lv-LV ml-IN "

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from midalign.data.hub import load_split
+from midalign.data.hub import HubUnreachable, load_split, repo_configs, unknown_config
 from midalign.data.reading import by_language, read_tsv, select
 from midalign.data.sources import Reader, folder, folder_with, is_hub_id
 from midalign.errors import InputError
@@ -89,20 +89,27 @@ def read_sib200_dir(root: str | Path, langs: Sequence[str], split: str) -> list[
 
 
 def read_sib200_hub(source: str, langs: Sequence[str], split: str) -> list[Example]:
-    """Hub ``Davlan/sib200``, or a local copy of its Parquet conversion.
+    """Hub ``Davlan/sib200``, or a local copy of its repository or of its Parquet conversion.
 
-    The repo is a loading script (``sib200.py`` over ``data/<code>/{train,dev,test}.tsv``),
-    which ``datasets`` no longer runs; the hub's Parquet conversion of it (branch
-    ``refs/convert/parquet``: ``<code>/<split>/0000.parquet``, one folder per FLoRes code,
-    splits ``train``, ``validation``, ``test``, columns ``index_id``, ``category``, ``text``, as
-    the repo's file tree and script show them) is read instead."""
+    The repo's card declares one config per FLoRes code (``load_dataset("Davlan/sib200",
+    "deu_Latn")`` from main): splits ``train``, ``validation``, ``test``, the files
+    ``data/<code>/{train,dev,test}.tsv`` with columns ``index_id``, ``category``, ``text``.
+    While the repo was a loading script (``sib200.py``), the hub's Parquet conversion of it was
+    what ``datasets`` could read (branch ``refs/convert/parquet``: ``<code>/<split>/0000.parquet``,
+    the same splits and columns); it is read when main does not load, and a local folder without
+    the repo's README is taken for a copy of it."""
     if not langs:
         raise InputError(f"{source}: give --langs (one config per language)")
     hub_split = {"dev": "validation", "valid": "validation"}.get(split, split)
+    local = Path(source).expanduser()
+    export_copy = local.is_dir() and not (local / "README.md").is_file()
     examples = []
     for lang in langs:
         where = f"hf:{source} config {lang} split {hub_split}"
-        table = load_split(where, source, lang, hub_split, export=True)
+        if export_copy:
+            table = load_split(where, source, lang, hub_split, export=True)
+        else:
+            table = _main_or_export(where, source, lang, hub_split)
         for n, row in enumerate(table, 1):
             examples.append(
                 _example(
@@ -116,13 +123,33 @@ def read_sib200_hub(source: str, langs: Sequence[str], split: str) -> list[Examp
     return examples
 
 
+def _main_or_export(where: str, source: str, config: str, split: str) -> Any:
+    """``config`` from main, else from the Parquet conversion; when neither loads, a config the
+    repo lacks is named with the nearest it has, and any other failure is main's."""
+    try:
+        return load_split(where, source, config, split)
+    except HubUnreachable:
+        raise
+    except InputError as main_error:
+        try:
+            return load_split(where, source, config, split, export=True)
+        except HubUnreachable:
+            raise
+        except InputError:
+            configs = repo_configs(source)
+            if configs is not None and config not in configs:
+                raise unknown_config(where, config, configs) from None
+            raise main_error from None
+
+
 READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order
     "sib200": Reader(
         read_sib200_dir, "sib200:DIR (SIB-200 <code>/<split>.tsv)", folder_with("*/*.tsv")
     ),
     "hf": Reader(
         read_sib200_hub,
-        "hf:Davlan/sib200 or hf:DIR (a copy of its parquet conversion, <code>/<split>/*.parquet)",
+        "hf:Davlan/sib200 or hf:DIR (a copy of the repo, or of its parquet conversion, "
+        "<code>/<split>/*.parquet)",
         lambda s, path: path.is_dir() or is_hub_id(s),
     ),
 }
