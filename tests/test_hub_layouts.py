@@ -164,10 +164,12 @@ def test_flores_plus(hub, tmp_path: Path) -> None:
     assert load_parallel(f"hf:{root}", ["en", "zh", "tl"], split="devtest").texts == corpus.texts
 
 
-# --- Davlan/sib200 (a loading script: its Parquet conversion) --------------------------------
+# --- Davlan/sib200 (its Parquet conversion, the fall-back; main: test_hub_today.py) ----------
 
 
 def test_sib200_parquet_conversion(hub, tmp_path: Path) -> None:
+    """What datasets read while the repo was a loading script; read when main does not load
+    (here: served without its card, main's configs unknown)."""
     repos, calls = hub
     root = tmp_path / "sib200-refs-convert-parquet"
     (root / ".gitattributes").parent.mkdir(parents=True)
@@ -184,10 +186,11 @@ def test_sib200_parquet_conversion(hub, tmp_path: Path) -> None:
     topic = get_task("topic")
     examples = topic.read("hf:Davlan/sib200", ["de"], "dev")
     assert calls == [
+        ("Davlan/sib200", {"split": "validation", "name": "deu_Latn"}),
         (
             "Davlan/sib200",
             {"split": "validation", "data_dir": "deu_Latn", "revision": PARQUET_EXPORT},
-        )
+        ),
     ]
     assert [(ex.id, ex.reference, ex.text) for ex in examples] == [
         ("7", "sports", "deu_Latn goal (validation)."),
@@ -289,6 +292,61 @@ def test_aya_collection_templated_uner_llm(hub, tmp_path: Path) -> None:
         ("por_Latn", "Maria mora em Lisboa.", [("LOC", "Lisboa", 14, 20)])
     ]
     assert ner.read(f"aya:{root}", ["pt"], "dev") == examples
+
+
+def test_aya_collection_language_and_script(hub, tmp_path: Path) -> None:
+    """A row's language is its ``language`` and ``script`` columns together: UNER has Chinese
+    in both scripts (zh_gsd Traditional, zh_gsdsimp Simplified), and its Serbian (sr_set) is
+    in Latin script, which a bare ``srp`` (FLoRes: srp_Cyrl) would miss."""
+    repos, _ = hub
+    root = tmp_path / "aya_collection"
+    rows = []
+    for n, (language, script, sentence) in enumerate(
+        [
+            ("zho", "Hans", "玛丽住在北京。"),
+            ("zho", "Hant", "瑪麗住在臺北。"),
+            ("srp", "Latn", "Marija živi u Beogradu."),
+        ],
+        1,
+    ):
+        rows.append(
+            {
+                "id": n,
+                "inputs": f"...\n{sentence}\n",
+                "targets": json.dumps({"Results": []}),
+                "dataset_name": "Uner-LLM-Instruct",
+                "sub_dataset_name": "-",
+                "task_type": "named-entity-recognition",
+                "template_id": 1,
+                "language": language,
+                "script": script,
+                "split": "test",
+            }
+        )
+    parquet(root / "templated_uner_llm" / "test-00000-of-00001.parquet", rows)
+    card(root, {"templated_uner_llm": {"test": "templated_uner_llm/test-*"}})
+    repos["CohereLabs/aya_collection"] = root
+
+    read = get_task("ner").read
+    source = "aya:CohereLabs/aya_collection"
+    assert [(ex.lang, ex.text) for ex in read(source, ["zh"], "test")] == [
+        ("zho_Hans", "玛丽住在北京。")
+    ]
+    assert [(ex.lang, ex.text) for ex in read(source, ["zho_Hant", "sr_Latn"], "test")] == [
+        ("zho_Hant", "瑪麗住在臺北。"),
+        ("srp_Latn", "Marija živi u Beogradu."),
+    ]
+    assert sorted({ex.lang for ex in read(f"aya:{root}", [], "test")}) == [
+        "srp_Latn",
+        "zho_Hans",
+        "zho_Hant",
+    ]
+    with pytest.raises(InputError) as other_script:
+        read(source, ["sr"], "test")
+    assert str(other_script.value) == (
+        "aya:CohereLabs/aya_collection: no srp_Cyrl rows, but srp_Latn: ask for that script "
+        "(--langs srp_Latn)"
+    )
 
 
 # --- what the paper recipes align on exists ---------------------------------------------------

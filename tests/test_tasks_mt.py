@@ -141,3 +141,44 @@ def test_comet_without_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setitem(sys.modules, "comet", None)  # import comet fails, as without the extra
     with pytest.raises(InputError, match=r"midalign\[comet\]"):
         comet_scores([], [], tmp_path)
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_comet_loads_local_files_only_and_predicts_on_the_gpu_when_there_is_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cuda: bool
+) -> None:
+    """unbabel-comet 2.2.7's ``load_from_checkpoint(checkpoint_path, reload_hparams, strict,
+    local_files_only)`` and ``CometModel.predict(samples, batch_size, gpus, ...)``, faked."""
+    import types
+
+    import torch
+
+    calls: dict[str, object] = {}
+
+    class Model:
+        def predict(self, data, **kwargs):
+            calls["predict"] = (data, kwargs)
+            return types.SimpleNamespace(scores=[0.5] * len(data))
+
+    def load_from_checkpoint(checkpoint_path: str, **kwargs) -> Model:
+        calls["load"] = (checkpoint_path, kwargs)
+        return Model()
+
+    comet = types.ModuleType("comet")
+    comet.load_from_checkpoint = load_from_checkpoint
+    monkeypatch.setitem(sys.modules, "comet", comet)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    ckpt = tmp_path / "checkpoints" / "model.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.touch()
+    examples = TASK.read(f"alma:{FIXTURES / 'alma'}", ["de-en"], "train")[:2]
+
+    assert comet_scores(examples, ["a", "b"], tmp_path, batch_size=4) == [0.5, 0.5]
+    assert calls["load"] == (str(ckpt), {"local_files_only": True})
+    data, kwargs = calls["predict"]
+    first, second = examples
+    assert data == [
+        {"src": first.text, "mt": "a", "ref": first.reference},
+        {"src": second.text, "mt": "b", "ref": second.reference},
+    ]
+    assert kwargs == {"batch_size": 4, "gpus": 1 if cuda else 0, "progress_bar": False}

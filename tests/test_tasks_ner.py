@@ -160,3 +160,61 @@ def test_uner_shared_data() -> None:
     ]
     for ex in examples:  # offsets point at the entity text
         assert all(ex.text[a:b] == x for _, x, a, b in ex.reference)
+
+
+# aya's Portuguese template (its closing question as the paper authors' scripts/utils.py has it),
+# over several lines: no English text to look for, and the sentence followed by a blank line.
+PT_TEMPLATE = (
+    "Identifique todas as entidades nomeadas mencionadas na frase abaixo. Use apenas as "
+    "categorias: PER - pessoa, ORG - organização e LOC - local.\n"
+    'Exemplo de frase e resultados: Onde fica Iguaçu? {"Results": [{"TypeName": "LOC", '
+    '"Text": "Iguaçu", "Start": 10, "End": 16}]}\n'
+    "\n"
+    "Considerando a frase de entrada abaixo, qual é o resultado produzido?{sentence}\n"
+    "\n"
+)
+
+
+def test_aya_reader_translated_template_and_empty_sentence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lisboa = {"TypeName": "LOC", "Text": "Lisboa", "Start": 14, "End": 20}
+    rows = [
+        (1, PT_TEMPLATE.replace("{sentence}", "\nMaria mora em Lisboa."), [lisboa]),
+        (2, PT_TEMPLATE.replace("{sentence}", "  Chove.  "), []),  # on the question's line
+        (3, PT_TEMPLATE.replace("{sentence}", ""), []),  # nothing after the question
+        (4, "Uma pergunta que a lista não tem?\n Maria mora em Lisboa.\n\n", [lisboa]),
+        (5, PT_TEMPLATE.replace("{sentence}", " O Porto ganhou."), [lisboa]),  # cut wrong?
+        (6, PT_TEMPLATE.replace("{sentence}", " Chove."), []),  # script "Latin": no code
+    ]
+    path = tmp_path / "templated_uner_llm_test.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": n,
+                    "inputs": inputs,
+                    "targets": json.dumps({"Results": results}, ensure_ascii=False),
+                    "language": "por",
+                    "script": "Latin" if n == 6 else "Latn",
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for n, inputs, results in rows
+        ),
+        encoding="utf-8",
+    )
+    examples = TASK.read(f"aya:{path}", ["pt"], "test")
+    assert [(ex.id, ex.text, ex.reference) for ex in examples] == [
+        ("1", "Maria mora em Lisboa.", [("LOC", "Lisboa", 14, 20)]),
+        ("2", "Chove.", []),
+        ("4", "Maria mora em Lisboa.", [("LOC", "Lisboa", 14, 20)]),
+        ("5", "O Porto ganhou.", [("LOC", "Lisboa", 14, 20)]),
+    ]
+    assert [r.getMessage() for r in caplog.records if r.name == "midalign.tasks.json_ner"] == [
+        f"aya:{path}: rows whose language/script is no language code left out: 'por_Latin' (1)",
+        f"aya:{path}: 1 row(s) without a sentence after the template left out (first: row 3)",
+        f"aya:{path}: 1 row(s) with entities not in the sentence cut from 'inputs', a template "
+        "cut wrong? (first: row 5)",
+    ]

@@ -11,6 +11,7 @@ prompt's categories): UNER's OTH spans are left out of the references.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from midalign.data.sources import Reader, folder, folder_with, is_hub_id
 from midalign.errors import InputError
 from midalign.languages import to_flores
 from midalign.tasks.base import Example, Parsed, Task
+
+log = logging.getLogger(__name__)
 
 TYPES = ("PER", "ORG", "LOC")
 AYA_CONFIG = "templated_uner_llm"  # aya_collection's UNER, templated as the paper's JSON task
@@ -202,8 +205,12 @@ def read_aya(source: str, langs: Sequence[str], split: str) -> list[Example]:
     """aya_collection ``templated_uner_llm`` (hub ``CohereLabs/aya_collection``, formerly
     ``CohereForAI/``, or a local copy of that repo with its README, or a local parquet/jsonl of
     its schema): rows with ``inputs`` (the instruction ending in the sentence), ``targets`` (the
-    JSON answer) and ``language`` (ISO 639-3); the sentence is the text after the instruction's
-    last "?" line break or question, the entities come from the target.
+    JSON answer), ``language`` (ISO 639-3) and ``script`` (ISO 15924); the language is the two
+    together (``zho`` + ``Hant`` → ``zho_Hant``, ``srp`` + ``Latn`` → ``srp_Latn``), or the
+    language alone where a row has no script. The sentence is :func:`_aya_sentence`; the
+    entities come from the target. Rows whose language is no code, or with no sentence, are
+    left out and counted in a warning; a language asked for that the rows have only in another
+    script is an error naming that script.
 
     The repo is parquet with one config per folder, declared in its README's ``configs:``
     (``templated_uner_llm/{train,validation,test}-00000-of-00001.parquet``; columns ``id``,
@@ -223,12 +230,20 @@ def read_aya(source: str, langs: Sequence[str], split: str) -> list[Example]:
         where = f"hf:{source} config {AYA_CONFIG} split {hub_split}"
         table = load_split(where, source, AYA_CONFIG, hub_split)
     examples = []
+    no_code: Counter[str] = Counter()  # language[_script] that is no language code -> rows
+    no_sentence: list[int] = []  # rows whose inputs end in no sentence
+    not_in_sentence: list[int] = []  # rows with an entity the cut sentence does not hold
+    seen: set[str] = set()  # every language the rows have, asked for or not
     for n, row in enumerate(table, 1):
         where = f"{source} row {n}"
+        language, script = str(row.get("language") or ""), str(row.get("script") or "")
+        code = f"{language}_{script}" if script else language
         try:
-            lang = to_flores(str(row.get("language", "")))
+            lang = to_flores(code)
         except InputError:
+            no_code[code] += 1
             continue
+        seen.add(lang)
         if langs and lang not in langs:
             continue
         inputs, targets = row.get("inputs"), row.get("targets")
@@ -238,15 +253,66 @@ def read_aya(source: str, langs: Sequence[str], split: str) -> list[Example]:
         if not parsed.ok:
             raise InputError(f"{where}: 'targets' is not the Results JSON: {targets[:120]!r}")
         sentence = _aya_sentence(inputs)
+        if not sentence:
+            no_sentence.append(n)
+            continue
         entities = [e for e in parsed.value if e[0] in TYPES]
+        if any(text not in sentence for _, text, *_ in entities):
+            not_in_sentence.append(n)
         examples.append(Example(str(row.get("id", n)), lang, lang, sentence, entities))
+    if no_code:
+        listed = ", ".join(f"{code!r} ({k})" for code, k in no_code.most_common(5))
+        log.warning(
+            "aya:%s: rows whose language/script is no language code left out: %s", source, listed
+        )
+    if no_sentence:
+        log.warning(
+            "aya:%s: %d row(s) without a sentence after the template left out (first: row %d)",
+            source,
+            len(no_sentence),
+            no_sentence[0],
+        )
+    if not_in_sentence:
+        log.warning(
+            "aya:%s: %d row(s) with entities not in the sentence cut from 'inputs', a template "
+            "cut wrong? (first: row %d)",
+            source,
+            len(not_in_sentence),
+            not_in_sentence[0],
+        )
+    for lang in [lang for lang in langs if lang not in seen]:  # in another script, maybe
+        others = sorted(code for code in seen if code[:3] == lang[:3])
+        if others:
+            raise InputError(
+                f"aya:{source}: no {lang} rows, but {', '.join(others)}: ask for that script "
+                f"(--langs {others[0]})"
+            )
     return examples
 
 
+# How aya's UNER templates end, just before the sentence: the paper authors' list, one per
+# language of the task (dannigt/mid-align, scripts/utils.py, ``uner_input_delimiter``; hr and
+# sr share one). A template not among them is cut at its last non-empty line.
+AYA_QUESTIONS = (
+    "what is the output result?",  # en
+    "I betragtning af sætningen nedenfor, hvad er resultatet?",  # da
+    "S obzirom na niže navedenu ulaznu rečenicu, koji je konačni izlaz?",  # hr, sr
+    "Considerando a frase de entrada abaixo, qual é o resultado produzido?",  # pt
+    "Aký bude výstup vzhľadom na vstup uvedený nižšie?",  # sk
+    "Med tanke på meningen nedan, vad är resultatet?",  # sv
+    "考慮到下麵的輸入句子，輸出結果是什麼？",  # zh
+)
+
+
 def _aya_sentence(inputs: str) -> str:
-    marker = "what is the output result?"
-    at = inputs.rfind(marker)
-    return (inputs[at + len(marker) :] if at >= 0 else inputs.splitlines()[-1]).strip()
+    """The sentence a templated prompt ends in: the last non-empty line after the template's
+    closing question (on the question's line or below it; translated templates span several
+    lines and may end in a blank one), or of the whole prompt when no known question is in
+    it; "" when there is none."""
+    at, question = max((inputs.rfind(q), q) for q in AYA_QUESTIONS)
+    tail = inputs[at + len(question) :] if at >= 0 else inputs
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 READERS: dict[str, Reader[list[Example]]] = {  # format name -> reader, sniffed in this order

@@ -91,8 +91,11 @@ def comet_scores(
     examples: Sequence[Example], hypotheses: Sequence[str], model_path: Path, batch_size: int = 8
 ) -> list[float]:
     """Segment COMET-22 scores from a local checkpoint (``.../checkpoints/model.ckpt`` or its
-    folder). Needs the optional extra ``midalign[comet]``; nothing is downloaded here, so the
-    encoder's tokenizer (xlm-roberta-large) must already be in the HF cache."""
+    folder), on one GPU when there is one. Needs the optional extra ``midalign[comet]``;
+    nothing is downloaded here (``local_files_only``), so the encoder's tokenizer
+    (xlm-roberta-large) must already be in the HF cache."""
+    import torch
+
     try:
         from comet import load_from_checkpoint
     except ImportError:
@@ -108,12 +111,13 @@ def comet_scores(
             f"--comet-model: {ckpt} not found (give the folder of a downloaded "
             "Unbabel/wmt22-comet-da, holding checkpoints/model.ckpt)"
         )
-    model = load_from_checkpoint(str(ckpt))
+    model = load_from_checkpoint(str(ckpt), local_files_only=True)
     data = [
         {"src": ex.text, "mt": hyp, "ref": ex.reference}
         for ex, hyp in zip(examples, hypotheses, strict=True)
     ]
-    return list(model.predict(data, batch_size=batch_size, gpus=0, progress_bar=False).scores)
+    gpus = 1 if torch.cuda.is_available() else 0
+    return list(model.predict(data, batch_size=batch_size, gpus=gpus, progress_bar=False).scores)
 
 
 # --------------------------------------------------------------------------- readers
