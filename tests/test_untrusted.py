@@ -48,6 +48,33 @@ def test_yaml_with_a_python_tag_is_refused_not_run(tmp_path, capsys, tag):
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("name: x\nseeds: [1, 2]\nmodel: m\nseeds: [3]\n", 4, "seeds"),  # a recipe's second seeds
+        ("model: {name: m}\nalign: {schedule: alternate}\nalign: {layers: '2'}\n", 3, "align"),
+        ("align:\n  schedule: task\n  layers: '2'\n  schedule: alternate\n", 4, "schedule"),
+    ],
+)
+def test_yaml_key_given_twice_is_refused_naming_its_line(tmp_path, text, line, key):
+    """PyYAML keeps the last of two equal keys: a second align: would turn an aligned run into
+    SFT without a word. Both readers refuse it, naming the file, the line and the key."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text, encoding="utf-8")
+    for load in (load_recipe, load_config):
+        with pytest.raises(InputError) as e:
+            load(path)
+        assert str(e.value) == f"{path}:{line}: not valid YAML (key {key!r} given twice)"
+
+
+def test_yaml_merge_keys_still_override(tmp_path):
+    from midalign.data.reading import read_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {r: 8, alpha: 16}\nlora:\n  <<: *b\n  r: 4\n", encoding="utf-8")
+    assert read_yaml(path)["lora"] == {"r": 4, "alpha": 16}
+
+
 # --------------------------------------------------------------------------- paths in recipes
 
 

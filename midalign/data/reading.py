@@ -59,15 +59,44 @@ _FLOW = re.compile(r"[\[\]{}]")
 _FLOW_DEPTH = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping. YAML leaves it open
+    and PyYAML keeps the last, so a recipe's second ``systems:`` or a config's second
+    ``align:`` would silently replace the first (an aligned run turned into SFT). Merge keys
+    (``<<``) still override as YAML means them."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the constructor below says so
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file's value through ``yaml.safe_load``: plain data only, so a ``!!python/...``
-    tag is an error, never code that runs. Every failure names the file (and line)."""
+    tag is an error, never code that runs; a key given twice in one mapping is an error too.
+    Every failure names the file (and line)."""
     text = read_text(path)
     depth = max(itertools.accumulate(_FLOW_DEPTH[c] for c in _FLOW.findall(text)), default=0)
     if depth > MAX_YAML_DEPTH:
         raise InputError(f"{path}: YAML nested too deeply ({depth} > {MAX_YAML_DEPTH} levels)")
     try:
-        return yaml.safe_load(text)
+        loader = _UniqueKeys(text)  # yaml.safe_load's steps, with the duplicate check
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         if mark is not None:
