@@ -75,9 +75,11 @@ class LoraSettings:
     )
 
     def check(self, name: Name, error: Error) -> None:
-        sections.positive(name, error, self, "r")
+        sections.positive(name, error, self, "r", "alpha")  # alpha 0 scales the update to 0
         if not 0 <= self.dropout < 1:
             raise error(f"{name('dropout')} must be in [0, 1)")
+        if not self.target_modules:
+            raise error(f"{name('target_modules')}: give at least one projection")
 
 
 @dataclass
@@ -129,7 +131,7 @@ class DataConfig:
                 to_flores(lang)
             except InputError as e:
                 raise error(f"{name('align_langs')}: {e}") from None
-        sections.positive(name, error, self, "max_length", "align_max_length")
+        sections.positive(name, error, self, "max_length", "align_max_length", "align_max_pairs")
 
 
 @dataclass
@@ -191,8 +193,7 @@ class AlignConfig:
     def check(self, name: Name, error: Error) -> None:
         if not self.temperature > 0:  # NaN too
             raise error(f"{name('temperature')} must be positive, not {self.temperature}")
-        if self.stats_pairs < 1:
-            raise error(f"{name('stats_pairs')} must be positive, not {self.stats_pairs}")
+        sections.positive(name, error, self, "stats_pairs", "auto_pairs")
         if self.schedule != "task" and self.batch_pairs < 2:
             raise error(f"{name('batch_pairs')} must be at least 2 (in-batch negatives)")
         if not self.weight >= 0:
@@ -281,6 +282,25 @@ class OptimConfig:
                 f"{name('save_steps')} ({self.save_steps}) must be a multiple of "
                 f"{name('eval_steps')} ({self.eval_steps}): the best checkpoint is chosen at "
                 "evaluations"
+            )
+        if not 0 <= self.seed < 2**32:  # numpy's seeds, which transformers' set_seed sets too
+            raise error(f"{name('seed')} must be in 0..{2**32 - 1}, not {self.seed}")
+        from transformers.trainer_utils import SchedulerType
+
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise error(
+                f"{name('lr_scheduler')} must be one of {', '.join(schedulers)}, "
+                f"not {self.lr_scheduler!r}"
+            )
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        loggers = sorted(INTEGRATION_TO_CALLBACK)
+        unknown = [x for x in self.report_to if x not in (*loggers, "all", "none")]
+        if unknown:
+            raise error(
+                f"{name('report_to')}: {unknown[0]!r} is not a logger transformers knows "
+                f"({', '.join(loggers)}, all, none)"
             )
         if self.data_order not in ("global", "seeded"):
             raise error(f"{name('data_order')} must be global or seeded, not {self.data_order!r}")

@@ -206,6 +206,9 @@ class Recipe:
     def check(self, name: sections.Name, error: sections.Error) -> None:
         if not self.seeds:
             raise error(f"{name('seeds')} must be a non-empty list of integers")
+        bad = [s for s in self.seeds if not 0 <= s < 2**32]
+        if bad:
+            raise error(f"{name('seeds')}: {bad[0]} is not a seed (0..{2**32 - 1})")
         if not self.systems:
             raise error(f"{name('systems')} must be a non-empty list")
         names = [s.name for s in self.systems]

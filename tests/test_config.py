@@ -151,6 +151,15 @@ def _valid(**changes) -> TrainConfig:
             "--align-matched: alternate-steps has no matched form",
         ),
         ({"optim__data_order": "random"}, "--data-order must be global or seeded, not 'random'"),
+        # a new user's trial (issue 30): each once a traceback or a silently wrong run
+        ({"lora__alpha": 0}, "--lora-alpha must be positive, not 0"),
+        ({"lora__target_modules": []}, "--target-modules: give at least one projection"),
+        ({"data__align_max_pairs": -1}, "--align-max-pairs must be positive, not -1"),
+        ({"align__auto_pairs": 0}, "--auto-pairs must be positive, not 0"),
+        ({"optim__seed": -1}, r"seed must be in 0\.\.4294967295, not -1"),
+        ({"optim__seed": 10**20}, r"seed must be in 0\.\.4294967295"),
+        ({"optim__lr_scheduler": "cosin"}, "must be one of linear, cosine.*not 'cosin'"),
+        ({"optim__report_to": ["nosuchlogger"]}, "'nosuchlogger' is not a logger transformers"),
     ],
 )
 def test_validate_rejects(changes, message):

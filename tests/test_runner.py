@@ -419,6 +419,7 @@ def test_report_written_for_a_dry_outcome(tmp_path: Path, recipe_file: Path) -> 
         (lambda r: r["systems"][4]["merge"].update(task="nope"), "merge.task must name"),
         (lambda r: r["systems"].append({"name": "sft"}), "system names must be unique"),
         (lambda r: r.update(seeds=[]), "seeds must be a non-empty list"),
+        (lambda r: r.update(seeds=[1, -1]), r"seeds: -1 is not a seed \(0\.\.4294967295\)"),
         (lambda r: r["task"].pop("test"), "^r.yaml: task.test is required$"),
         (lambda r: r["systems"][4]["merge"].update(weight=1.5), "merge.weight must be in"),
         (
