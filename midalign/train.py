@@ -187,6 +187,17 @@ def attach_lora(c: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
     repetition start from the same adapter."""
     from peft import LoraConfig, get_peft_model
 
+    names = [name for name, _ in model.named_modules()]
+    for target in c.lora.target_modules:  # PEFT skips a name that matches nothing
+        if not any(n == target or n.endswith(f".{target}") for n in names):
+            modules = model.named_modules()
+            linear = sorted(
+                {n.rsplit(".", 1)[-1] for n, m in modules if isinstance(m, torch.nn.Linear)}
+            )
+            raise InputError(
+                f"lora.target_modules: {target!r} names no module of {type(model).__name__} "
+                f"(its linear layers: {', '.join(linear)})"
+            )
     set_seed(c.optim.seed)
     with peft_quietly():
         return get_peft_model(

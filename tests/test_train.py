@@ -846,3 +846,11 @@ def test_epoch_seeded_order_is_one_generator_drawn_epoch_after_epoch():
         seeded.set_epoch(epoch)
         torch.manual_seed(epoch)  # the global stream, advanced differently: no effect
         assert list(seeded) == drawn[epoch]
+
+
+def test_a_target_module_that_names_nothing_is_refused(tmp_path):
+    """PEFT adapts the names that match and skips the rest: a typo (qkv_proj on a model with
+    q_proj, k_proj, v_proj) trained fewer projections than asked, without a word."""
+    c = _config(tmp_path, lora__target_modules=["q_proj", "qkv_proj"])
+    with pytest.raises(InputError, match=r"^lora.target_modules: 'qkv_proj' names no module of "):
+        _run(c, tmp_path / "run")
