@@ -42,7 +42,7 @@ def evaluate(
     comet_model: Path | None = None,
     progress: bool = True,
     scoring: str = "generate",
-    compile: str = "auto",
+    compile: str = "off",
 ) -> dict[str, Any]:
     """Answer every example and score the answers per language (``example.key``).
 

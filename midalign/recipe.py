@@ -21,11 +21,11 @@ from midalign.sections import setting
 RunDtype = Literal["auto", "float32", "bfloat16"]  # midalign.dtypes.DTYPE_CHOICES (torch-free)
 
 
-def _compile(work: str) -> Any:
+def _compile(work: str, default: str) -> Any:
     return setting(
         f"torch.compile the decoder layers for {work}: auto (on where a short measurement on "
         "this machine shows a gain of at least 1.1×; float32 on a CPU stays eager), on, off",
-        default="auto",
+        default=default,
     )
 
 
@@ -115,7 +115,7 @@ class ProbeSpec:
         "layer of the report's tables: middle, or a number (default: middle)", default=None
     )
     dtype: RunDtype = _dtype()
-    compile: Compile = _compile("the probe's forwards")
+    compile: Compile = _compile("the probe's forwards", "auto")
 
     def check(self, name: sections.Name, error: sections.Error) -> None:
         sections.positive(name, error, self, "max_sentences")
@@ -139,7 +139,11 @@ class EvalSpec:
         "after the prompt, for classification tasks: topic)",
         default="generate",
     )
-    compile: Compile = _compile("evaluation")
+    compile: Compile = _compile(
+        "evaluation; off by default, as its KV-cached forwards compile several graphs for a gain "
+        "not measured",
+        "off",
+    )
 
     def check(self, name: sections.Name, error: sections.Error) -> None:
         sections.positive(name, error, self, "batch_size")

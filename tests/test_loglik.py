@@ -214,9 +214,9 @@ def test_eval_cli_loglik_writes_label_scores(tmp_path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["scoring"] == results["config"]["scoring"] == "loglik"
     assert results["compile"] == {
-        "mode": "auto",
+        "mode": "off",
         "on": False,
-        "reason": "float32 on a CPU is matmul-bound: left eager unmeasured",
+        "reason": "off as requested",
         "eager_seconds": None,
         "compiled_seconds": None,
         "compile_seconds": None,

@@ -83,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "midalign[comet]; never downloaded)",
     )
     add_dtype_option(p)
-    add_compile_option(p, "evaluation (generation or likelihood scoring)")
+    add_compile_option(p, "evaluation (generation or likelihood scoring)", "off")
     add_output_options(p, "output directory", "no progress bar")
 
 

@@ -98,12 +98,12 @@ def add_dtype_option(p: argparse.ArgumentParser, gain: str = "") -> None:
     )
 
 
-def add_compile_option(p: argparse.ArgumentParser, work: str) -> None:
+def add_compile_option(p: argparse.ArgumentParser, work: str, default: str = "auto") -> None:
     """``--compile`` for ``work`` (the probe's forwards, evaluation)."""
     p.add_argument(
         "--compile",
         choices=COMPILE_MODES,
-        default="auto",
+        default=default,
         help=f"torch.compile the decoder layers for {work}: on, off, or auto: on where a short "
         "measurement on this machine (made once, kept in the cache) shows a gain of at least "
         "1.1×; float32 on a CPU stays eager (compiling it gained 1.04-1.11× on an AMD EPYC) "
