@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria
 
 from midalign.decode import greedy_decode
-from midalign.layers import input_device
+from midalign.errors import InputError
+from midalign.layers import input_device, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,14 @@ def greedy_config(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int
 ) -> GenerationConfig:
     """Greedy decoding with the KV cache, up to ``max_new_tokens``, ending at any EOS of the
-    tokenizer or the model, padding with the tokenizer's pad token (its EOS if it has none)."""
+    tokenizer or the model, padding with the tokenizer's pad token (its EOS if it has none).
+    More new tokens than the model has positions is an error, before the cache is allocated
+    for them (a mistyped --max-new-tokens 100000000000 asked for terabytes)."""
+    context = getattr(getattr(unwrap(model), "config", None), "max_position_embeddings", None)
+    if context is not None and max_new_tokens > context:
+        raise InputError(
+            f"--max-new-tokens {max_new_tokens}: more than the model's {context} positions"
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return GenerationConfig(
         max_new_tokens=max_new_tokens,

@@ -23,6 +23,7 @@ from transformers import DynamicCache
 from midalign import decode
 from midalign import generate as gen
 from midalign.cli import main
+from midalign.errors import InputError
 from midalign.evaluate import evaluate
 from midalign.probe_run import read_scores
 from midalign.prompting import encode_prompt
@@ -483,3 +484,13 @@ def test_eval_resolves_dtype_auto_and_records_it(tiny_model_dir, tmp_path, monke
     assert config["dtype"] == "bfloat16" and config["dtype_requested"] == "auto"
     assert config["dtype_reason"] == "this CPU has AVX512-BF16"
     assert loaded == [torch.bfloat16]
+
+
+def test_more_new_tokens_than_positions_is_refused_before_any_allocation() -> None:
+    """A mistyped --max-new-tokens (100000000000) tried to allocate terabytes of cache."""
+    model, tok = tiny_model("llama"), tiny_tokenizer()  # 128 positions
+    with pytest.raises(
+        InputError, match=r"^--max-new-tokens 100000000000: more than the model's 128"
+    ):
+        gen.generate(model, tok, [[1, 5, 6]], max_new_tokens=100_000_000_000, progress=False)
+    assert gen.generate(model, tok, [[1, 5, 6]], max_new_tokens=2, progress=False)  # in range
