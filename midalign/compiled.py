@@ -105,14 +105,14 @@ def compiled_layers(
     backward too); ``autocast``: the context the work's forwards run in (bf16 mixed-precision
     training), which auto measures under."""
     check_mode(mode, option)
+    if mode == "off":
+        yield Compiled(mode, False, "off as requested")
+        return
     device = input_device(model)
     autocast_on = False
     if autocast is not None:
         with autocast():
             autocast_on = torch.is_autocast_enabled(device.type)
-    if mode == "off":
-        yield Compiled(mode, False, "off as requested")
-        return
     if mode == "auto" and device.type == "cpu" and not _bf16_work(model, autocast_on):
         yield Compiled(mode, False, "float32 on a CPU is matmul-bound: left eager unmeasured")
         return

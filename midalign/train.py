@@ -187,12 +187,11 @@ def attach_lora(c: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
     repetition start from the same adapter."""
     from peft import LoraConfig, get_peft_model
 
-    names = [name for name, _ in model.named_modules()]
+    modules = dict(model.named_modules())
     for target in c.lora.target_modules:  # PEFT skips a name that matches nothing
-        if not any(n == target or n.endswith(f".{target}") for n in names):
-            modules = model.named_modules()
+        if not any(n == target or n.endswith(f".{target}") for n in modules):
             linear = sorted(
-                {n.rsplit(".", 1)[-1] for n, m in modules if isinstance(m, torch.nn.Linear)}
+                {n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)}
             )
             raise InputError(
                 f"lora.target_modules: {target!r} names no module of {type(model).__name__} "
