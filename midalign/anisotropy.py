@@ -63,11 +63,11 @@ def anisotropy(states: torch.Tensor, position: torch.Tensor, top: int = TOP_DIMS
 
 def anisotropy_by_layer(
     emb_by_side: dict[str, torch.Tensor], layers: Sequence[int], top: int = TOP_DIMS
-) -> dict[str, dict]:
-    """:func:`anisotropy` of every layer: side -> [L, n, d] in, {str(layer): diagnostics} out."""
+) -> dict[int, dict]:
+    """:func:`anisotropy` of every layer: side -> [L, n, d] in, {layer: diagnostics} out."""
     sides = list(emb_by_side.values())
     position = torch.cat([torch.arange(e.shape[1]) for e in sides])  # [N]
     return {
-        str(layer): anisotropy(torch.cat([e[li] for e in sides]), position, top)
+        layer: anisotropy(torch.cat([e[li] for e in sides]), position, top)
         for li, layer in enumerate(layers)
     }

@@ -220,13 +220,13 @@ class Probe:
     embeddings: dict[str, torch.Tensor]  # side -> [len(layers), n_side, d], raw (not normalised)
     acc: torch.Tensor  # [len(layers), len(corpus.pairs)] retrieval accuracy
     summary: dict  # retrieval.summarize of acc: per layer, language, pair and group
-    anisotropy: dict[str, dict]  # str(layer) -> diagnostics of the raw states
+    anisotropy: dict[int, dict]  # layer -> diagnostics of the raw states
     compile: dict  # what --compile did (midalign.compiled.Compiled)
 
     @property
     def by_layer(self) -> dict[int, float]:
         """Mean retrieval accuracy over all ordered pairs, per layer."""
-        return {layer: self.summary["per_layer"][str(layer)]["mean"] for layer in self.layers}
+        return {layer: self.summary["per_layer"][layer]["mean"] for layer in self.layers}
 
 
 def probe_model(

@@ -314,7 +314,8 @@ def summarize(
     corpus: ParallelCorpus,
     groups: dict[str, list[str]] | None = None,
 ) -> dict:
-    """JSON-ready aggregates of pair accuracies acc [L, P] (P = ``corpus.pairs``).
+    """JSON-ready aggregates of pair accuracies acc [L, P] (P = ``corpus.pairs``), keyed by
+    layer as an int (JSON writes it as a string: results.json's ``"9"``).
 
     - ``per_layer[l]``: mean, std, min, max over pairs;
     - ``aggregate``: the model's single number, the mean over even layers > 0 (2, 4, …, L);
@@ -331,13 +332,13 @@ def summarize(
     per_layer, per_language, pair_matrix = {}, {}, {}
     for li, layer in enumerate(layers):
         row = a[li]
-        per_layer[str(layer)] = {
+        per_layer[layer] = {
             "mean": float(row.mean()),
             "std": float(row.std()),
             "min": float(row.min()),
             "max": float(row.max()),
         }
-        per_language[str(layer)] = {
+        per_language[layer] = {
             "source": {g: _mean(row[src == g]) for g in langs},
             "target": {g: _mean(row[tgt == g]) for g in langs},
             "both": {g: _mean(row[(src == g) | (tgt == g)]) for g in langs},
@@ -345,15 +346,15 @@ def summarize(
         matrix: list[list[float | None]] = [[None] * len(langs) for _ in langs]
         for v, s, t in zip(row, src, tgt, strict=True):
             matrix[index[s]][index[t]] = float(v)
-        pair_matrix[str(layer)] = matrix
+        pair_matrix[layer] = matrix
     even = [layer for layer in layers if layer > 0 and layer % 2 == 0]
     summary = {
         "languages": langs,
         "pairs": len(corpus.pairs),
         "per_layer": per_layer,
-        "aggregate": _mean([per_layer[str(layer)]["mean"] for layer in even]),
+        "aggregate": _mean([per_layer[layer]["mean"] for layer in even]),
         "aggregate_layers": even,
-        "best_layer": max(layers, key=lambda layer: per_layer[str(layer)]["mean"]),
+        "best_layer": max(layers, key=lambda layer: per_layer[layer]["mean"]),
         "per_language": per_language,
         "pair_matrix": pair_matrix,
     }
@@ -363,7 +364,7 @@ def summarize(
             raise InputError(f"--group: {', '.join(unknown)} not among the probed languages")
         summary["groups"] = {
             name: {
-                str(layer): _mean([per_language[str(layer)]["both"][g] for g in members])
+                layer: _mean([per_language[layer]["both"][g] for g in members])
                 for layer in layers
             }
             for name, members in groups.items()

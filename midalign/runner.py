@@ -453,9 +453,9 @@ class Runner:
             layer = probe.report_layer
             return {
                 "layer": layer,
-                "per_layer": {k: v["mean"] for k, v in summary["per_layer"].items()},
+                "per_layer": {str(k): v["mean"] for k, v in summary["per_layer"].items()},
                 "aggregate": summary["aggregate"],
-                "per_language": summary["per_language"][str(layer)]["both"],
+                "per_language": summary["per_language"][layer]["both"],
             }
 
         return self.steps.run(f"probe-{name}", spec, work)

@@ -70,8 +70,8 @@ def test_degenerate_cases_give_none_not_nan():
 def test_by_layer_stacks_the_sides_of_each_layer():
     emb = {"a": torch.stack([A, -A]), "b": torch.stack([B, 2 * B])}  # [L=2, n=2, d=3]
     by_layer = anisotropy_by_layer(emb, [4, 9], top=2)
-    assert list(by_layer) == ["4", "9"]
-    assert by_layer["4"]["mean_cosine"] == pytest.approx(4 / 7)
+    assert list(by_layer) == [4, 9]
+    assert by_layer[4]["mean_cosine"] == pytest.approx(4 / 7)
     # layer 9 holds −a and 2b: cos(−a_0, 2b_1) = −24/28 = cos(−a_1, 2b_0), cos(−a_0, −a_1) =
     # 4/14, cos(2b_0, 2b_1) = 16/56, so the mean is (−6/7 − 6/7 + 2/7 + 2/7) / 4 = −2/7
-    assert by_layer["9"]["mean_cosine"] == pytest.approx(-2 / 7)
+    assert by_layer[9]["mean_cosine"] == pytest.approx(-2 / 7)

@@ -81,6 +81,10 @@ def test_probe_example_gives_retrievals_accuracy_on_hand_pooled_states(probed):
         assert probe.by_layer[layer] == pytest.approx(probe.acc[li].mean().item())
         assert all(abs(3 * a - round(3 * a)) < 1e-6 for a in probe.acc[li].tolist())  # of 3
     assert probe.by_layer[probe.summary["best_layer"]] == max(probe.by_layer.values())
+    # every per-layer table is keyed as by_layer is: by the layer as an int
+    for table in ("per_layer", "per_language", "pair_matrix"):
+        assert list(probe.summary[table]) == list(probe.by_layer) == probe.layers
+    assert list(probe.anisotropy) == probe.layers
 
 
 def test_probe_refuses_sides_of_different_lengths(tiny_model_dir):

@@ -201,22 +201,22 @@ def test_summarize_on_known_accuracies():
         ]
     )
     s = summarize(acc, [0, 2, 4], corpus, groups={"latin": ["deu_Latn", "fra_Latn"]})
-    assert s["per_layer"]["2"]["mean"] == pytest.approx(3.6 / 6)
-    assert s["per_layer"]["4"]["min"] == 0.0 and s["per_layer"]["4"]["max"] == 1.0
+    assert s["per_layer"][2]["mean"] == pytest.approx(3.6 / 6)
+    assert s["per_layer"][4]["min"] == 0.0 and s["per_layer"][4]["max"] == 1.0
     # the model's number: mean over layers 2 and 4 only → (0.6 + 0.5) / 2
     assert s["aggregate"] == pytest.approx(0.55) and s["aggregate_layers"] == [2, 4]
     assert s["best_layer"] == 2
-    lang2 = s["per_language"]["2"]
+    lang2 = s["per_language"][2]
     assert lang2["source"]["eng_Latn"] == pytest.approx(0.5)  # en→de 0.4, en→fr 0.6
     assert lang2["target"]["eng_Latn"] == pytest.approx(0.6)  # de→en 0.4, fr→en 0.8
     assert lang2["both"]["fra_Latn"] == pytest.approx((0.6 + 0.6 + 0.8 + 0.8) / 4)
-    assert s["pair_matrix"]["4"] == [
+    assert s["pair_matrix"][4] == [
         [None, 1.0, pytest.approx(0.8)],
         [pytest.approx(0.6), None, pytest.approx(0.4)],
         [pytest.approx(0.2), 0.0, None],
     ]
     # group = mean of its languages' "both": de (0.4+0.6+0.4+0.8)/4 = 0.55, fr 0.7 → 0.625
-    assert s["groups"]["latin"]["2"] == pytest.approx(0.625)
+    assert s["groups"]["latin"][2] == pytest.approx(0.625)
 
 
 def test_correlate_matches_hand_computed_pearson_and_spearman():

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     results = {"config": config, **summary}
     if scores is not None:
         results["correlation"] = {
-            str(layer): correlate(summary["per_language"][str(layer)]["both"], scores)
+            str(layer): correlate(summary["per_language"][layer]["both"], scores)
             for layer in layers
         }
     results["seconds"] = round(time.time() - start, 1)
@@ -194,9 +194,9 @@ def _print_table(summary: dict, layers: list[int], normalize: str, out: Path) ->
     )
     print(f"{'layer':>5}  {'mean':>6}  {'std':>6}  {'min':>6}  {'max':>6}  {'cos':>6}  {'top':>6}")
     for layer in layers:
-        row = summary["per_layer"][str(layer)]
+        row = summary["per_layer"][layer]
         stats = "  ".join(f"{row[key]:6.3f}" for key in ("mean", "std", "min", "max"))
-        diag = summary["anisotropy"][str(layer)]
+        diag = summary["anisotropy"][layer]
         cos = "     –" if diag["mean_cosine"] is None else f"{diag['mean_cosine']:6.3f}"
         print(f"{layer:>5}  {stats}  {cos}  {diag['top_dims_share']:6.3f}")
     agg = summary.get("aggregate")

@@ -85,11 +85,11 @@ def plot_pair_matrix(langs: Sequence[str], acc: np.ndarray, path: Path, title: s
     _save(fig, path)
 
 
-def plot_anisotropy(layers: Sequence[int], diagnostics: dict[str, dict], path: Path) -> None:
+def plot_anisotropy(layers: Sequence[int], diagnostics: dict[int, dict], path: Path) -> None:
     """Per-layer curves of :func:`midalign.anisotropy.anisotropy`'s numbers on the raw states,
     each point of the top-dimensions curve labelled with its largest dimension."""
     x = np.asarray(layers)
-    rows = [diagnostics[str(layer)] for layer in layers]
+    rows = [diagnostics[layer] for layer in layers]
     top = len(rows[0]["top_dims"])
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (
@@ -131,7 +131,7 @@ def plot_probe(
 ) -> None:
     """A probe run's plots into ``out``: accuracy by layer, language × layer, the pair matrix at
     the middle and the best layer, the anisotropy of the raw states."""
-    by_layer = [summary["per_layer"][str(layer)] for layer in layers]
+    by_layer = [summary["per_layer"][layer] for layer in layers]
     name = _model_name(model)
     states = f"{NORMALIZED_STATES[normalize]} states"
     plot_accuracy_by_layer(
@@ -145,14 +145,14 @@ def plot_probe(
     )
     langs = corpus.languages
     heat = np.array(
-        [[summary["per_language"][str(layer)]["both"][lang] for layer in layers] for lang in langs]
+        [[summary["per_language"][layer]["both"][lang] for layer in layers] for lang in langs]
     )
     plot_language_heatmap(
         langs, layers, heat, out / "language_by_layer.png", title=f"accuracy per language, {states}"
     )
     middle = min(layers, key=lambda layer: abs(layer - n_layers // 2))
     for layer in dict.fromkeys([middle, summary["best_layer"]]):
-        matrix = np.array(summary["pair_matrix"][str(layer)], dtype=float)
+        matrix = np.array(summary["pair_matrix"][layer], dtype=float)
         title = f"layer {layer}" + (" (best)" if layer == summary["best_layer"] else " (middle)")
         title += f", {states}"
         plot_pair_matrix(langs, matrix, out / f"pair_matrix_layer{layer}.png", title=title)
