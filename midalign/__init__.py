@@ -6,7 +6,7 @@ For a model already in a notebook (README, "Python API"):
   ``"default"``), optionally with a PEFT adapter on it;
 - :func:`probe_model`: xsim retrieval of every language pair at every layer (a :class:`Probe`);
 - :class:`AlignmentTrainer` with :class:`AlignConfig`: the alignment loss in your own
-  ``Trainer`` training (:meth:`AlignmentTrainer.from_pairs`);
+  ``Trainer`` training, built as ``Trainer`` is;
 - :func:`merge_adapters`: the exact weighted merge of LoRA adapters.
 
 Each is imported on first use, so ``import midalign`` does not load torch or transformers.

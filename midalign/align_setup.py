@@ -3,7 +3,7 @@
 :class:`AlignSetup` holds it: the stream of training pairs, the layers, the loss options, the
 held-out batches. :func:`align_setup` builds it from the ``align`` section for any trainer,
 choosing the layer by probing the base model's retrieval when ``layers: auto``. A trainer
-handed its pairs directly (:meth:`midalign.trainer.AlignmentTrainer.from_pairs`,
+handed its pairs directly (:class:`midalign.trainer.AlignmentTrainer`,
 :class:`midalign.trl.AlignmentSFTTrainer`) builds it with :func:`pairs_setup`. A ``midalign
 train`` run builds it from its whole config (:func:`prepare_alignment`: the pairs read and
 split, the base model's statistics for ``stats: base`` computed or, on resume, loaded;
@@ -123,22 +123,25 @@ def resolve_layers(
     pairs: Pairs,
     per_lang: int,
     pool: str,
+    option: str = "align.layers",
 ) -> tuple[list[int], dict[str, float] | None]:
-    """``middle`` → L // 2; ``auto`` → probed peak; integers → themselves (1..L)."""
+    """``middle`` → L // 2; ``auto`` → probed peak; integers → themselves (1..L). Messages name
+    ``option``: the config field, or ``--align-layers`` in ``midalign train``."""
     n_layers = num_layers(model)
     if spec == "auto":
         layer, by_layer = choose_auto_layer(model, tokenizer, pairs, per_lang, pool)
         log.info(
-            "--align-layers auto: layer %d (mean retrieval %.3f; by layer %s)",
+            "%s auto: layer %d (mean retrieval %.3f; by layer %s)",
+            option,
             layer,
             by_layer[str(layer)],
             ", ".join(f"{k}: {v:.2f}" for k, v in by_layer.items()),
         )
         return [layer], by_layer
-    layers = parse_layers(spec, n_layers, "--align-layers")
+    layers = parse_layers(spec, n_layers, option)
     if 0 in layers:
         raise InputError(
-            "--align-layers: layer 0 is the embedding output, which LoRA does not change; "
+            f"{option}: layer 0 is the embedding output, which LoRA does not change; "
             f"use 1 to {n_layers}"
         )
     return layers, None
@@ -169,12 +172,16 @@ def align_setup(
     max_length: int,
     rank: int = 0,
     world: int = 1,
+    layers_option: str = "align.layers",
 ) -> tuple[AlignSetup, dict[str, float] | None]:
     """The alignment loss's setup from the ``align`` config section (without base statistics,
     which need the model before LoRA), and the auto layer choice's retrieval by layer (None
     unless ``layers: auto``). ``rank`` of ``world`` processes trains on its slice of the
-    stream (:class:`~midalign.data.pairs.AlignStream`)."""
-    layers, auto_retrieval = resolve_layers(a.layers, model, tokenizer, pairs, a.auto_pairs, a.pool)
+    stream (:class:`~midalign.data.pairs.AlignStream`); ``layers_option`` is what messages call
+    ``align.layers``."""
+    layers, auto_retrieval = resolve_layers(
+        a.layers, model, tokenizer, pairs, a.auto_pairs, a.pool, layers_option
+    )
     setup = AlignSetup(
         stream=AlignStream(pairs, a.batch_pairs, seed, rank, world),
         layers=layers,
@@ -219,8 +226,8 @@ def pairs_setup(
     args: TrainingArguments,
     max_length: int,
 ) -> AlignSetup:
-    """The alignment setup of a trainer handed its pairs (:meth:`midalign.trainer.
-    AlignmentTrainer.from_pairs`, :class:`midalign.trl.AlignmentSFTTrainer`): the stream is
+    """The alignment setup of a trainer handed its pairs (:class:`midalign.trainer.
+    AlignmentTrainer`, :class:`midalign.trl.AlignmentSFTTrainer`): the stream is
     seeded with ``args.seed`` and sliced for this process; ``layers: auto`` and ``stats: base``
     measure ``model`` with its adapter disabled, the base model, as ``midalign train`` measures
     it before attaching LoRA."""
@@ -274,11 +281,20 @@ def prepare_alignment(
         c.data.align_split,
         c.data.align_max_pairs,
         c.data.align_pivot,
+        tokenizer,
+        c.data.align_max_length,
     )
     pairs, dev_pairs = split_dev(pairs, c.data.align_dev_pairs, c.optim.seed)
     pair_counts = {lang: len(items) for lang, items in pairs.items()}
     align, auto_retrieval = align_setup(
-        c.align, model, tokenizer, pairs, dev_pairs, c.optim.seed, c.data.align_max_length
+        c.align,
+        model,
+        tokenizer,
+        pairs,
+        dev_pairs,
+        c.optim.seed,
+        c.data.align_max_length,
+        layers_option="--align-layers",
     )
     log.info(
         "alignment: layers %s, pairs per language %s, %d dev batches",

@@ -10,13 +10,16 @@ micro-batch (:meth:`AlignmentMixin.task_loss`); the schedules, the alignment los
 logging are this module's, one implementation for both:
 
 - ``alternate``: one alignment micro-batch forward/backward, then the task micro-batch the
-  Trainer handed over. With G micro-batches per optimizer step (counted over both kinds, as the
-  paper's code does) the Trainer accumulates G/2 task batches, so a step sees align, task,
-  align, task, … and every task batch is used (the reference code dropped half of each stream).
-  The order within a pair does not change the accumulated gradient; alignment goes first so
-  that the backward that syncs gradients across processes is a task backward, which reaches
-  every LoRA parameter. This is what the authors' code does: its trainer flips the objective at
-  every micro-batch, inside one optimizer step.
+  Trainer handed over. ``gradient_accumulation_steps`` G means what it means to the Trainer, in
+  ``midalign train``, :class:`midalign.trainer.AlignmentTrainer` and TRL's trainer alike: the
+  task micro-batches of an optimizer step, so a step sees align, task, align, task, … (2G
+  micro-batches) and its task side is SFT's with the same G. Each loss is divided by the 2G
+  micro-batches, as the paper's code divides by its accumulation count (which counts both kinds:
+  its 4 is G = 2 here), or by G with ``align.matched``. The order within a pair does not change
+  the accumulated gradient; alignment goes first so that the backward that syncs gradients
+  across processes is a task backward, which reaches every LoRA parameter. This is what the
+  authors' code does: its trainer flips the objective at every micro-batch, inside one
+  optimizer step.
 - ``alternate-steps``: the paper's text, "we optimize either the task-specific objective or the
   alignment objective in each training step": whole optimizer steps of G alignment micro-batches
   and of G task micro-batches in turn (alignment first), each with the full effective batch.
@@ -26,11 +29,10 @@ logging are this module's, one implementation for both:
 - ``task``: plain SFT. ``align``: alignment only; the Trainer's "dataset" is then the first
   max_steps·G micro-batches of the alignment stream.
 
-- ``alternate`` with ``align.matched``: the alignment added on top of plain SFT. The Trainer
-  accumulates all G task micro-batches of a step, each brings one alignment micro-batch, and
-  both losses are divided by G: the task examples, their order, the optimizer steps, the task
-  batch, the learning-rate schedule and the task gradient are SFT's, and a system − SFT
-  difference measures the alignment loss alone (the issue "Answer the transfer question").
+- ``alternate`` with ``align.matched``: both losses divided by G, so the task gradient too is
+  SFT's and the alignment gradient is added on top: a system − SFT difference measures the
+  alignment loss alone (the issue "Answer the transfer question"). Without it each is halved,
+  which under Adam changes little besides gradient clipping.
 
 Every micro-batch loss is a mean over its own tokens (task) or pairs (alignment), and is divided
 by the number of micro-batches in the step (of its kind, under matched ``alternate``), so the

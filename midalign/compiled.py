@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from midalign.cache import cache_dir
+from midalign.cache import cache_dir, check_writable
 from midalign.dtypes import cpu_name
 from midalign.errors import InputError
 from midalign.layers import decoder_layers, input_device, unwrap
@@ -271,6 +271,7 @@ def _decisions() -> dict[str, dict]:
 def _remember(key: str, decision: Compiled) -> None:
     """Add a decision to the cache file (written whole to a temp file, then renamed)."""
     folder = cache_dir("compile")
+    check_writable(folder)
     decisions = {**_decisions(), key: decision.as_dict()}
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:

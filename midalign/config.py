@@ -19,6 +19,7 @@ paper's setup as a whole.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -53,7 +54,8 @@ class ModelConfig:
         default="default",
     )
     dtype: ModelDtype = _help(
-        "weights dtype: float32 (CPU), bfloat16, float16 or float64 (exact reference runs)",
+        "weights dtype: float32 (CPU), bfloat16, float16 (on a GPU only: on a CPU its "
+        "activations overflow to NaN) or float64 (exact reference runs)",
         default="float32",
     )
     compile: Compile = _help(
@@ -182,12 +184,10 @@ class AlignConfig:
     )
     auto_pairs: int = _help("pairs per language the auto layer choice probes", default=100)
     matched: bool = _help(
-        "alternate: every task micro-batch brings one alignment micro-batch on top, and each "
-        "loss is divided by the task micro-batches of the step, so the task side (examples, "
-        "order, optimizer steps, batch, schedule, task gradient) is plain SFT's and a "
-        "comparison with it is matched; false: the gradient_accumulation_steps micro-batches "
-        "of a step are split between the two kinds, as the paper's code does (half the task "
-        "examples per step, each loss halved)",
+        "alternate: each loss is divided by the G task micro-batches of the step, so the task "
+        "gradient is plain SFT's and the alignment gradient is added on top; false: by all 2G "
+        "micro-batches of both kinds, as the paper's code does (each loss halved). Either way "
+        "the task side (examples, order, optimizer steps, batch, schedule) is SFT's",
         default=False,
     )
 
@@ -216,13 +216,14 @@ class OptimConfig:
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", default=1.0)
     epochs: float = _help("passes over the task data (at most)", default=5.0)
     max_steps: int = _help(
-        "optimizer steps; overrides epochs when > 0 (required by the align schedule)", default=-1
+        "optimizer steps, overriding epochs (required by the align schedule); -1: count in epochs",
+        default=-1,
     )
     batch_size: int = _help("task examples per micro-batch and process", default=8)
     gradient_accumulation_steps: int = _help(
-        "micro-batches per optimizer step (alternate: half task, half alignment, or with "
-        "align.matched every one a task micro-batch with an alignment micro-batch on top; "
-        "alternate-steps: all of one kind)",
+        "micro-batches the Trainer accumulates per optimizer step, as in transformers and TRL: "
+        "task micro-batches (alternate and joint: each brings one alignment micro-batch; "
+        "alternate-steps: G of the step's kind; align: G alignment micro-batches)",
         default=4,
     )
     eval_steps: int = _help("evaluate (dev task and alignment losses) every N steps", default=200)
@@ -268,6 +269,17 @@ class OptimConfig:
             raise error(f"{name('learning_rate')} must be positive")
         if not 0 <= self.warmup_ratio < 1:
             raise error(f"{name('warmup_ratio')} must be in [0, 1)")
+        # before the warm-up rule, which would blame the warm-up for a run of no steps
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise error(
+                f"{name('max_steps')} must be positive, or -1 to count in {name('epochs')}, "
+                f"not {self.max_steps}"
+            )
+        if not math.isfinite(self.epochs) or (self.max_steps < 0 and self.epochs <= 0):
+            raise error(
+                f"{name('epochs')} must be a positive number of passes over the task data, "
+                f"not {self.epochs:g} (or give {name('max_steps')})"
+            )
         if self.max_steps > 0 and no_learning(self.lr_scheduler, self.warmup_ratio, self.max_steps):
             raise error(
                 no_learning_message(

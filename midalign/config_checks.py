@@ -52,8 +52,10 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
     """Reject values that cannot work before any model is loaded, naming the option; with
     ``where`` (a recipe's ``recipe.yaml: system NAME``), naming the field by its path in the
     recipe instead: ``recipe.yaml: system NAME: train.align.temperature must be positive``.
-    Each section's own rules first (:func:`midalign.sections.check`), then those across
-    sections."""
+    Each section's own rules first (:func:`midalign.sections.check`), then the machine's
+    (float16 weights on a CPU), then those across sections."""
+    import torch
+
     options = option_names()
 
     def name(key: str) -> str:
@@ -63,6 +65,12 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
         return InputError(message if where is None else f"{where}: {message}")
 
     check(config, name, error)
+    if config.model.dtype == "float16" and not torch.cuda.is_available():  # the CPU trains
+        raise error(
+            f"{name('model.dtype')} float16 is refused on a CPU (no CUDA device here): its "
+            "activations overflow to NaN before any update (Gemma 3 270M's loss is NaN at the "
+            "first step); use float32 (the default) or bfloat16"
+        )
     a, o, d = config.align, config.optim, config.data
     if a.schedule != "align" and not d.task_data:
         raise error(f"{name('data.task_data')} is required by the {a.schedule} schedule")
@@ -73,12 +81,6 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
             raise error(f"{name('data.align_langs')}: give at least one language")
     if a.schedule == "align" and o.max_steps <= 0:
         raise error(f"{name('optim.max_steps')} must be given (> 0) for the align schedule")
-    if a.schedule == "alternate" and not a.matched and o.gradient_accumulation_steps % 2:
-        raise error(
-            f"{name('optim.gradient_accumulation_steps')} must be even for the alternate "
-            "schedule (half task, half alignment micro-batches), "
-            f"not {o.gradient_accumulation_steps}"
-        )
     if o.metric_for_best_model == "task_loss" and a.schedule == "align":
         raise error(
             f"{name('optim.metric_for_best_model')} task_loss: the align schedule has no task"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ def mark_output_dir(folder: Path) -> None:
 def check_output_dir(out: Path, overwrite: bool, option: str = "--out") -> None:
     """Refuse, before any expensive work starts: the current folder or one holding it, a file,
     a folder midalign did not write (no :data:`MARKER`; an empty one is fine), an existing
-    output unless asked to overwrite, and an unwritable parent."""
+    output unless asked to overwrite, and a parent that cannot be made (a file in the way)
+    or written into."""
     out = Path(out)
     if out.exists():
         resolved, cwd = out.resolve(), Path.cwd().resolve()
@@ -48,11 +50,58 @@ def check_output_dir(out: Path, overwrite: bool, option: str = "--out") -> None:
             )
         if not overwrite:
             raise InputError(f"{option}: {out} already exists (pass --overwrite to replace it)")
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{option}: cannot write into {parent} (permission denied)")
+    _check_parent(out, option)
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path``, or the nearest folder above it that exists: what decides whether it can be
+    made. A file there stands where ``path`` or a folder above it should be."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why nothing can be written into ``folder`` (made first where missing), or None: a file
+    in the way, or the nearest existing folder refusing writes (as root, only a read-only file
+    system or a place such as /proc refuses; that shows when the write fails)."""
+    nearest = _nearest_existing(folder)
+    if not nearest.is_dir():
+        return f"{nearest} is a file, not a folder"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"no permission to write into {nearest}"
+    return None
+
+
+def _check_parent(out: Path, option: str) -> None:
+    problem = unwritable(Path(out).resolve().parent)
+    if problem is not None:
+        raise InputError(f"{option}: cannot create {out}: {problem}")
+
+
+def check_run_dir(out: Path, write: bool, option: str = "--out") -> None:
+    """A folder a command keeps adding to (`midalign run`'s steps): it may exist, but as a
+    folder. With ``write`` it must also take writes, and is made now, before any work; without
+    (a dry run, which only looks) a read-only one is fine."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            f"{option}: {out} is a file; give a folder (a new one, or an earlier run's to reuse "
+            "its finished steps)"
+        )
+    nearest = _nearest_existing(out)
+    if not nearest.is_dir():
+        raise InputError(f"{option}: cannot create {out}: {nearest} is a file, not a folder")
+    if not write:
+        return
+    problem = unwritable(out)
+    if problem is not None:
+        raise InputError(f"{option}: cannot write into {out}: {problem}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{option}: cannot create {out} ({e.strerror})") from None
 
 
 def check_output_file(
@@ -72,6 +121,7 @@ def check_output_file(
             )
         if not overwrite:
             raise InputError(f"{option}: {out} already exists (pass --overwrite to replace it)")
+    _check_parent(out, option)
 
 
 def _umask() -> int:
@@ -106,7 +156,7 @@ def atomic_output_dir(out: Path, overwrite: bool = False, option: str = "--out")
         mark_output_dir(tmp)
         yield tmp
         follow_umask(tmp)
-        if out.exists():
+        if overwrite and out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             try:
                 os.replace(out, old / out.name)
@@ -116,16 +166,32 @@ def atomic_output_dir(out: Path, overwrite: bool = False, option: str = "--out")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            try:  # a folder renamed onto a file, or onto a folder that is not empty, fails
+                os.replace(tmp, out)
+            except OSError:
+                if not out.exists():
+                    raise
+                kept = "it is left as it is, this run's output is not written (pass --overwrite)"
+                raise InputError(appeared(out, kept, option)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def appeared(out: Path, detail: str, option: str = "--out") -> str:
+    """The message for an output that did not exist when the command checked but did when it
+    came to write (another run into the same ``option``), ``detail`` saying what is kept."""
+    return (
+        f"{option}: {out} appeared while this command ran (another run into the same "
+        f"{option}?); {detail}"
+    )
+
+
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path, replace: bool = True) -> Iterator[Path]:
     """Yield a temp path beside ``path`` to write; on success it becomes ``path``, with the
     modes a plain ``open`` gives (mkstemp and safetensors make files private), on error it
-    vanishes."""
+    vanishes. ``replace=False`` keeps a file that appeared at ``path`` meanwhile (another
+    run's) and raises FileExistsError: a hard link, unlike a rename, fails on an existing name."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
@@ -133,15 +199,33 @@ def atomic_file(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file via a temp file in the same directory and an atomic rename."""
-    with atomic_file(path) as tmp:
+def _link_new(tmp: Path, path: Path) -> None:
+    """``tmp`` renamed to ``path`` unless ``path`` exists (FileExistsError)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links (FAT, some network mounts)
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str, replace: bool = True) -> None:
+    """Write a file via a temp file in the same directory and an atomic rename (``replace``:
+    see :func:`atomic_file`)."""
+    with atomic_file(path, replace) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 

@@ -128,7 +128,8 @@ def generate(
     if capped:
         log.warning(
             "%d of %d answers ran to the cap of %d new tokens without finishing; they take most "
-            "of the time (--max-new-tokens sets the cap)",
+            "of the time (the cap is the task's, unless eval's --max-new-tokens or a recipe's "
+            "eval.max_new_tokens sets it)",
             capped,
             len(prompts),
             max_new_tokens,

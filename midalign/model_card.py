@@ -107,7 +107,7 @@ def training_card(
     return "\n".join(lines)
 
 
-def merge_card(adapters: Sequence[Path], weights: Sequence[float], out: Path) -> str:
+def merge_card(adapters: Sequence[Path | str], weights: Sequence[float], out: Path) -> str:
     """The card of an adapter ``midalign merge`` wrote into ``out``."""
     config = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
     base = config.get("base_model_name_or_path") or "the base model"

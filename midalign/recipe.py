@@ -290,7 +290,8 @@ def check_recipe(recipe: Recipe) -> None:
     """What would fail only hours into a run fails at load, naming the recipe's field: every
     section's own rules, the task, every language list, and every trained system's config (as
     ``midalign train`` validates it, fields named ``recipe.yaml: system NAME:
-    train.align.temperature``)."""
+    train.align.temperature``). The model is checked by :func:`check_model` when the recipe
+    runs."""
     from midalign.config_checks import validate
     from midalign.languages import parse_langs
     from midalign.tasks import get_task
@@ -323,8 +324,30 @@ def check_recipe(recipe: Recipe) -> None:
             validate(config, f"{where}: system {system.name}")
 
 
+def check_model(name: str, where: str) -> None:
+    """The recipe's model is one :func:`midalign.models.resolve_model` will find: a local
+    folder or GGUF file that exists (the folder an HF model's), or a hub id. Checked before
+    any step runs (a dry run too), without loading it (nor converting the default or a GGUF
+    file), and named as the recipe spells it (``recipe.yaml: model: models/x does not
+    exist``), where loading would name ``--model`` only after the steps before the first that
+    loads it."""
+    from midalign.models import DEFAULT_MODEL, resolve_model
+
+    if name == DEFAULT_MODEL or (Path(name).suffix == ".gguf" and Path(name).is_file()):
+        return
+    try:
+        resolve_model(name)
+    except InputError as e:
+        raise InputError(f"{where}: {str(e).removeprefix('--model: ')}") from None
+
+
 def load_recipe(path: Path) -> Recipe:
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.y*ml"))
+        listed = ", ".join(inside[:3]) + (", …" if len(inside) > 3 else "")
+        which = f"one of its YAML files ({listed})" if inside else "a YAML file"
+        raise InputError(f"recipe {path} is a folder, not a recipe file; give {which}")
     if not path.is_file():
         raise InputError(f"recipe {path} not found")
     return parse_recipe(read_yaml(path), str(path))

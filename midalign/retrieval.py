@@ -364,8 +364,7 @@ def summarize(
             raise InputError(f"--group: {', '.join(unknown)} not among the probed languages")
         summary["groups"] = {
             name: {
-                layer: _mean([per_language[layer]["both"][g] for g in members])
-                for layer in layers
+                layer: _mean([per_language[layer]["both"][g] for g in members]) for layer in layers
             }
             for name, members in groups.items()
         }

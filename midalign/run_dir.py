@@ -14,12 +14,14 @@ from typing import Any
 import yaml
 
 from midalign.config import TrainConfig, from_dict
+from midalign.data.reading import read_json
 from midalign.errors import InputError
-from midalign.files import check_output_dir, mark_output_dir, write_text_atomic
+from midalign.files import MARKER, check_output_dir, mark_output_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+RESULT_FILE = "train_result.json"  # written by `midalign train` when a run stops or finishes
 
 
 def process_state() -> Any:
@@ -51,6 +53,8 @@ def create(out: Path, config: TrainConfig, overwrite: bool) -> None:
     until it has."""
     out = Path(out)
     state = process_state()
+    if not overwrite:
+        refuse_unfinished(out)
     check_output_dir(out, overwrite)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -63,6 +67,27 @@ def create(out: Path, config: TrainConfig, overwrite: bool) -> None:
         mark_output_dir(out)
         write_config(out, config)
     state.wait_for_everyone()
+
+
+def refuse_unfinished(out: Path) -> None:
+    """A run of ours in ``out`` with a checkpoint and no finished result (killed, stopped by a
+    signal, or failed) is continued with ``--resume``; ``--overwrite`` would discard its
+    checkpoints, so the error names ``--resume`` first."""
+    from midalign.checkpoints import last_checkpoint
+
+    out = Path(out)
+    if not (out / MARKER).is_file():
+        return
+    result = out / RESULT_FILE
+    if result.is_file() and read_json(result, "--out").get("interrupted") is False:
+        return
+    checkpoint = last_checkpoint(out)
+    if checkpoint is not None:
+        raise InputError(
+            f"--out: {out} holds an unfinished run (last complete checkpoint: {checkpoint.name}); "
+            f"continue it with `midalign train --out {out} --resume`, or pass --overwrite to "
+            "discard its checkpoints and start over"
+        )
 
 
 def resume_point(out: Path, required: bool) -> Path | None:

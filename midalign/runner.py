@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from midalign import sections
 from midalign.errors import InputError
 from midalign.files import write_json
 from midalign.model_card import add_retrieval
-from midalign.recipe import DataSpec, Recipe, System, system_config
+from midalign.recipe import DataSpec, Recipe, System, check_model, system_config
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,24 @@ class Steps:
         self.dry_run = dry_run
         self.ran: list[str] = []
         self.reused: list[str] = []
+        # a dry run's steps to run -> what each would read: (field, source, model or data)
+        self.reads: dict[str, list[tuple[str, str, str]]] = {}
 
     def folder(self, name: str, spec: dict[str, Any]) -> Path:
         slug = re.sub(r"_*-_*", "-", re.sub(r"[^\w.-]+", "_", name))  # align (top) → align_top
         return self.root / f"{slug}-{spec_hash(spec)}"
 
-    def run(self, name: str, spec: dict[str, Any], fn: Callable[[Path], dict]) -> dict:
+    def run(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        fn: Callable[[Path], dict],
+        reads: Sequence[tuple[str, str, str]] = (),
+    ) -> dict:
         """``fn(folder)``'s result, or the stored one if this exact step finished before; either
-        way with ``"step"``, the folder's name, which later steps' specs use as its identity."""
+        way with ``"step"``, the folder's name, which later steps' specs use as its identity.
+        ``reads``: the model and data the step reads, as ``(field, source, "model" or
+        "data")``, which a dry run lists (:func:`midalign.data.origin.describe`)."""
         folder = self.folder(name, spec)
         done = folder / "done.json"
         if not done.is_file():
@@ -107,6 +117,7 @@ class Steps:
             return {**json.loads(done.read_text(encoding="utf-8"))["result"], "step": folder.name}
         if self.dry_run:
             self.ran.append(folder.name)
+            self.reads[folder.name] = list(reads)
             return {"step": folder.name}
         log.info("step %s", folder.name)
         folder.mkdir(parents=True, exist_ok=True)
@@ -218,9 +229,9 @@ class Runner:
             write_instructions(path, self.task, examples)
             return {"path": str(path.resolve()), "examples": len(examples)}
 
-        return self.steps.run(
-            f"data-{name}", {"task": self.task.name, **spec.hashed(), "reading": READING}, work
-        )
+        settings = {"task": self.task.name, **spec.hashed(), "reading": READING}
+        reads = [(f"task.{name}", spec.source, "data")]
+        return self.steps.run(f"data-{name}", settings, work, reads)
 
     # ----------------------------------------------------------------- train and merge
 
@@ -237,25 +248,33 @@ class Runner:
         from midalign.train import train
 
         sections = self.train_config(system, seed, data)
-        # optim.bf16 as it resolves here, hashed and run: a step is redone exactly when it
-        # would train in another precision than before (LATER_DEFAULTS)
+        # optim.bf16 hashed as it resolves here: a step is redone exactly when it would train
+        # in another precision than before (LATER_DEFAULTS), and written to the step's
+        # config.yaml. The run gets the recipe's value, which resolves the same in this
+        # process, so that its log says what decided it (auto: the CPU), not "as requested".
         weights = DTYPES.get(sections["model"]["dtype"])
         bf16 = resolve_bf16(sections["optim"]["bf16"], weights)[0]
-        sections["optim"]["bf16"] = "true" if bf16 else "false"
+        hashed = {**sections, "optim": {**sections["optim"], "bf16": "true" if bf16 else "false"}}
         # The data files' paths change with their hashes; their hashes are what matter. (The
         # paths are under --out and stay in the hash, so that the steps of run folders made
         # before keep their names: the same recipe run into two --out folders names its
         # training steps differently; docs/results/cpu_transfer/determinism.md.)
-        spec = {"config": _hashed(sections), "data": {k: v.get("step") for k, v in data.items()}}
+        spec = {"config": _hashed(hashed), "data": {k: v.get("step") for k, v in data.items()}}
         align = sections["align"]
         if align["schedule"] != "task" and align["layers"] != "middle":
             # The layer may be L, where the loss takes the state before the final norm (it took
             # HF's hidden_states[L] before): runs made before that train these steps again.
             spec["last_layer"] = "before the final norm"
+        if align["schedule"] == "alternate" and not align.get("matched", False):
+            # optim.gradient_accumulation_steps counts task micro-batches under alternate (it
+            # counted both kinds before, G/2 task micro-batches a step): runs made before that
+            # train these steps again
+            spec["accumulation"] = "task micro-batches"
 
         def work(folder: Path) -> dict:
-            config = from_dict(sections, f"{folder}/{run_dir.CONFIG_FILE}")
-            run_dir.write_config(folder, config)
+            where = f"{folder}/{run_dir.CONFIG_FILE}"
+            config = from_dict(sections, where)
+            run_dir.write_config(folder, from_dict(hashed, where))  # optim.bf16 as it trains
             checkpoint = run_dir.resume_point(folder, required=False)
             result = train(config, folder, checkpoint, progress=self.opt.progress)
             if result.interrupted:
@@ -269,7 +288,10 @@ class Runner:
                 "budget": result.budget,
             }
 
-        return self.steps.run(f"train-{system.name}-seed{seed}", spec, work)
+        reads = [("model", self.recipe.model, "model")]
+        if align["schedule"] != "task":
+            reads.append(("train.data.align_data", sections["data"]["align_data"], "data"))
+        return self.steps.run(f"train-{system.name}-seed{seed}", spec, work, reads)
 
     def merge(self, system: System, seed: int, adapters: dict[str, dict]) -> dict:
         from midalign.merge import merge_adapters
@@ -348,7 +370,16 @@ class Runner:
             }
 
         suffix = f"-seed{seed}" if seed is not None else ""
-        return self.steps.run(f"eval-{system.name}{suffix}", spec, work)
+        reads = [("model", self.recipe.model, "model")]
+        reads += [
+            (f"task.test[{i}]" if len(tests) > 1 else "task.test", t.source, "data")
+            for i, t in enumerate(tests)
+        ]
+        if any(t.held_out for t in tests):  # and the ids of the train and dev data
+            task = self.recipe.task
+            used = {"task.train": task.train, "task.dev": task.dev}
+            reads += [(key, d.source, "data") for key, d in used.items() if d is not None]
+        return self.steps.run(f"eval-{system.name}{suffix}", spec, work, reads)
 
     def used_specs(self) -> list[DataSpec]:
         """The data a system trains on or selects its checkpoint on."""
@@ -458,12 +489,14 @@ class Runner:
                 "per_language": summary["per_language"][layer]["both"],
             }
 
-        return self.steps.run(f"probe-{name}", spec, work)
+        reads = [("model", self.recipe.model, "model"), ("probe.data", p["data"], "data")]
+        return self.steps.run(f"probe-{name}", spec, work, reads)
 
     # ----------------------------------------------------------------- the whole recipe
 
     def run(self) -> dict:
         r = self.recipe
+        check_model(r.model, f"{r.path}: model")  # a dry run too, where loading it would not
         if not self.opt.dry_run:  # a missing test set fails now, not after hours of training
             self.test_examples()
         data = {"train": self.prepare(r.task.train, "train")}

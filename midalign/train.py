@@ -227,14 +227,10 @@ def training_arguments(
 ) -> TrainingArguments:
     """The Trainer's arguments for this config, in bf16 mixed precision if ``bf16`` (the
     resolved ``optim.bf16``). The ``align`` schedule's "dataset" is its micro-batches (batch
-    size 1, one epoch); under ``alternate`` the Trainer accumulates the task half of the G
-    micro-batches of a step; the best checkpoint is judged by the dev loss there is
-    (``metric_for_best_model: auto``)."""
+    size 1, one epoch); the Trainer accumulates ``optim.gradient_accumulation_steps`` of
+    them a step, as it accumulates task micro-batches in every other schedule; the best
+    checkpoint is judged by the dev loss there is (``metric_for_best_model: auto``)."""
     schedule = c.align.schedule
-    ga = c.optim.gradient_accumulation_steps
-    # alternate: the Trainer accumulates the task half of the G micro-batches, or all G with
-    # align.matched (each brings an alignment micro-batch); alternate-steps: G of one kind
-    trainer_ga = ga // 2 if schedule == "alternate" and not c.align.matched else ga
     evals = has_eval(dev_set, align)
     metric = c.optim.metric_for_best_model
     if metric == "auto":
@@ -248,7 +244,7 @@ def training_arguments(
         output_dir=str(out.absolute() / CHECKPOINTS),
         per_device_train_batch_size=1 if schedule == "align" else c.optim.batch_size,
         per_device_eval_batch_size=c.optim.batch_size,
-        gradient_accumulation_steps=trainer_ga,
+        gradient_accumulation_steps=c.optim.gradient_accumulation_steps,
         num_train_epochs=1 if schedule == "align" else c.optim.epochs,
         max_steps=c.optim.max_steps,
         learning_rate=c.optim.learning_rate,
@@ -335,15 +331,15 @@ def make_trainer(
     )
     if schedule == "alternate-steps":
         train_set, collator = StepsDataset(task_set), collate_steps(collator)
-    trainer = AlignmentTrainer(
+    trainer = AlignmentTrainer.for_run(
+        align,
+        schedule,
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=dev_set if dev_set is not None else (align.dev_batches if evals else None),
         data_collator=collator,
         callbacks=callbacks,
-        schedule=schedule,
-        align=align,
         align_tokenizer=tokenizer,
         has_task_dev=dev_set is not None,
         keep_checkpoints=c.optim.keep_checkpoints,

@@ -37,80 +37,103 @@ from midalign.forward import response_loss
 
 
 class AlignmentTrainer(AlignmentMixin, Trainer):
-    """A ``Trainer`` whose step is one of the schedules (:mod:`midalign.alignment`), with
-    midalign's task loss, checkpoints and evaluation."""
+    """``transformers.Trainer`` whose step adds middle-layer alignment (:mod:`midalign.
+    alignment`), with midalign's task loss, checkpoints and evaluation.
+
+    Built as ``Trainer`` is, plus the alignment: ``AlignmentTrainer(model=..., args=...,
+    train_dataset=..., processing_class=tokenizer, align=AlignConfig(...), align_pairs=...)``,
+    as :class:`midalign.trl.AlignmentSFTTrainer` is built on ``SFTTrainer``.
+
+    - ``align``: the ``align`` section of a ``midalign train`` config (:class:`midalign.config.
+      AlignConfig`), checked as ``midalign train`` checks it; None trains the task alone.
+      Schedules ``alternate``, ``joint`` and ``task``.
+    - ``align_pairs``: translation pairs (:func:`midalign.data.pairs.as_pairs`);
+      ``align_eval_pairs``: held-out pairs whose alignment loss and in-batch top-1 accuracy
+      every evaluation adds (``eval_align_loss``, ``eval_align_acc``); ``align_max_length``:
+      the pairs' token limit.
+    - ``args.gradient_accumulation_steps`` counts task micro-batches, as everywhere in midalign
+      (:attr:`midalign.config.OptimConfig.gradient_accumulation_steps`): under ``alternate``
+      each brings one alignment micro-batch. The stream's seed is ``args.seed``; ``layers:
+      auto`` and ``stats: base`` measure ``model`` with its adapter disabled.
+    - The task loss is midalign's, not the model's: the response tokens' cross-entropy
+      (labels -100 elsewhere), logits only at them (:meth:`task_loss`). ``train_dataset`` rows
+      hold ``input_ids`` and ``labels``, padded by ``DataCollatorForSeq2Seq`` unless a
+      ``data_collator`` is given; ``eval_dataset`` adds the dev task loss to evaluations.
+
+    Every other argument is ``Trainer``'s.
+    """
 
     def __init__(
         self,
-        *args: Any,
-        schedule: str,
-        align: AlignSetup | None,
-        align_tokenizer: PreTrainedTokenizerBase | None = None,
-        has_task_dev: bool = False,
-        keep_checkpoints: int | None = None,
-        checkpoint_files: Sequence[Path] = (),
-        seeded_order: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.init_alignment(schedule, align, align_tokenizer, has_task_dev)
-        self.seeded_order = seeded_order  # optim.data_order: seeded
-        self.keep_checkpoints = keep_checkpoints  # besides the best; rotated after each save
-        self.checkpoint_files = list(checkpoint_files)  # copied into every checkpoint
-
-    @classmethod
-    def from_pairs(
-        cls,
-        model: torch.nn.Module,
-        args: TrainingArguments,
-        processing_class: PreTrainedTokenizerBase,
-        *,
-        align: AlignConfig,
-        align_pairs: Pairs | Iterable[Mapping[str, str]],
+        model: torch.nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        *trainer_args: Any,
+        align: AlignConfig | None = None,
+        align_pairs: Pairs | Iterable[Mapping[str, str]] | None = None,
         align_eval_pairs: Pairs | Iterable[Mapping[str, str]] | None = None,
         align_max_length: int = 128,
         **kwargs: Any,
-    ) -> AlignmentTrainer:
-        """The alignment loss added to your own ``Trainer`` training: your ``model`` (with its
-        LoRA adapter), ``args`` and tokenised task data, plus the ``align`` section of a
-        ``midalign train`` config and translation pairs (:func:`midalign.data.pairs.as_pairs`).
-
-        ``kwargs`` are the ``Trainer``'s: ``train_dataset`` rows hold ``input_ids`` and
-        ``labels`` (-100 where no loss), padded by default by ``DataCollatorForSeq2Seq``;
-        ``eval_dataset`` adds the dev task loss to evaluations, ``align_eval_pairs`` the dev
-        alignment loss and top-1 accuracy (``eval_align_loss``, ``eval_align_acc``). As with
-        :class:`midalign.trl.AlignmentSFTTrainer`: ``args.gradient_accumulation_steps`` counts
-        task micro-batches (under ``alternate`` each brings one alignment micro-batch), the
-        schedules are ``alternate``, ``joint`` and ``task``, the stream's seed is ``args.seed``,
-        and ``layers: auto`` and ``stats: base`` measure ``model`` with its adapter disabled.
-        """
-        check_pairs_trainer(align, "AlignmentTrainer.from_pairs")
-        setup = pairs_setup(
-            align,
-            model,
-            processing_class,
-            as_pairs(align_pairs),
-            as_pairs(align_eval_pairs) if align_eval_pairs is not None else {},
-            args,
-            align_max_length,
-        )
+    ) -> None:
+        setup = None
+        tokenizer = kwargs.get("processing_class")
         has_task_dev = kwargs.get("eval_dataset") is not None
-        if not has_task_dev and setup.dev_batches:  # evaluations measure the alignment only
-            kwargs["eval_dataset"] = setup.dev_batches
-        kwargs.setdefault(
-            "data_collator",
-            DataCollatorForSeq2Seq(processing_class, padding=True, label_pad_token_id=-100),
-        )
-        return cls(
-            model=model,
-            args=args,
-            processing_class=processing_class,
-            schedule=align.schedule,
-            align=setup,
-            align_tokenizer=processing_class,
-            has_task_dev=has_task_dev,
-            **kwargs,
-        )
+        if align is not None:
+            check_pairs_trainer(align, "AlignmentTrainer")
+            if align.schedule != "task" and align_pairs is None:
+                raise ValueError(f"align.schedule {align.schedule} needs align_pairs")
+            if align.schedule != "task" and (model is None or tokenizer is None):
+                raise ValueError("the alignment loss needs model= and processing_class=")
+            if args is None:  # as Trainer's own default, made here: the pairs need its seed
+                args = TrainingArguments(output_dir="tmp_trainer")
+            if align.schedule != "task":
+                setup = pairs_setup(
+                    align,
+                    model,
+                    tokenizer,
+                    as_pairs(align_pairs),
+                    as_pairs(align_eval_pairs) if align_eval_pairs is not None else {},
+                    args,
+                    align_max_length,
+                )
+                if not has_task_dev and setup.dev_batches:  # evaluations: the alignment only
+                    kwargs["eval_dataset"] = setup.dev_batches
+        if tokenizer is not None and not trainer_args:
+            kwargs.setdefault(
+                "data_collator",
+                DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            )
+        super().__init__(model, args, *trainer_args, **kwargs)
+        schedule = align.schedule if align is not None else "task"
+        self.init_alignment(schedule, setup, tokenizer, has_task_dev)
+        self.keep_checkpoints: int | None = None  # besides the best; rotated after each save
+        self.checkpoint_files: list[Path] = []  # copied into every checkpoint
+        self.cli = False  # messages name midalign train's options (for_run), else the API's
+
+    @classmethod
+    def for_run(
+        cls,
+        setup: AlignSetup | None,
+        schedule: str,
+        *,
+        align_tokenizer: PreTrainedTokenizerBase,
+        has_task_dev: bool,
+        keep_checkpoints: int | None,
+        checkpoint_files: Sequence[Path],
+        seeded_order: bool,
+        **kwargs: Any,
+    ) -> AlignmentTrainer:
+        """``midalign train``'s trainer: its alignment setup built from the whole config
+        (:func:`midalign.align_setup.prepare_alignment`, which the ``align`` schedule and
+        ``alternate-steps`` need too: they feed the Trainer's loader), ``optim.keep_checkpoints``,
+        the files every checkpoint carries, and ``optim.data_order: seeded``. ``kwargs`` are
+        ``Trainer``'s."""
+        trainer = cls(**kwargs)
+        trainer.init_alignment(schedule, setup, align_tokenizer, has_task_dev)
+        trainer.cli = True
+        trainer.seeded_order = seeded_order
+        trainer.keep_checkpoints = keep_checkpoints
+        trainer.checkpoint_files = list(checkpoint_files)
+        return trainer
 
     def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Causal-LM cross-entropy over the response tokens of this micro-batch (mean), with
@@ -121,7 +144,10 @@ class AlignmentTrainer(AlignmentMixin, Trainer):
             return response_loss(model, ids, mask, labels)
 
     def _diverged(self, what: str) -> TrainingDiverged:
-        """The error for a run that diverged, naming its last complete checkpoint."""
+        """The error for a run that diverged; ``midalign train``'s names its last complete
+        checkpoint and its options."""
+        if not self.cli:
+            return super()._diverged(what)
         good = last_checkpoint(Path(self.args.output_dir).parent)
         kept = (
             f"the last good checkpoint is {good} (its adapter loads as it is)"
@@ -159,14 +185,19 @@ class AlignmentTrainer(AlignmentMixin, Trainer):
         args = self.args
         schedule = SchedulerType(args.lr_scheduler_type).value
         if no_learning(schedule, args.warmup_steps, num_training_steps):
+            steps, epochs, warmup = (
+                ("--max-steps", "--epochs", "--warmup-ratio")
+                if self.cli
+                else ("args.max_steps", "args.num_train_epochs", "args.warmup_steps")
+            )
             counted = (
-                f"--max-steps {args.max_steps}"
+                f"{steps} {args.max_steps}"
                 if args.max_steps > 0
-                else f"--epochs {args.num_train_epochs:g}"
+                else f"{epochs} {args.num_train_epochs:g}"
             )
             raise InputError(
                 no_learning_message(
-                    schedule, args.warmup_steps, num_training_steps, "--warmup-ratio", counted
+                    schedule, args.warmup_steps, num_training_steps, warmup, counted
                 )
             )
         return super().create_scheduler(num_training_steps, optimizer)

@@ -9,9 +9,9 @@ the same ``align`` section (:class:`midalign.config.AlignConfig`, checked by
   assistant-only labels, its entropy and token-accuracy metrics), taken as a mean over each
   micro-batch's own tokens, as ``midalign train`` takes it (``SFTTrainer`` alone divides by the
   tokens of the whole optimizer step).
-- ``gradient_accumulation_steps`` of the ``SFTConfig`` counts task micro-batches. Under
-  ``alternate`` each is paired with one alignment micro-batch, so one optimizer step sees 2·g
-  micro-batches: ``midalign train``'s G is 2·g.
+- ``gradient_accumulation_steps`` of the ``SFTConfig`` counts task micro-batches, as it does
+  everywhere in midalign: under ``alternate`` each brings one alignment micro-batch, so one
+  optimizer step sees 2·G micro-batches, as a ``midalign train`` run with the same G.
 - Schedules ``alternate``, ``joint`` and ``task``. ``alternate-steps`` and ``align`` write the
   alternation into the Trainer's data loader, which ``SFTTrainer`` builds its own way: use
   ``midalign train`` for them.
@@ -58,7 +58,8 @@ def sft_config(*, bf16: str | bool = "auto", **kwargs: Any) -> SFTConfig:
 
 
 class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
-    """``SFTTrainer`` whose step adds middle-layer alignment (module docstring).
+    """``SFTTrainer`` whose step adds middle-layer alignment (module docstring), built as
+    :class:`midalign.trainer.AlignmentTrainer` is.
 
     ``align``: the ``align`` section of a ``midalign train`` config. ``align_pairs``: the
     translation pairs (:func:`midalign.data.pairs.as_pairs`); ``align_eval_pairs``: held-out
@@ -69,25 +70,31 @@ class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
     def __init__(
         self,
         *args: Any,
-        align: AlignConfig,
-        align_pairs: Pairs | Iterable[Mapping[str, str]],
+        align: AlignConfig | None = None,
+        align_pairs: Pairs | Iterable[Mapping[str, str]] | None = None,
         align_eval_pairs: Pairs | Iterable[Mapping[str, str]] | None = None,
         align_max_length: int = 128,
         **kwargs: Any,
     ) -> None:
-        check_pairs_trainer(align, "SFTTrainer")
+        if align is not None:
+            check_pairs_trainer(align, "SFTTrainer")
+            if align.schedule != "task" and align_pairs is None:
+                raise ValueError(f"align.schedule {align.schedule} needs align_pairs")
         super().__init__(*args, **kwargs)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        setup = pairs_setup(
-            align,
-            self.model,
-            tokenizer,
-            as_pairs(align_pairs),
-            as_pairs(align_eval_pairs) if align_eval_pairs is not None else {},
-            self.args,
-            align_max_length,
-        )
-        self.init_alignment(align.schedule, setup, tokenizer, has_task_dev=True)
+        setup = None
+        if align is not None and align.schedule != "task":
+            setup = pairs_setup(
+                align,
+                self.model,
+                tokenizer,
+                as_pairs(align_pairs),
+                as_pairs(align_eval_pairs) if align_eval_pairs is not None else {},
+                self.args,
+                align_max_length,
+            )
+        schedule = align.schedule if align is not None else "task"
+        self.init_alignment(schedule, setup, tokenizer, has_task_dev=True)
 
     def task_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``SFTTrainer``'s loss of one micro-batch, a mean over its own tokens (no

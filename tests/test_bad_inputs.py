@@ -117,6 +117,7 @@ GOOD_MASSIVE = [
     json.dumps(massive_row(2, "wake me up at [time : five am]")),
 ]
 FLORES = f"flores:{FIXTURES / 'data' / 'flores'}"
+ALMA = f"alma:{FIXTURES / 'tasks' / 'alma'}"
 
 
 def uner(d: Path, rows: list[str]) -> str:
@@ -159,6 +160,19 @@ def resumed(d: Path, *options: str) -> list[str]:
     return ["train", "--out", str(d / "out"), "--resume", "--no-progress", *options]
 
 
+def unfinished(d: Path, argv: list[str]) -> list[str]:
+    """``argv`` into a run folder of midalign's whose run stopped after checkpoint-2 (no
+    train_result.json: killed)."""
+    from midalign.checkpoints import COMPLETE_FILE
+    from midalign.files import mark_output_dir
+
+    existing(d, argv)
+    mark_output_dir(d / "out")
+    (d / "out" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (d / "out" / "checkpoints" / "checkpoint-2" / COMPLETE_FILE).write_text("2\n")
+    return argv
+
+
 def merge_argv(d: Path, weights: str = "0.5,0.5", base_b: str = "base-a") -> list[str]:
     a = d / "a" if (d / "a").exists() else adapter(d / "a")
     b = adapter(d / "b", base_b)
@@ -186,6 +200,14 @@ def recipe_with(
     )
 
 
+def recipe_model(d: Path, model: str) -> list[str]:
+    """:func:`recipe_with`'s recipe with ``model: MODEL``."""
+    argv = recipe_with(d)
+    text = (d / "recipe.yaml").read_text()
+    (d / "recipe.yaml").write_text(f"model: {model}\n{text}")
+    return argv
+
+
 def existing(d: Path, argv: list[str]) -> list[str]:
     (d / "out").mkdir(exist_ok=True)
     (d / "out" / "keep.txt").write_text("earlier results\n")
@@ -208,6 +230,26 @@ def a_file_as_out(d: Path, argv: list[str], text: str = "my notes\n") -> list[st
     return out_at(d, "notes.txt", argv)
 
 
+def under_a_file(d: Path, argv: list[str]) -> list[str]:
+    """--out inside a file the user already has (``d/notes.txt/out``)."""
+    (d / "notes.txt").write_text("my notes\n")
+    return out_at(d, "notes.txt/out", argv)
+
+
+def recipe_folder(d: Path, m: Path) -> list[str]:
+    """`midalign run` given the folder of two recipes instead of one of them."""
+    (d / "recipes").mkdir()
+    for name in ("b.yaml", "a.yaml"):
+        lines(d / "recipes" / name, ["name: x"])
+    return ["run", str(d / "recipes"), "--out", str(d / "out")]
+
+
+def not_dry(argv: list[str]) -> list[str]:
+    """``argv`` of `midalign run` without --dry-run (which writes nothing, so may look into a
+    read-only --out)."""
+    return [a for a in argv if a != "--dry-run"]
+
+
 def broken_adapter_config(d: Path) -> list[str]:
     (adapter(d / "a") / "adapter_config.json").write_text('{"r": 2,\n')
     return merge_argv(d)
@@ -221,6 +263,37 @@ def adapter_config_text(d: Path, text: str) -> list[str]:
 def missing_adapter(d: Path) -> list[str]:
     argv = merge_argv(d)
     return [a.replace(f"task={d / 'a'}", f"task={d / 'nope'}") for a in argv]
+
+
+def edited(folder: Path, **fields: object) -> Path:
+    """An adapter folder whose adapter_config.json has ``fields`` set (None: left out)."""
+    file = folder / "adapter_config.json"
+    config = {**json.loads(file.read_text()), **fields}
+    file.write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    return folder
+
+
+def truncated(folder: Path) -> Path:
+    """An adapter folder whose adapter_model.safetensors lost its last bytes (a full disk, an
+    interrupted copy)."""
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    return folder
+
+
+def adapter_bytes(folder: Path, data: bytes) -> Path:
+    """An adapter folder whose adapter_model.safetensors holds ``data``."""
+    (folder / "adapter_model.safetensors").write_bytes(data)
+    return folder
+
+
+def merge_of(a: Path) -> list[str]:
+    """``merge_argv`` with ``a`` (the case folder's ``a``) as the task adapter."""
+    return merge_argv(a.parent)
+
+
+def probe_adapter(d: Path, m: Path, a: Path) -> list[str]:
+    return probe_argv(d, m, plain(d), "--adapter", str(a))
 
 
 def latin1_massive(d: Path, m: Path) -> list[str]:
@@ -294,6 +367,25 @@ CASES = [
          ("midalign probe: error: --adapter: ", "/a was trained on base-b, not on --model ",
           "/tiny-gemma3 (if they are the same model, set base_model_name_or_path in its "
           "adapter_config.json)")),
+    Case("probe/adapter config r not the tensors' rank",
+         lambda d, m: probe_adapter(d, m, edited(adapter(d / "a", None), r=1)),
+         ("midalign probe: error: --adapter: ", "/a/adapter_model.safetensors: base_model.model."
+          "model.layers.0.self_attn.q_proj.lora_A.weight has shape [2, 4] (rank 2) but ",
+          "/a/adapter_config.json says r 1; the config's r must be the tensors' rank")),
+    Case("probe/truncated adapter weights",
+         lambda d, m: probe_adapter(d, m, truncated(adapter(d / "a", None))),
+         ("midalign probe: error: --adapter: ", "/a/adapter_model.safetensors: not a readable "
+          "safetensors file (", "); is it truncated? save the adapter again")),
+    Case("probe/adapter config r a string",
+         lambda d, m: probe_adapter(d, m, edited(adapter(d / "a", None), r="2")),
+         ("midalign probe: error: --adapter: ", "/a/adapter_config.json: \"r\" must be a "
+          "positive integer, not '2'")),
+    Case("probe/adapter for another shape of model",  # the whole fault, no "trained for" guess
+         lambda d, m: probe_adapter(d, m, adapter(d / "a", str(m))),
+         ("midalign probe: error: --adapter: ", "/a does not fit this model: Error(s) in loading "
+          "state_dict for PeftModelForCausalLM: size mismatch for base_model.model.model.layers.0."
+          "self_attn.q_proj.lora_A.default.weight: copying a param with shape torch.Size([2, 4]) "
+          "from checkpoint, the shape in current model is torch.Size([2, 32]). (and 1 more)")),
     Case("probe/output exists", lambda d, m: existing(d, probe_argv(d, m, plain(d))),
          ("--out", "exists", "--overwrite"), existing_out=True),
     Case("probe/unwritable output", lambda d, m: unwritable(d, probe_argv(d, m, plain(d))),
@@ -315,12 +407,41 @@ CASES = [
          ("t.en:1: sentence of 5 tokens, over --max-tokens 4",)),
     Case("probe/output is a file", lambda d, m: a_file_as_out(d, probe_argv(d, m, plain(d))),
          ("notes.txt is a file; give a folder that does not exist yet",)),
+    Case("probe/output under a file", lambda d, m: under_a_file(d, probe_argv(d, m, plain(d))),
+         ("error: --out: ", "/notes.txt/out: ", "/notes.txt is a file, not a folder"),
+         out="notes.txt/out"),
     Case("probe/output is a file, --overwrite",
          lambda d, m: a_file_as_out(d, probe_argv(d, m, plain(d), "--overwrite")),
          ("notes.txt is a file; give a folder that does not exist yet",)),
     Case("probe/--overwrite of a folder midalign did not write",
          lambda d, m: existing(d, probe_argv(d, m, plain(d), "--overwrite")),
          ("/out " + NOT_OURS,), existing_out=True),
+    Case("probe/one file for two languages",
+         lambda d, m: probe_argv(d, m, f"parallel:{lines(d / 't.en', EN)},{d / 't.en'}"),
+         ("error: parallel: ", "/t.en is given twice; give one file per language")),
+    Case("probe/two files with the same sentences",
+         lambda d, m: probe_argv(d, m, plain(d, de=EN)),
+         ("eng_Latn (", "/t.en) and deu_Latn (", "/t.de) hold the same 5 sentences, which would "
+          "pair each sentence with itself; give each language its own translation")),
+    Case("probe/files in another order than --langs",
+         lambda d, m: probe_argv(d, m, f"parallel:{lines(d / 't.en', EN)},{lines(d / 'b', DE)}",
+                                 "--langs", "de,en"),
+         ("error: --langs: parallel: ", "/t.en is eng_Latn by its suffix but stands where "
+          "deu_Latn is given; give the files and the languages in the same order")),
+    Case("probe/file suffix not among --langs",
+         lambda d, m: probe_argv(d, m, plain(d), "--langs", "en,ja"),
+         ("error: --langs: parallel: ", "/t.de is deu_Latn by its suffix, not one of eng_Latn, "
+          "jpn_Jpan; give its language or rename the file")),
+    Case("probe/line of zero-width spaces",
+         lambda d, m: probe_argv(d, m, plain(d, en=[EN[0], "\u200b \u200b", *EN[2:]])),
+         ("t.en:2: empty line (only invisible characters U+200B); every line must hold a "
+          "sentence",)),
+    Case("probe/--group given twice",
+         lambda d, m: probe_argv(d, m, plain(d), "--group", "low=de", "--group", "low=en"),
+         ("error: --group low: given twice; give each group once, with all its codes",)),
+    Case("probe/--group of a language not probed",
+         lambda d, m: probe_argv(d, m, plain(d), "--group", "low=de,sw"),
+         ("error: --group low: swh_Latn not among the probed languages (eng_Latn, deu_Latn)",)),
     # ---------------------------------------------------------------- eval
     Case("eval/missing data",
          lambda d, m: eval_argv(d, m, "slots", f"massive:{d / 'nope'}", "en"),
@@ -346,6 +467,11 @@ CASES = [
     Case("eval/language absent",
          lambda d, m: eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "de"),
          ("massive", "deu")),
+    Case("eval/truncated adapter weights",
+         lambda d, m: [*eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "en"), "--adapter",
+                       str(truncated(adapter(d / "a", None)))],
+         ("midalign eval: error: --adapter: ", "/a/adapter_model.safetensors: not a readable "
+          "safetensors file (")),
     Case("eval/output exists",
          lambda d, m: existing(d, eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "en")),
          ("--out", "exists"), existing_out=True),
@@ -361,6 +487,16 @@ CASES = [
          lambda d, m: existing(d, [*eval_argv(d, m, "slots", massive(d, GOOD_MASSIVE), "en"),
                                    "--overwrite"]),
          ("/out " + NOT_OURS,), existing_out=True),
+    Case("eval/mt locale as a direction", lambda d, m: eval_argv(d, m, "mt", ALMA, "fr-CA"),
+         ("midalign eval: error: --langs: 'fr-CA' is a locale (language fr, region CA), not a "
+          "translation direction: give directions SRC-TGT of two language codes, e.g. "
+          "fr-en,en-fr, or a bare fr for both directions with English",)),
+    Case("eval/mt direction into itself", lambda d, m: eval_argv(d, m, "mt", ALMA, "de-deu"),
+         ("midalign eval: error: --langs: 'de-deu' translates deu_Latn into itself; a direction "
+          "is SRC-TGT of two languages, e.g. de-en",)),
+    Case("eval/missing ALMA folder",
+         lambda d, m: eval_argv(d, m, "mt", f"alma:{d / 'nope'}", "de-en"),
+         ("midalign eval: error: alma:", "/nope: directory not found")),
     # ---------------------------------------------------------------- data prepare
     Case("data/missing data", lambda d, m: prepare_argv(d, "ner", f"uner:{d / 'nope'}", "da"),
          ("nope", "not found")),
@@ -368,6 +504,14 @@ CASES = [
     Case("data/output exists",
          lambda d, m: existing(d, prepare_argv(d, "slots", massive(d, GOOD_MASSIVE), "en")),
          ("--out", "exists"), existing_out=True),
+    Case("data/output under a file",
+         lambda d, m: under_a_file(d, prepare_argv(d, "slots", massive(d, GOOD_MASSIVE), "en")),
+         ("error: --out: ", "/notes.txt/out: ", "/notes.txt is a file, not a folder"),
+         out="notes.txt/out"),
+    Case("data/unwritable output",
+         lambda d, m: unwritable(d, prepare_argv(d, "slots", massive(d, GOOD_MASSIVE), "en",
+                                                 "--split", "test")),
+         (f"error: --out: cannot create {PROC}/out (No such file or directory)",), out=PROC),
     Case("data/--source not a data set", lambda d, m: prepare_argv(d, "ner", "nonsense", "da"),
          (f"error: 'nonsense': not a NER data set ({NER_FORMS})",)),
     Case("data/--overwrite of a file midalign did not write",
@@ -392,6 +536,10 @@ CASES = [
          lambda d, m: train_argv(d, m, "--data.align_langs", "zz-nonsense"), ("zz-nonsense",)),
     Case("train/language absent", lambda d, m: train_argv(d, m, "--data.align_langs", "fra"),
          ("tatoeba", "fra")),
+    Case("train/alignment file suffix not among --align-langs",
+         lambda d, m: train_argv(d, m, "--data.align_data", plain(d), "--data.align_langs", "ja"),
+         ("error: --align-langs (and English, the pivot, last): parallel: ", "/t.de is deu_Latn "
+          "by its suffix, not one of jpn_Jpan, eng_Latn; give its language or rename the file")),
     Case("train/malformed YAML config",
          lambda d, m: train_argv(d, m, "--config", config_file(d, "optim:", "  lr: [1, 2")),
          ("c.yaml:",)),
@@ -414,6 +562,19 @@ CASES = [
     Case("train/--overwrite of a folder midalign did not write",
          lambda d, m: existing(d, train_argv(d, m, "--overwrite")),
          ("/out " + NOT_OURS,), existing_out=True),
+    Case("train/no epochs", lambda d, m: train_argv(d, m, "--max-steps", "-1", "--epochs", "0"),
+         ("midalign train: error: --epochs must be a positive number of passes over the task "
+          "data, not 0 (or give --max-steps)",)),
+    Case("train/negative epochs",
+         lambda d, m: train_argv(d, m, "--max-steps", "-1", "--epochs", "-1"),
+         ("midalign train: error: --epochs must be a positive number", "not -1 ")),
+    Case("train/--max-steps 0", lambda d, m: train_argv(d, m, "--max-steps", "0"),
+         ("midalign train: error: --max-steps must be positive, or -1 to count in --epochs, "
+          "not 0",)),
+    Case("train/unfinished run without --resume", lambda d, m: unfinished(d, train_argv(d, m)),
+         ("midalign train: error: --out: ", "/out holds an unfinished run (last complete "
+          "checkpoint: checkpoint-2); continue it with `midalign train --out ", "/out --resume`, "
+          "or pass --overwrite to discard its checkpoints and start over"), existing_out=True),
     # ---------------------------------------------------------------- merge
     Case("merge/negative weights", lambda d, m: merge_argv(d, "1.5,-0.5"),
          ("--weights", "non-negative")),
@@ -431,6 +592,31 @@ CASES = [
          ("--adapters", "adapter_config.json", "4300 digits")),
     Case("merge/adapter config not an object", lambda d, m: adapter_config_text(d, "[1, 2]"),
          ("--adapters", "adapter_config.json", "JSON object")),
+    Case("merge/adapter config r not the tensors' rank",  # was merged as rank 1 + 2 over 2 + 2
+         lambda d, m: merge_of(edited(adapter(d / "a"), r=1)),
+         ("midalign merge: error: --adapters: ", "/a/adapter_model.safetensors: base_model.model."
+          "model.layers.0.self_attn.q_proj.lora_A.weight has shape [2, 4] (rank 2) but ",
+          "/a/adapter_config.json says r 1; the config's r must be the tensors' rank")),
+    Case("merge/truncated adapter weights", lambda d, m: merge_of(truncated(adapter(d / "a"))),
+         ("midalign merge: error: --adapters: ", "/a/adapter_model.safetensors: not a readable "
+          "safetensors file (Error while deserializing header: incomplete metadata, file not "
+          "fully covered); is it truncated? save the adapter again")),
+    Case("merge/adapter weights not safetensors",
+         lambda d, m: merge_of(adapter_bytes(adapter(d / "a"), b"PK\x03\x04 a zip")),
+         ("midalign merge: error: --adapters: ", "/a/adapter_model.safetensors: not a readable "
+          "safetensors file (")),
+    Case("merge/adapter config without r",
+         lambda d, m: merge_of(edited(adapter(d / "a"), r=None)),
+         ("midalign merge: error: --adapters: ", "/a/adapter_config.json: no \"r\" (a LoRA "
+          "config gives its rank r and lora_alpha)")),
+    Case("merge/adapter config r a string",
+         lambda d, m: merge_of(edited(adapter(d / "a"), r="2")),
+         ("midalign merge: error: --adapters: ", "/a/adapter_config.json: \"r\" must be a "
+          "positive integer, not '2'")),
+    Case("merge/adapter config lora_alpha a string",
+         lambda d, m: merge_of(edited(adapter(d / "a"), lora_alpha="4")),
+         ("midalign merge: error: --adapters: ", "/a/adapter_config.json: \"lora_alpha\" must "
+          "be a number, not '4'")),
     Case("merge/weights not finite", lambda d, m: merge_argv(d, "nan,0.1"),
          ("midalign merge: error: --weights must be finite numbers, got [nan, 0.1]",)),
     Case("merge/duplicate adapter names",
@@ -448,6 +634,17 @@ CASES = [
     Case("run/missing recipe",
          lambda d, m: ["run", str(d / "nope.yaml"), "--out", str(d / "out")],
          ("nope.yaml", "not found")),
+    Case("run/recipe is a folder", recipe_folder,
+         ("error: recipe ", "/recipes is a folder, not a recipe file; give one of its YAML "
+          "files (a.yaml, b.yaml)")),
+    Case("run/output is a file", lambda d, m: a_file_as_out(d, recipe_with(d)),
+         ("error: --out: ", "/notes.txt is a file; give a folder (a new one, or an earlier "
+          "run's to reuse its finished steps)")),
+    Case("run/output under a file", lambda d, m: under_a_file(d, recipe_with(d)),
+         ("error: --out: cannot create ", "/notes.txt/out: ", "/notes.txt is a file, not a "
+          "folder"), out="notes.txt/out"),
+    Case("run/unwritable output", lambda d, m: unwritable(d, not_dry(recipe_with(d))),
+         (f"error: --out: cannot create {PROC}/out (No such file or directory)",), out=PROC),
     Case("run/malformed YAML", lambda d, m: recipe_argv(d, "name: x\nseeds: [1, 2\n"),
          ("recipe.yaml:",)),
     Case("run/unknown key", lambda d, m: recipe_argv(d, "name: x\nmodle: default\n"),
@@ -462,6 +659,8 @@ CASES = [
     Case("run/unknown language code", lambda d, m: recipe_with(d, langs="eng, xx"),
          ("midalign run: error: ", "/recipe.yaml: task.train.langs: unknown language code 'xx' "
           "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn)")),
+    Case("run/model not there", lambda d, m: recipe_model(d, str(d / "models" / "nope")),
+         ("midalign run: error: ", "/recipe.yaml: model: ", "/models/nope does not exist")),
 ]  # fmt: skip
 
 

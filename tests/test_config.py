@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from pathlib import Path
 
@@ -136,7 +137,6 @@ def _valid(**changes) -> TrainConfig:
         ({"align__temperature": 0.0}, "--temperature must be positive"),
         ({"align__temperature": -1.0}, "--temperature must be positive"),
         ({"align__schedule": "both"}, "--schedule must be one of"),
-        ({"optim__gradient_accumulation_steps": 3}, "must be even for the alternate"),
         ({"data__align_langs": []}, "--align-langs: give at least one language"),
         ({"data__task_data": None}, "--task-data is required by the alternate schedule"),
         ({"align__schedule": "align"}, "--max-steps must be given"),
@@ -160,12 +160,60 @@ def _valid(**changes) -> TrainConfig:
         ({"optim__seed": 10**20}, r"seed must be in 0\.\.4294967295"),
         ({"optim__lr_scheduler": "cosin"}, "must be one of linear, cosine.*not 'cosin'"),
         ({"optim__report_to": ["nosuchlogger"]}, "'nosuchlogger' is not a logger transformers"),
+        # a run of no steps: once blamed on a warm-up ratio of 0, or "-12 optimizer step"
+        (
+            {"optim__epochs": 0.0},
+            r"^--epochs must be a positive number of passes over the task "
+            r"data, not 0 \(or give --max-steps\)$",
+        ),
+        ({"optim__epochs": -1.0}, "--epochs must be a positive number .*, not -1 "),
+        ({"optim__epochs": math.nan}, "--epochs must be a positive number .*, not nan "),
+        ({"optim__epochs": math.inf, "optim__max_steps": 5}, "--epochs .*, not inf "),
+        (
+            {"optim__max_steps": 0},
+            r"^--max-steps must be positive, or -1 to count in --epochs, "
+            r"not 0$",
+        ),
+        ({"optim__max_steps": -2}, "--max-steps must be positive, or -1 .*, not -2"),
     ],
 )
 def test_validate_rejects(changes, message):
     validate(_valid())  # the base is fine
     with pytest.raises(InputError, match=message):
         validate(_valid(**changes))
+
+
+def test_epochs_are_not_counted_when_max_steps_is_given():
+    validate(_valid(optim__epochs=0.0, optim__max_steps=5))
+    validate(_valid(optim__epochs=0.5))  # half a pass: at least one step
+
+
+def test_float16_weights_are_refused_on_a_cpu(monkeypatch):
+    """Gemma 3 270M's loss is NaN in float16 on a CPU before any update, which the divergence
+    check reported as "lower --learning-rate"; a GPU trains float16 weights."""
+    import torch
+
+    from midalign.recipe import parse_recipe
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError) as e:
+        validate(_valid(model__dtype="float16"))
+    assert str(e.value) == (
+        "--dtype float16 is refused on a CPU (no CUDA device here): its activations overflow to "
+        "NaN before any update (Gemma 3 270M's loss is NaN at the first step); use float32 (the "
+        "default) or bfloat16"
+    )
+    validate(_valid(model__dtype="bfloat16"))
+    data = {"source": "udhr", "langs": ["deu"]}
+    recipe = {
+        "task": {"name": "mt", "train": data, "test": data},
+        "train": {"model": {"dtype": "float16"}, "align": {"schedule": "task"}},
+        "systems": [{"name": "sft", "train": {}}],
+    }
+    with pytest.raises(InputError, match=r"^r.yaml: system sft: train.model.dtype float16 is "):
+        parse_recipe(recipe, "r.yaml")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    validate(_valid(model__dtype="float16"))
 
 
 @pytest.mark.parametrize("recipe", ["cpu_demo.yaml", "paper_alternate.yaml"])

@@ -115,6 +115,16 @@ def test_sib200_joins_on_index_id_in_first_language_order() -> None:
     assert corpus.ids["eng_Latn"] == ["12", "7", "3", "5"]
 
 
+def test_sib200_sentence_missing_names_the_file_that_lacks_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    load_parallel(f"sib200:{FIXTURES / 'sib200'}", ["en", "de", "ja"])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{FIXTURES / 'sib200'}/deu_Latn/dev.tsv: lacks 1 sentence(s) that other languages have "
+        "(id 5), left out of every language"
+    ]
+
+
 def test_sib200_missing_file_or_language() -> None:
     fixture = FIXTURES / "sib200"
     with pytest.raises(InputError, match=rf"^{fixture}/deu_Latn/test.tsv: file not found"):
@@ -127,6 +137,10 @@ def test_sib200_missing_file_or_language() -> None:
     ("content", "message"),
     [
         (b"index_id\tcategory\ttext\n3\ttravel\tZug.\n7\tsports\t \n", ":3: empty text"),
+        (
+            "index_id\tcategory\ttext\n3\ttravel\t\u200b\u2060\n".encode(),
+            r":2: empty text \(only invisible characters U\+200B, U\+2060\)",
+        ),
         (b"index_id\tcategory\ttext\n3\ttravel\tA\n3\tsports\tB\n", ":3: index_id 3 occurs twice"),
         (b"id\tcategory\tsentence\n3\ttravel\tA\n", r":1: header lacks column\(s\) index_id, text"),
         (b"index_id\tcategory\ttext\n3\ttravel\n", ":2: 2 tab-separated fields, header has 3"),
@@ -297,6 +311,69 @@ def test_plain_files_with_languages_or_suffixes() -> None:
     assert corpus.texts["fra_Latn"][2] == "À bientôt."
 
 
+def test_plain_files_named_by_suffix_are_read_as_named_in_any_order() -> None:
+    en, de = FIXTURES / "plain" / "greetings.en", FIXTURES / "plain" / "greetings.de"
+    for files in (f"{de},{en}", f"{en},{de}"):
+        corpus = load_parallel(f"parallel:{files}", ["en", "de"])
+        assert list(corpus.texts) == ["eng_Latn", "deu_Latn"]  # the order of the languages
+        assert corpus.texts["deu_Latn"][0] == "Hallo Welt."
+        assert corpus.files == {"eng_Latn": str(en), "deu_Latn": str(de)}
+
+
+def test_plain_files_without_suffixes_take_the_languages_in_order(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("Hallo.\nTschüss.\n")
+    b.write_text("Hello.\nBye.\n")
+    corpus = load_parallel(f"parallel:{a},{b}", ["de", "en"])
+    assert corpus.texts == {"deu_Latn": ["Hallo.", "Tschüss."], "eng_Latn": ["Hello.", "Bye."]}
+
+
+def test_plain_files_that_contradict_the_languages(tmp_path: Path) -> None:
+    en, de = FIXTURES / "plain" / "greetings.en", FIXTURES / "plain" / "greetings.de"
+    with pytest.raises(
+        InputError,
+        match=rf"^--langs: parallel: {de} is deu_Latn by its suffix, not one of jpn_Jpan, "
+        "eng_Latn; give its language or rename the file$",
+    ):
+        load_parallel(f"parallel:{de},{en}", ["ja", "en"])
+    plain = tmp_path / "b"
+    shutil.copy(de, plain)
+    with pytest.raises(
+        InputError,
+        match=rf"^--align-langs: parallel: {en} is eng_Latn by its suffix but stands where "
+        "deu_Latn is given; give the files and the languages in the same order$",
+    ):
+        load_parallel(f"parallel:{en},{plain}", ["de", "en"], option="--align-langs")
+    with pytest.raises(InputError, match=f"^parallel: {en} is given twice"):
+        load_parallel(f"parallel:{en},{en}", ["en", "de"])
+    copy = tmp_path / "copy.txt"
+    shutil.copy(en, copy)
+    with pytest.raises(
+        InputError,
+        match=rf"eng_Latn \({en}\) and deu_Latn \({copy}\) hold the same 3 sentences",
+    ):
+        load_parallel(f"parallel:{en},{copy}", ["en", "de"])
+
+
+def test_invisible_lines_and_inner_byte_order_marks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    en, de = tmp_path / "t.en", tmp_path / "t.de"
+    en.write_text("Hello.\n\u200b\nBye.\n")
+    de.write_text("\ufeffHallo.\nNa?\n\ufeffTschüss.\n")  # two files joined with cat
+    with pytest.raises(
+        InputError,
+        match=rf"^{en}:2: empty line \(only invisible characters U\+200B\); every line must hold",
+    ):
+        load_parallel(f"parallel:{en},{de}", [])
+    en.write_text("Hello.\nWell?\nBye.\n")
+    corpus = load_parallel(f"parallel:{en},{de}", [])
+    assert corpus.texts["deu_Latn"] == ["Hallo.", "Na?", "Tschüss."]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{de}:3: 1 byte-order mark(s) (U+FEFF) inside the file (files joined?), removed"
+    ]
+
+
 def test_plain_files_errors(tmp_path: Path) -> None:
     en, de = FIXTURES / "plain" / "greetings.en", FIXTURES / "plain" / "greetings.de"
     with pytest.raises(InputError, match="2 files but 3 languages"):
@@ -307,7 +384,7 @@ def test_plain_files_errors(tmp_path: Path) -> None:
         load_parallel(f"parallel:{en},{odd}", [])
     with pytest.raises(InputError, match=rf"^{tmp_path}/missing.de: file not found"):
         load_parallel(f"parallel:{en},{tmp_path}/missing.de", ["en", "de"])
-    with pytest.raises(InputError, match="occurs twice"):
+    with pytest.raises(InputError, match=f"^parallel: {en} and {tmp_path}/x.eng are both eng_Latn"):
         load_parallel(f"parallel:{en},{tmp_path / 'x.eng'}", [])
     short = tmp_path / "short.de"
     short.write_text("Hallo.\n")

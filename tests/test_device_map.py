@@ -23,10 +23,11 @@ from test_probe_cli import _files as _parallel_files
 
 from midalign import generate as gen
 from midalign.cli import main
+from midalign.errors import InputError
 from midalign.forward import pooled_states
 from midalign.layers import decoder_layers
 from midalign.models import load_model, peft_quietly
-from midalign.placement import Placement
+from midalign.placement import Placement, unplaced
 from midalign.probe import extract_embeddings
 from midalign.prompting import encode_prompt
 
@@ -360,6 +361,62 @@ def test_bad_placement_options_fail_in_one_line_before_the_model_loads(
 
 
 @pytest.mark.parametrize(
+    ("folder", "message"),
+    [
+        ("notes.txt", "--offload-folder: notes.txt is a file; give a folder (made if missing)"),
+        (
+            "notes.txt/off",
+            "--offload-folder: cannot use notes.txt/off: {tmp}/notes.txt is a file, not a folder",
+        ),
+    ],
+)
+def test_an_offload_folder_that_is_a_file_is_named_before_the_model_loads(
+    tiny_model_dir, tmp_path, monkeypatch, capsys, folder, message
+):
+    """Not "--model: cannot load …: [Errno 17] File exists", transformers' error when making
+    the folder while loading."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("midalign.probe_run.load_model", _never)
+    (tmp_path / "notes.txt").write_text("mine\n")
+    argv = ["probe", "--model", str(tiny_model_dir), "--data", _data(tmp_path), "--langs", "en,de"]
+    argv += ["--device-map", "auto", "--offload-folder", folder]
+    assert _run([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"midalign probe: error: {message.format(tmp=tmp_path)}\n"
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_offload_folder_that_cannot_be_made_is_named_not_the_model(tiny_model_dir) -> None:
+    """A folder in /proc passes the up-front check for root, whom ``os.access`` lets write
+    anywhere; making it at load fails, and the error names --offload-folder."""
+    off = "/proc/midalign-test/off"
+    with pytest.raises(InputError) as e:
+        load_model(str(tiny_model_dir), placement=Placement("auto", None, off))
+    assert str(e.value) == f"--offload-folder: cannot create {off} (No such file or directory)"
+
+
+def test_the_modules_a_map_leaves_out_are_the_topmost_ones() -> None:
+    weights = [
+        "model.embed_tokens.weight",
+        "model.layers.0.q.weight",
+        "model.layers.0.k.weight",
+        "model.layers.1.q.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
+    assert unplaced(weights, {"model.layers.0.q": 0}) == [
+        "model.embed_tokens",
+        "model.layers.0.k",
+        "model.layers.1",
+        "model.norm",
+        "lm_head",
+    ]
+    assert unplaced(weights, {"model": "cpu"}) == ["lm_head"]  # a tied head is a weight too
+    assert unplaced(weights, {"model.layers.1": "disk", "": "cpu"}) == []  # "": the rest
+
+
+@pytest.mark.parametrize(
     ("mapping", "message"),
     [
         (
@@ -369,11 +426,20 @@ def test_bad_placement_options_fail_in_one_line_before_the_model_loads(
         ),
         (
             {"model.layers.0": "disk"},
-            "--device-map: cannot place '{model}': The device_map provided does not give any "
-            "device for the following parameters: model.embed_tokens.weight, ",
+            "--device-map: the map leaves out model.embed_tokens, model.layers.1, "
+            "model.layers.2, model.layers.3, model.norm, lm_head; every module with weights "
+            "needs a device (an entry places its submodules too)\n",
+        ),
+        (  # one device: transformers loads it, the modules left out on the CPU outside the map
+            {"model.layers.0": "cpu", "model.layers.2.mlp": "cpu"},
+            "--device-map: the map leaves out model.embed_tokens, model.layers.1, "
+            "model.layers.2.self_attn, model.layers.2.input_layernorm, "
+            "model.layers.2.post_attention_layernorm, model.layers.2.pre_feedforward_layernorm, "
+            "model.layers.2.post_feedforward_layernorm, model.layers.3 and 2 more; every "
+            "module with weights needs a device (an entry places its submodules too)\n",
         ),
     ],
-    ids=["unknown module", "incomplete"],
+    ids=["unknown module", "incomplete", "incomplete on one device"],
 )
 def test_a_map_that_does_not_fit_the_model_is_one_line(
     tiny_model_dir, tmp_path, capsys, mapping, message

@@ -272,7 +272,7 @@ def test_uneven_task_data_does_not_deadlock(tmp_path):
     config = _train_config(tmp_path, "alternate", n_tasks=9)
     config["optim"]["max_steps"] = -1
     config["optim"]["epochs"] = 1
-    config["optim"]["gradient_accumulation_steps"] = 2
+    config["optim"]["gradient_accumulation_steps"] = 1
     out = tmp_path / "uneven"
     _launch(config, out, 2, batch_size=2, batch_pairs=4)
     result = json.loads((out / "train_result.json").read_text())

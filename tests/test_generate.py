@@ -429,7 +429,8 @@ def test_answers_that_run_to_the_cap_are_counted_and_the_cap_shown(caplog, capsy
     # only the first ran to the cap: the second ended with EOS, the third at its stop rule
     assert [r.getMessage() for r in caplog.records if r.name == "midalign.generate"] == [
         "1 of 3 answers ran to the cap of 4 new tokens without finishing; they take most of the "
-        "time (--max-new-tokens sets the cap)"
+        "time (the cap is the task's, unless eval's --max-new-tokens or a recipe's "
+        "eval.max_new_tokens sets it)"
     ]
     assert "generating (up to 4 new tokens): 100%" in capsys.readouterr().err
 
@@ -468,6 +469,43 @@ def test_data_prepare_overwrites_only_its_own_files(tmp_path: Path, capsys) -> N
         "file (--overwrite replaces only midalign's own outputs)\n"
     )
     assert out.read_text() == '{"prompt": "mine"}\n'
+
+
+def test_two_data_prepare_runs_into_one_out_never_lose_a_language_silently(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Two runs started together into one --out, one a language: both pass the check made
+    before reading; the later to finish used to replace the other's file and report success
+    too. It refuses now, naming what the file holds, and writes nothing."""
+    from midalign.tasks.base import Task
+
+    out = tmp_path / "slots.jsonl"
+    argv = ["data", "prepare", "--task", "slots", "--source", f"massive:{FIXTURES / 'massive'}"]
+    argv += ["--split", "test", "--out", str(out)]
+    read = Task.read
+
+    def read_while_the_other_run_finishes(self: Task, *args: object) -> list:
+        monkeypatch.setattr(Task, "read", read)
+        assert main([*argv, "--langs", "de"]) == 0
+        return read(self, *args)
+
+    monkeypatch.setattr(Task, "read", read_while_the_other_run_finishes)
+    assert main([*argv, "--langs", "en"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"midalign data: error: --out: {out} appeared while this command ran (another run into "
+        "the same --out?); it holds 2 deu_Latn instructions, left as it is; this run's 1 "
+        "eng_Latn are not written (pass --overwrite to replace it, or give one run every "
+        "language in --langs)"
+    )
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["lang"] for r in rows] == ["deu_Latn", "deu_Latn"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slots.jsonl"]
+
+    out.unlink()  # asked to replace: the later run's file stands
+    monkeypatch.setattr(Task, "read", read_while_the_other_run_finishes)
+    assert main([*argv, "--langs", "en", "--overwrite"]) == 0
+    rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["lang"] for r in rows] == ["eng_Latn"]
 
 
 def test_eval_resolves_dtype_auto_and_records_it(tiny_model_dir, tmp_path, monkeypatch) -> None:

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
-from midalign import __version__
+from midalign import __version__, files
 from midalign.errors import InputError
 from midalign.files import (
     MARKER,
     atomic_output_dir,
     check_output_dir,
+    check_run_dir,
     follow_umask,
     mark_output_dir,
     write_text_atomic,
@@ -86,6 +88,84 @@ def test_a_file_as_out_is_one_message_with_or_without_overwrite(tmp_path) -> Non
             check_output_dir(notes, overwrite)
         assert str(e.value) == f"--out: {notes} is a file; give a folder that does not exist yet"
     assert notes.read_text() == "mine\n"
+
+
+def test_an_out_under_a_file_names_the_file(tmp_path) -> None:
+    """Not "permission denied", which is what the writability check of a file's path said."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    for out in (notes / "out", notes / "a" / "b"):
+        with pytest.raises(InputError) as e:
+            check_output_dir(out, False)
+        assert str(e.value) == f"--out: cannot create {out}: {notes} is a file, not a folder"
+    assert notes.read_text() == "mine\n"
+
+
+def test_an_output_folder_that_appears_meanwhile_is_kept(tmp_path) -> None:
+    """Two runs into one --out both pass the check made before their work; the one finishing
+    second refused nothing before, and replaced the other's output."""
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as e, atomic_output_dir(out) as tmp:
+        (tmp / "mine.txt").write_text("this run\n")
+        with atomic_output_dir(out) as other:
+            (other / "theirs.txt").write_text("the other run\n")
+    assert str(e.value) == (
+        f"--out: {out} appeared while this command ran (another run into the same --out?); it "
+        "is left as it is, this run's output is not written (pass --overwrite)"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    shutil.rmtree(out)  # asked to overwrite: the run finishing second replaces the other's
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        (tmp / "mine.txt").write_text("this run\n")
+        with atomic_output_dir(out) as other:
+            (other / "theirs.txt").write_text("the other run\n")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "mine.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_file_that_appears_meanwhile_is_kept_unless_replacing(
+    tmp_path, monkeypatch, hard_links
+) -> None:
+    if not hard_links:  # FAT, some network mounts: the check, then the rename
+
+        def no_link(src, dst):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(FileExistsError), files.atomic_file(out, replace=False) as tmp:
+        tmp.write_text("this run\n")
+        out.write_text("the other run\n")
+    assert out.read_text() == "the other run\n"
+    write_text_atomic(tmp_path / "new.jsonl", "new\n", replace=False)
+    assert (tmp_path / "new.jsonl").read_text() == "new\n"
+    write_text_atomic(out, "this run\n")
+    assert out.read_text() == "this run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.jsonl", "out.jsonl"]
+
+
+def test_a_run_folder_may_exist_but_must_be_a_folder_and_writable_to_run(tmp_path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    for write in (False, True):  # a dry run is refused too: the real one could not start
+        with pytest.raises(InputError, match=f"^--out: {notes} is a file; give a folder"):
+            check_run_dir(notes, write)
+        with pytest.raises(InputError) as e:
+            check_run_dir(notes / "run", write)
+        assert str(e.value) == f"--out: cannot create {notes}/run: {notes} is a file, not a folder"
+    proc = Path("/proc/midalign-test/run")  # nothing can be made there, not even by root
+    check_run_dir(proc, write=False)  # a dry run only looks
+    with pytest.raises(InputError) as e:
+        check_run_dir(proc, write=True)
+    assert str(e.value) == f"--out: cannot create {proc} (No such file or directory)"
+    run = tmp_path / "a" / "run"
+    check_run_dir(run, write=False)
+    assert not run.exists()
+    check_run_dir(run, write=True)
+    assert run.is_dir()
+    check_run_dir(run, write=True)  # an earlier run's folder, to continue
 
 
 @pytest.mark.parametrize("out", [".", "..", "/"])

@@ -119,6 +119,107 @@ def test_missing_adapter_names_the_file(tmp_path):
         merge_adapters([tmp_path / "nope", tmp_path / "nope2"], [0.5, 0.5], tmp_path / "m")
 
 
+def _deltas(model, name: str) -> dict[str, torch.Tensor]:
+    """ΔW of adapter ``name`` on every LoRA layer of a PEFT model that has it."""
+    from peft.tuners.lora import LoraLayer
+
+    return {
+        key: layer.get_delta_weight(name)
+        for key, layer in model.named_modules()
+        if isinstance(layer, LoraLayer) and name in layer.lora_A
+    }
+
+
+def _two_adapters(tmp_path, rslora_first: bool):
+    """A tiny Llama with adapters "task" (r 4) and "align" (r 2, rsLoRA) on it, from folders."""
+    targets = ["q_proj", "v_proj", "down_proj"]
+    task = _adapter(tmp_path / "task", 1, r=4, alpha=8, targets=targets, rslora=rslora_first)
+    align = _adapter(tmp_path / "align", 2, 2, 16, ["q_proj", "o_proj"], rslora=True)
+    model = PeftModel.from_pretrained(tiny_model("llama", n_layers=2), task, adapter_name="task")
+    model.load_adapter(align, adapter_name="align")
+    return model, task, align
+
+
+def test_in_memory_merge_equals_peft_cat_merge(tmp_path):
+    """Adapters on a PEFT model merge as PEFT's add_weighted_adapter(combination_type="cat"):
+    the same ΔW on every module, added to the model, not activated; and written to a folder
+    they give the folder merge's very tensors."""
+    model, task, align = _two_adapters(tmp_path, rslora_first=False)
+    config = merge_adapters([(model, "task"), (model, "align")], [0.7, 0.3])
+    model.add_weighted_adapter(["task", "align"], [0.7, 0.3], "cat", combination_type="cat")
+    assert config["r"] == model.peft_config["merged"].r == model.peft_config["cat"].r == 6
+    assert model.active_adapter == "task"
+    ours, peft_cat = _deltas(model, "merged"), _deltas(model, "cat")
+    task_d, align_d = _deltas(model, "task"), _deltas(model, "align")
+    assert set(ours) == set(peft_cat) and len(ours) == 2 * 4  # 4 target kinds × 2 layers
+    for key, d in ours.items():
+        torch.testing.assert_close(d, peft_cat[key], atol=1e-6, rtol=0)
+        expected = 0.7 * task_d.get(key, 0) + 0.3 * align_d.get(key, 0)
+        torch.testing.assert_close(d, expected, atol=1e-6, rtol=0)
+
+    from safetensors.torch import load_file
+
+    merge_adapters([model, (model, "align")], [0.7, 0.3], tmp_path / "mem")  # model: "task"
+    merge_adapters([task, align], [0.7, 0.3], tmp_path / "dir")
+    mem, folder = (load_file(tmp_path / n / "adapter_model.safetensors") for n in ("mem", "dir"))
+    assert mem.keys() == folder.keys() and all(torch.equal(mem[k], folder[k]) for k in mem)
+    merged = json.loads((tmp_path / "mem" / "merge.json").read_text())
+    assert merged["adapters"] == ["task (in memory)", "align (in memory)"]
+
+
+def test_in_memory_merge_is_exact_where_peft_cat_is_not(tmp_path):
+    """PEFT's cat keeps the first adapter's use_rslora for the merged adapter, whose α = r then
+    scales by √r instead of 1: with an rsLoRA adapter first its ΔW is √6 times too large. Ours
+    stays Σ wᵢ ΔWᵢ."""
+    model, _, _ = _two_adapters(tmp_path, rslora_first=True)
+    merge_adapters([(model, "task"), (model, "align")], [0.7, 0.3])
+    model.add_weighted_adapter(["task", "align"], [0.7, 0.3], "cat", combination_type="cat")
+    task_d, align_d, peft_cat = (_deltas(model, n) for n in ("task", "align", "cat"))
+    for key, d in _deltas(model, "merged").items():
+        expected = 0.7 * task_d.get(key, 0) + 0.3 * align_d.get(key, 0)
+        torch.testing.assert_close(d, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(peft_cat[key], 6**0.5 * expected, atol=1e-5, rtol=1e-5)
+
+
+def test_in_memory_merge_refuses_what_it_cannot_place(tmp_path):
+    model, task, _ = _two_adapters(tmp_path, rslora_first=False)
+    other = PeftModel.from_pretrained(tiny_model("llama", n_layers=2), task)
+    cases = [
+        ([task, task], "without out \\(a folder\\), the adapters must be on one PEFT model"),
+        ([(model, "task"), other], "must be on one PEFT model, which the merge is added to \\(2"),
+        ([(model, "task"), (model, "nope")], "has no adapter 'nope' \\(it has task, align\\)"),
+        ([(model, "task"), tiny_model("llama")], "LlamaForCausalLM is neither an adapter folder"),
+    ]
+    for adapters, message in cases:
+        with pytest.raises(InputError, match="^merge_adapters: .*" + message):
+            merge_adapters(adapters, [0.5, 0.5])
+    merge_adapters([(model, "task"), (model, "align")], [0.5, 0.5], adapter_name="mix")
+    with pytest.raises(InputError, match="^merge_adapters: the PEFT model already has .* 'mix'$"):
+        merge_adapters([(model, "task"), (model, "align")], [0.5, 0.5], adapter_name="mix")
+
+
+def test_readme_in_memory_example(tmp_path, monkeypatch):
+    """The README's "Python API" block that merges on a PEFT model, run on a tiny Llama."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "merge_" in b]
+    monkeypatch.chdir(tmp_path)
+    task = _adapter(Path("runs/task"), 1, 4, 8, ["q_proj", "v_proj"])
+    align = _adapter(Path("runs/align"), 2, 2, 4, ["q_proj"])
+    namespace = {"base": tiny_model("llama", n_layers=2)}
+    exec(example, namespace)
+    model = namespace["model"]
+    assert model.active_adapter == "merged"
+    d_task, d_align = _delta(task), _delta(align)
+    base = tiny_model("llama", n_layers=2).state_dict()
+    merged = {k: v - base[k] for k, v in model.merge_and_unload().state_dict().items()}
+    for key, d in merged.items():
+        torch.testing.assert_close(d, 0.9 * d_task[key] + 0.1 * d_align[key], atol=1e-6, rtol=0)
+
+
 def test_merge_command(tmp_path, capsys):
     from midalign.cli import main
 

@@ -27,6 +27,20 @@ def test_alma_language_without_files_is_a_clear_error() -> None:
         load_pairs(f"alma:{ALMA}", ["cs"])
 
 
+def test_a_missing_alma_folder_is_named(tmp_path: Path) -> None:
+    """Not "not a translation data set": the task's data and the alignment pairs both say the
+    folder does not exist."""
+    from midalign.tasks import get_task
+
+    nope = tmp_path / "nope"
+    with pytest.raises(InputError, match=f"^alma:{nope}: directory not found$"):
+        load_pairs(f"alma:{nope}", ["de"])
+    with pytest.raises(InputError, match=f"^alma:{nope}: directory not found$"):
+        get_task("mt").read(f"alma:{nope}", ["de-en"], "test")
+    with pytest.raises(InputError, match=f"^wmt23:{nope}: directory not found$"):
+        get_task("mt").read(f"wmt23:{nope}", ["de-en"], "test")
+
+
 def test_alma_icelandic_dev_names_the_missing_valid_file(tmp_path: Path, capsys) -> None:
     """ALMA's isen has train and test files but no valid one, unlike cs, de, ru and zh: a dev
     split of is-en fails when the data is read, in one line, before any model is loaded."""

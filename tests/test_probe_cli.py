@@ -91,6 +91,7 @@ def test_probe_writes_results_csvs_plots_and_embeddings(tiny_model_dir, tmp_path
         assert (out / png).stat().st_size > 1000
     index = json.loads((out / "embeddings" / "index.json").read_text())
     side = index["sides"]["deu_Latn"]
+    assert side["file"] == "side001_deu_Latn.safetensors"  # README: side<NNN>_<side>
     tensors = load_file(out / "embeddings" / side["file"])
     assert sorted(tensors) == [f"layer_{i}" for i in range(5)]
     assert tuple(tensors["layer_3"].shape) == (6, 32)
@@ -137,6 +138,27 @@ def test_one_language_is_refused_before_the_model_loads(
         "midalign probe: error: --langs eng: the probe needs at least 2 distinct languages; "
         "got 1 (eng_Latn)\n"
     )
+
+
+def test_a_group_of_a_language_not_probed_is_refused_before_the_model_loads(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr("midalign.probe_run.load_model", _never)
+    code = _probe(tiny_model_dir, _files(tmp_path), tmp_path / "run", "--group", "low=fr,sw,jv")
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "midalign probe: error: --group low: swh_Latn, jav_Latn not among the probed languages "
+        "(eng_Latn, deu_Latn, fra_Latn)\n"
+    )
+
+
+def test_without_langs_parallel_files_are_named_by_their_suffixes(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    data = _files(tmp_path)
+    argv = ["probe", "--model", str(tiny_model_dir), "--data", data, "--k", "2", "--layers", "1"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["langs"] == ["eng_Latn", "deu_Latn", "fra_Latn"]  # not the demo preset
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -276,7 +277,11 @@ def test_seeds_option_runs_a_subset_with_the_full_runs_steps(
 
     def steps(*options: str) -> list[str]:
         assert main(["run", str(recipe_file), "--out", str(out), "--dry-run", *options]) == 0
-        return [line.split()[-1] for line in capsys.readouterr().out.splitlines()]
+        found = (
+            re.match(r"(?:done|to run) +(\S+)", line)
+            for line in capsys.readouterr().out.splitlines()
+        )
+        return [m.group(1) for m in found if m]
 
     subset, full = steps("--seeds", "2"), steps()
     # seed 2's steps and the seedless ones (data, base probe, base eval), named and hashed alike
@@ -287,9 +292,147 @@ def test_seeds_option_runs_a_subset_with_the_full_runs_steps(
         assert "--seeds:" in capsys.readouterr().err
 
 
+def test_dry_run_says_what_each_step_reads_and_where_it_comes_from(
+    recipe_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each step to run names the fields it reads; a table says where each source comes from,
+    and the last line whether the run is offline or needs the hub, or data not found here (the
+    paper recipes need the hub, and paper_mt's relative data/ folders)."""
+    import huggingface_hub
+
+    import midalign.data.hub
+
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(midalign.data.hub, "hub_offline", lambda: False)
+
+    def dry_run(recipe: Path) -> list[str]:
+        assert main(["run", str(recipe), "--out", str(tmp_path / recipe.stem), "--dry-run"]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    lines = dry_run(recipe_file)
+    model = yaml.safe_load(recipe_file.read_text())["model"]
+    found = (re.fullmatch(r"to run   (\S+)-\w+(?:   (.*))?", line) for line in lines)
+    reads = {m.group(1): m.group(2) for m in found if m}
+    assert reads["data-train"] == "reads task.train"
+    assert reads["train-sft-seed1"] == "reads model"  # SFT reads no alignment data
+    assert reads["train-align-mid-seed1"] == "reads model, train.data.align_data"
+    assert reads["eval-sft-seed1"] == "reads model, task.test"
+    assert reads["probe-base"] == "reads model, probe.data"
+    assert reads["merge-merged-seed1"] is None  # adapters of earlier steps only
+    assert f"  model                  {model}: this machine (folder {model})" in lines
+    assert lines[-1] == "offline: every source is on this machine"
+
+    recipes = Path(__file__).parents[1] / "recipes"
+    lines = dry_run(recipes / "paper_slots.yaml")
+    assert "  model                  meta-llama/Meta-Llama-3-8B-Instruct: the hub" in lines
+    assert "  task.train             hf:AmazonScience/massive: the hub" in lines
+    assert (
+        "  train.data.align_data  tatoeba:data/tatoeba: not found here (data/tatoeba, a path "
+        "relative to the current folder)" in lines
+    )
+    assert lines[-1] == (
+        "needs the hub for model, task.train, task.dev, probe.data, task.test; not found here: "
+        "train.data.align_data"
+    )
+    assert dry_run(recipes / "paper_mt.yaml")[-1] == (
+        "needs the hub for model, probe.data; not found here: task.train, task.dev, "
+        "train.data.align_data, task.test[0], task.test[1]"
+    )
+    lines = dry_run(recipes / "paper_ner.yaml")
+    assert (
+        "  train.data.align_data  hf-tatoeba: the hub "
+        "(sentence-transformers/parallel-sentences-tatoeba)" in lines
+    )
+    assert lines[-1] == (
+        "needs the hub for model, task.train, task.dev, probe.data, train.data.align_data, "
+        "task.test"
+    )
+
+
+def test_where_a_source_comes_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The readers' rules: a path here is read from here; the forms that take a hub id go to
+    the hub when no such path exists; any other path is missing, relative or not."""
+    import huggingface_hub
+
+    from midalign.data.origin import data_origin, model_origin
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    (tmp_path / "t.en").write_text("a\n")
+    hub, here = "the hub", "this machine (folder org/name)"
+    assert data_origin("hf:org/name").where == here  # a local copy of the repo
+    assert data_origin("aya:CohereLabs/aya_collection").network == hub
+    assert data_origin("hf:CohereLabs/x").where == hub
+    assert data_origin("CohereLabs/x").where == hub  # a bare hub id
+    assert data_origin("hf:flores_plus").where == "the hub (openlanguagedata/flores_plus)"
+    assert data_origin("tatoeba:CohereLabs/x").missing  # tatoeba: takes a folder only
+    assert data_origin("udhr:org/name=de,fr#train").where == here
+    assert data_origin(f"parallel:{tmp_path / 't.en'},t.en").where == "this machine (2 files)"
+    gone = data_origin(f"parallel:t.en,{tmp_path / 't.de'}")
+    assert gone.missing and gone.where == f"not found here ({tmp_path / 't.de'})"
+    assert model_origin("org/name").where == here
+    assert model_origin("meta-llama/Meta-Llama-3-8B-Instruct").where == hub
+    (tmp_path / "hf" / "models--meta-llama--Meta-Llama-3-8B-Instruct").mkdir(parents=True)
+    cached = model_origin("meta-llama/Meta-Llama-3-8B-Instruct")
+    assert (cached.where, cached.network) == ("the hub (in the local cache)", hub)
+
+
+def test_a_training_step_trains_with_the_recipes_bf16_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step's hash and config.yaml hold optim.bf16 resolved (false on a CPU without native
+    bf16), while the run gets the recipe's ``auto``, so that its log says what decided it
+    ("this CPU has no AMX/AVX512-BF16") rather than "as requested"."""
+    import midalign.dtypes
+    import midalign.train
+    from midalign.dtypes import resolve_bf16
+    from midalign.train import TrainResult
+
+    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: None)
+    given = []
+
+    def fake_train(config, out, checkpoint, progress):
+        given.append(config)
+        return TrainResult(
+            interrupted=False,
+            global_step=1,
+            best_checkpoint=None,
+            best_metric=None,
+            align_layers=[],
+            auto_layer_retrieval=None,
+            train_examples=2,
+            align_pairs={},
+            log_history=[],
+        )
+
+    monkeypatch.setattr(midalign.train, "train", fake_train)
+    recipe = _recipe(_unloaded_model(tmp_path / "model"), tmp_path / "sib200")
+    runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path / "run", progress=False))
+    system = next(s for s in runner.recipe.systems if s.name == "sft")
+    step = runner.train(system, 1, {"train": {"step": "data-train-abc", "path": "/t.jsonl"}})
+    (config,) = given
+    assert config.optim.bf16 == "auto"
+    assert resolve_bf16(config.optim.bf16) == (False, "this CPU has no AMX/AVX512-BF16")
+    saved = yaml.safe_load((tmp_path / "run" / "steps" / step["step"] / "config.yaml").read_text())
+    assert saved["optim"]["bf16"] == "false"
+
+
+def _unloaded_model(folder: Path) -> Path:
+    """A model folder that passes the run's model check (its config.json), for runs that never
+    load the model."""
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
 def test_test_sources_can_be_listed_and_a_missing_one_fails_first(tmp_path: Path) -> None:
     data = _write_sib200(tmp_path / "sib200")
-    values = _recipe(tmp_path / "model", data)
+    values = _recipe(_unloaded_model(tmp_path / "model"), data)
     sib = f"sib200:{data}"
     values["task"]["test"] = [
         {"source": sib, "langs": ["eng", "deu"], "split": "test", "limit": 4},
@@ -359,7 +502,7 @@ def test_held_out_setting_leaves_older_hashes_alone(tmp_path: Path) -> None:
     """``held_out: false`` (the default) hashes as before it existed: a recipe's steps keep
     their names; ``true`` is a new eval step."""
     data = _write_sib200(tmp_path / "sib200")
-    values = _recipe(tmp_path / "model", data)
+    values = _recipe(_unloaded_model(tmp_path / "model"), data)
 
     def eval_steps() -> list[str]:
         runner = Runner(parse_recipe(values, "r.yaml"), RunOptions(tmp_path, dry_run=True))
@@ -572,11 +715,6 @@ LANG_HELP = "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn
             "r.yaml: system align-mid: train.align.temperature must be positive, not -1.0",
         ),
         (
-            lambda r: r["train"]["optim"].update(gradient_accumulation_steps=3),
-            "r.yaml: system align-mid: train.optim.gradient_accumulation_steps must be even for "
-            "the alternate schedule (half task, half alignment micro-batches), not 3",
-        ),
-        (
             lambda r: r["systems"][3]["train"]["optim"].update(warmup_ratio=0.03),
             "r.yaml: system align-only: train.optim.warmup_ratio 0.03 over 1 optimizer step "
             "(train.optim.max_steps 1): the inverse_sqrt schedule's learning rate is 0 throughout "
@@ -619,7 +757,8 @@ LANG_HELP = "(use ISO 639-1, ISO 639-3 or FLoRes codes such as de, deu, deu_Latn
         ),
         (
             lambda r: r["task"].update(name="mt"),  # topic's languages are not directions
-            "r.yaml: task.train.langs: 'eng' translates eng_Latn into itself",
+            "r.yaml: task.train.langs: 'eng' translates eng_Latn into itself; a direction is "
+            "SRC-TGT of two languages, e.g. de-en",
         ),
     ],
 )
@@ -665,8 +804,8 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
     """A run directory made before align.normalize/stats/stats_pairs (and the other later
     settings: matched, bf16, data_order, model.compile, data.align_pivot) existed reuses its
     training steps (their hash leaves those settings out at their default); a non-default
-    value, or an alignment layer that may be L (whose loss takes the state before the final
-    norm), does not."""
+    value, an alignment layer that may be L (whose loss takes the state before the final
+    norm), or unmatched ``alternate`` (whose G counted micro-batches of both kinds) does not."""
     from midalign.runner import Steps
 
     def step(recipe: dict, name: str) -> tuple[str, str]:
@@ -690,6 +829,9 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
     got, before = step(recipe, "align-mid")  # layer "2": it could have been L
     assert got != before
     recipe["train"]["align"]["layers"] = "middle"
+    got, before = step(recipe, "align-mid")  # alternate: G counted both kinds of micro-batch
+    assert got != before
+    recipe["systems"][2]["train"]["align"]["schedule"] = "joint"
     got, before = step(recipe, "align-mid")
     assert got == before
     recipe["train"]["align"]["normalize"] = "standardize"

@@ -4,6 +4,7 @@ and `midalign run --section.field` overrides that equal the same edit in the YAM
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,10 @@ def test_a_config_and_a_recipe_say_the_same_thing_about_the_same_mistake(tmp_pat
 
 def _steps(argv: list[str], capsys: pytest.CaptureFixture) -> list[str]:
     assert main(argv) == 0
-    return [line.split()[-1] for line in capsys.readouterr().out.splitlines()]
+    steps = (
+        re.match(r"(?:done|to run) +(\S+)", line) for line in capsys.readouterr().out.splitlines()
+    )
+    return [m.group(1) for m in steps if m]
 
 
 def test_an_override_is_the_same_edit_in_the_yaml(

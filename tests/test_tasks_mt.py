@@ -29,8 +29,38 @@ def test_directions() -> None:
     assert TASK.languages("deu_Latn-eng_Latn") == ["deu_Latn-eng_Latn"]
     with pytest.raises(InputError, match="into itself"):
         TASK.languages("en-en")
+    with pytest.raises(InputError, match=r"^--langs: 'de-deu' translates deu_Latn into itself"):
+        TASK.languages("de-deu")
     with pytest.raises(InputError, match="unknown language"):
         TASK.languages("xx-en")
+
+
+@pytest.mark.parametrize(
+    ("item", "lang", "region"),
+    [("fr-CA", "fr", "CA"), ("pt-BR", "pt", "BR"), ("de-DE", "de", "DE"), ("es-419", "es", "419"),
+     ("zh-Hant-TW", "zh", "TW"), ("pt_BR", "pt", "BR"), ("de-DE-en", "de", "DE")],
+)  # fmt: skip
+def test_a_locale_is_not_a_direction(item: str, lang: str, region: str) -> None:
+    """Read as directions, fr-CA would be French into Catalan, pt-BR Portuguese into Breton."""
+    with pytest.raises(InputError) as e:
+        TASK.languages(f"de-en,{item}", "r.yaml: task.test.langs")
+    assert str(e.value) == (
+        f"r.yaml: task.test.langs: {item!r} is a locale (language {lang}, region {region}), not "
+        "a translation direction: give directions SRC-TGT of two language codes, e.g. "
+        f"{lang}-en,en-{lang}, or a bare {lang} for both directions with English"
+    )
+
+
+def test_an_english_locale_suggests_another_language() -> None:
+    with pytest.raises(InputError, match=r"\(language en, region GB\).* e\.g\. en-de,de-en$"):
+        TASK.languages("en-GB")
+
+
+def test_codes_that_only_look_like_locales_stay_directions() -> None:
+    """A script subtag is part of a code; capitals on both sides are a direction in capitals."""
+    assert TASK.languages("zh-Hant") == ["zho_Hant-eng_Latn", "eng_Latn-zho_Hant"]
+    assert TASK.languages("DE-EN") == ["deu_Latn-eng_Latn"]
+    assert TASK.languages("fr-CAT") == ["fra_Latn-cat_Latn"]
 
 
 def test_alma_readers_both_directions() -> None:

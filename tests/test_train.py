@@ -116,7 +116,7 @@ def test_alternate_order_counts_and_stream_position(tmp_path, monkeypatch):
     monkeypatch.setattr(AlignmentTrainer, "align_loss", record_align)
     config = _config(
         tmp_path,
-        optim__gradient_accumulation_steps=4,
+        optim__gradient_accumulation_steps=2,
         optim__max_steps=2,
         optim__eval_steps=10,
         optim__save_steps=10,
@@ -125,7 +125,8 @@ def test_alternate_order_counts_and_stream_position(tmp_path, monkeypatch):
     config.data.align_dev_pairs = 0
     result = _run(config, tmp_path / "run")
     train_kinds = [kind for _, kind in kinds]
-    # 4 micro-batches per optimizer step, alternating (alignment first: module docstring)
+    # G = 2 task micro-batches per optimizer step, each after its alignment micro-batch
+    # (alignment first: module docstring)
     assert train_kinds == ["align", "task"] * 4
     assert [step for step, _ in kinds] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert result.global_step == 2
@@ -198,7 +199,8 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches(
     tmp_path, monkeypatch, family, dtype, schedule, kinds
 ):
     """Recompute each step's gradient by hand as the mean of its 4 micro-batch losses over the
-    same batches: (a1 + t1 + a2 + t2) / 4 under alternate; (a1 + … + a4) / 4, then
+    same batches: (a1 + t1 + a2 + t2) / 4 under alternate with G = 2 (each loss divided by the
+    2G micro-batches of both kinds); (a1 + … + a4) / 4, then
     (t1 + … + t4) / 4 under alternate-steps, standardised with the batch statistics; under
     matched alternate the 4 task micro-batches' mean plus the 4 alignment micro-batches' mean,
     (a1 + t1 + … + a4 + t4) / 4."""
@@ -251,7 +253,7 @@ def test_accumulated_gradient_is_the_mean_over_micro_batches(
         family,
         align__schedule=schedule.removesuffix("-matched"),
         align__matched=schedule.endswith("-matched"),
-        optim__gradient_accumulation_steps=4,
+        optim__gradient_accumulation_steps=2 if schedule == "alternate" else 4,
         optim__max_steps=len(kinds),
         optim__max_grad_norm=0.0,
         lora__dropout=0.0,
@@ -269,7 +271,7 @@ def test_matched_alternate_trains_on_sft_task_batches_with_alignment_on_top(tmp_
     """Matched ``alternate`` with ``data_order: seeded`` hands the task loss the very
     micro-batches SFT gets, step by step (over an epoch boundary: 4 steps of 2 × 2 examples of
     10; the global order differs from the second epoch on), adds one alignment micro-batch to
-    each, and reports the budget; the unmatched form sees half the task examples."""
+    each, and reports the budget; so does the unmatched form (it halves each loss)."""
     seen: list[tuple[int, list]] = []
     task_loss = AlignmentTrainer.task_loss
 
@@ -291,17 +293,16 @@ def test_matched_alternate_trains_on_sft_task_batches_with_alignment_on_top(tmp_
         config.optim.data_order = "seeded"
         result = _run(config, tmp_path / name)
         runs[name] = (list(seen), result.budget)
-    (sft, sft_budget), (matched, matched_budget), (_, shared_budget) = runs.values()
+    (sft, sft_budget), (matched, matched_budget), (shared, shared_budget) = runs.values()
     # 5 task micro-batches an epoch: steps of 2, 2, 1 (the epoch's last), 2, in SFT's order
     assert [step for step, _ in sft] == [0, 0, 1, 1, 2, 3, 3]
-    assert matched == sft
+    assert matched == sft == shared
     # epoch 2 is drawn anew (the Trainer sets the sampler's epoch)
     assert [rows for _, rows in sft[5:]] != [rows for _, rows in sft[:2]]
     assert sft_budget["optimizer_steps"] == matched_budget["optimizer_steps"] == 4
     assert sft_budget["task_examples"] == matched_budget["task_examples"] == 7 * 2
     assert (sft_budget["align_pairs"], matched_budget["align_pairs"]) == (0, 7 * 4)
-    # shared: the Trainer accumulates 1 task micro-batch a step, with 1 alignment micro-batch
-    assert (shared_budget["task_examples"], shared_budget["align_pairs"]) == (4 * 2, 4 * 4)
+    assert shared_budget == matched_budget
     # one evaluation, at the last step: the adapter is the last step's
     assert matched_budget["adapter"] == {
         "optimizer_steps": 4,
@@ -396,10 +397,11 @@ def _curve(out):
 @pytest.mark.parametrize(
     "schedule, normalize, stats, position",
     [
-        ("alternate", "none", "batch", 3),
-        ("alternate-steps", "standardize", "base", 4),
         # 2 task micro-batches a step, each with one alignment micro-batch: 2 + 2 + 1 (the
-        # epoch's last) by step 3; the order of epoch 2 from the sampler's own generator
+        # epoch's last) by step 3
+        ("alternate", "none", "batch", 5),
+        ("alternate-steps", "standardize", "base", 4),
+        # the same, with the order of epoch 2 from the sampler's own generator
         ("alternate-matched-seeded", "none", "batch", 5),
     ],
 )
@@ -508,7 +510,7 @@ def _cli(tmp_path, *extra, out="run"):
             "--batch-size",
             "2",
             "--gradient-accumulation-steps",
-            "2",
+            "1",
             "--max-steps",
             "4",
             "--eval-steps",
@@ -585,13 +587,37 @@ def test_cli_outputs_a_loadable_adapter_and_refuses_reuse(tmp_path, capsys):
     assert json.loads((out / "train_result.json").read_text())["global_step"] == 2
 
 
+def test_cli_names_resume_first_for_an_unfinished_run(tmp_path, capsys):
+    """A run stopped by a signal (train_result.json says interrupted) or killed (none) keeps
+    its checkpoints; started again without --resume, the error names --resume before
+    --overwrite, which would discard them. A finished run is only "already exists"."""
+    assert _cli(tmp_path) == 0
+    out = tmp_path / "run"
+    result = json.loads((out / "train_result.json").read_text())
+    unfinished = (
+        f"midalign train: error: --out: {out} holds an unfinished run (last complete "
+        f"checkpoint: checkpoint-4); continue it with `midalign train --out {out} --resume`, or "
+        "pass --overwrite to discard its checkpoints and start over"
+    )
+    capsys.readouterr()
+    (out / "train_result.json").write_text(json.dumps({**result, "interrupted": True}))
+    assert _cli(tmp_path) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == unfinished
+    (out / "train_result.json").unlink()  # killed: no result at all
+    assert _cli(tmp_path) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == unfinished
+    assert (out / "checkpoints" / "checkpoint-4").is_dir()  # nothing discarded
+    (out / "train_result.json").write_text(json.dumps(result))
+    assert _cli(tmp_path) == 2
+    assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--temperature", "0"], "--temperature must be positive"),
         (["--align-layers", "9"], "--align-layers: layer 9 is out of range"),
         (["--align-langs", "deu,swh"], "swh"),
-        (["--gradient-accumulation-steps", "3"], "must be even"),
     ],
 )
 def test_cli_bad_input(tmp_path, capsys, extra, message):
@@ -692,6 +718,7 @@ def test_resume_from_another_directory_keeps_the_best_checkpoint(tmp_path, monke
         optim__learning_rate=5e-2,
         optim__eval_steps=1,
         optim__early_stopping_patience=1,
+        optim__gradient_accumulation_steps=1,
     )
     straight = _run(config, tmp_path / "straight")
     assert (straight.global_step, straight.best_checkpoint) == (3, "checkpoints/checkpoint-2")

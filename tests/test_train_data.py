@@ -111,6 +111,14 @@ def test_one_sentence_filter():
     assert not is_one_sentence("Hello. How are you?")
     assert not is_one_sentence("你好。你好吗？")
     assert not is_one_sentence('He said "no." Then he left.')
+    assert not is_one_sentence("\u200b")
+    assert not is_one_sentence("Room 5. Then we left.")
+    # a lowercase letter after the mark, or a title or an initial before a period: one sentence
+    assert is_one_sentence("Dr. Miller works at the hospital.")
+    assert is_one_sentence('He said "Good morning!" and left.')
+    assert is_one_sentence("J. K. Rowling wrote it in the U.S. first.")
+    assert is_one_sentence("Obst, z. B. Äpfel, ist gesund.")
+    assert is_one_sentence("Mme. Dupont est là.")
 
 
 def _tatoeba(root, langs, n, bad=0):
@@ -120,7 +128,7 @@ def _tatoeba(root, langs, n, bad=0):
         xs = [f"{lang} sentence {i}." for i in range(n)]
         ys = [f"english sentence {i}." for i in range(n)]
         for i in range(bad):
-            xs[i] = f"{lang} one. {lang} two."
+            xs[i] = f"{lang.title()} one. {lang.title()} two."
         (root / f"tatoeba.{lang}-eng.{lang}").write_text("\n".join(xs) + "\n")
         (root / f"tatoeba.{lang}-eng.eng").write_text("\n".join(ys) + "\n")
     return root
@@ -143,6 +151,46 @@ def test_multiway_data_pairs_with_english():
         ("Hallo Welt.", "Hello world."),
         ("Gute Nacht.", "Good night."),
     ]
+
+
+def test_dropped_pairs_are_named_by_file_and_line(tmp_path, caplog):
+    root = _tatoeba(tmp_path / "tat", ["deu"], n=9, bad=7)
+    pairs = load_pairs(f"tatoeba:{root}", ["deu"])
+    assert len(pairs["deu_Latn"]) == 2
+    lines = ", ".join(f"{root}/tatoeba.deu-eng.deu:{i}" for i in range(1, 6))
+    assert caplog.messages == [
+        f"deu_Latn: dropped 7 of 9 pairs (empty or several sentences): {lines}, … (7 in all)"
+    ]
+
+
+def test_parallel_alignment_files_by_suffix_or_with_english_last(tmp_path):
+    de, en = tmp_path / "t.de", tmp_path / "t.en"
+    de.write_text("Hallo Welt.\nGute Nacht.\n")
+    en.write_text("Hello world.\nGood night.\n")
+    expected = {"deu_Latn": [("Hallo Welt.", "Hello world."), ("Gute Nacht.", "Good night.")]}
+    assert load_pairs(f"parallel:{en},{de}", ["de"]) == expected
+    assert load_pairs(f"parallel:{de},{en}", ["de"]) == expected
+    x, y = tmp_path / "x.txt", tmp_path / "y.txt"
+    x.write_text(de.read_text())
+    y.write_text(en.read_text())
+    assert load_pairs(f"parallel:{x},{y}", ["de"]) == expected  # English last
+
+
+def test_sentences_over_the_length_limit_are_named(tmp_path, caplog):
+    de, en = tmp_path / "t.de", tmp_path / "t.en"
+    de.write_text("der mensch ist frei\ndas recht\nein recht\n")
+    en.write_text("the law\nthe law is the law of all people\nall is equal\n")
+    tok = tiny_tokenizer()
+    pairs = load_pairs(f"parallel:{de},{en}", ["de"], tokenizer=tok, max_length=5)
+    assert len(pairs["deu_Latn"]) == 3  # kept: encode_pairs cuts them
+    # <bos> + 8 words over the limit; "der mensch ist frei", <bos> + 4 words, at it
+    assert caplog.messages == [
+        "deu_Latn: 1 of 3 pairs have a sentence over --align-max-length 5 tokens, cut at the end: "
+        f"{en}:2 (9 tokens)"
+    ]
+    caplog.clear()
+    load_pairs(f"parallel:{de},{en}", ["de"], tokenizer=tok, max_length=9)
+    assert caplog.messages == []
 
 
 def test_language_without_usable_pairs_is_an_error(tmp_path):

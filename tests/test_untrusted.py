@@ -83,7 +83,7 @@ def _recipe(name: str = "tiny", systems: list[str] = ("sft",)) -> dict:
     data = {"source": "sib200:/nonexistent", "langs": ["eng"]}
     return {
         "name": name,
-        "model": "/nonexistent/model",
+        "model": "org/model",  # a hub id: a dry run checks a local model's path, not the hub
         "task": {"name": "topic", "train": data, "test": data},
         "systems": [
             {"name": "base", "zero_shot": True},

@@ -11,8 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 from midalign.cli.options import add_output_options, add_task_data_options
-from midalign.data.instructions import is_instruction_file, write_instructions
-from midalign.files import check_output_file
+from midalign.data.instructions import is_instruction_file, read_instructions, write_instructions
+from midalign.errors import InputError
+from midalign.files import appeared, check_output_file
 from midalign.tasks import get_task, source_forms
 
 
@@ -46,10 +47,32 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     keys = task.languages(args.langs)
     examples = task.read(args.source, keys, args.split, args.limit)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_instructions(out, task, examples, args.zero_shot)
     counts = Counter(ex.key for ex in examples)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_instructions(out, task, examples, args.zero_shot, replace=args.overwrite)
+    except FileExistsError:
+        ours = ", ".join(f"{n} {key}" for key, n in counts.items())
+        kept = (
+            f"{_contents(out)}, left as it is; this run's {ours} are not written "
+            "(pass --overwrite to replace it, or give one run every language in --langs)"
+        )
+        raise InputError(appeared(out, kept)) from None
+    except OSError as e:
+        raise InputError(f"--out: cannot create {out} ({e.strerror})") from None
     for key in keys:
         print(f"{key:<20} {counts[key]:7d}")
     print(f"{len(examples)} instructions in {out}")
     return 0
+
+
+def _contents(path: Path) -> str:
+    """What the file at ``path`` holds, by language, for a message."""
+    try:
+        rows = read_instructions(path) if is_instruction_file(path) else []
+    except InputError:
+        rows = []
+    if not rows:
+        return "it is not instruction jsonl"
+    counts = Counter(row.lang for row in rows)
+    return "it holds " + ", ".join(f"{n} {lang}" for lang, n in counts.items()) + " instructions"

@@ -22,8 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the merged update equals Σ wᵢ·sᵢ·BᵢAᵢ exactly (factors concatenated, rank Σ rᵢ). "
         "Unlike PEFT's add_weighted_adapter(combination_type='linear'), no cross terms. "
         "With --search, two adapters (task, then alignment) are merged at each candidate task "
-        "weight w (alignment 1 − w), scored on dev data with `midalign eval`'s task, and the "
-        "best merge is kept.",
+        "weight w (alignment 1 − w), scored on dev data as `midalign eval` scores by default "
+        "(greedy answers, the task's metric and its own cap on new tokens), and the best merge "
+        "is kept.",
     )
     p.add_argument(
         "--adapters",

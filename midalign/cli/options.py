@@ -136,6 +136,10 @@ def parse_groups(
         name, sep, codes = spec.partition("=")
         if not sep or not name or not codes:
             raise InputError(f"--group: expected NAME=CODES such as {example}; got {spec!r}")
+        if name in groups:
+            raise InputError(
+                f"--group {name}: given twice; give each group once, with all its codes"
+            )
         groups[name] = languages(codes)
         if keys is not None and not set(groups[name]) & set(keys):
             raise InputError(f"--group {name}: none of {codes} is in --langs")

@@ -31,7 +31,8 @@ udhr=deu_1901,... or udhr:DIR=CODES (pick specific UDHR translations by UDHR cod
 any of these + #train, #dev, #test (articles 1-16, 17-20, 21-30) or #A-B (articles A..B) |
 flores:DIR (DIR/<split>/<code>.<split>) | sib200:DIR (DIR/<code>/<split>.tsv) |
 tatoeba:DIR (LASER format, pairs with English only) | parallel:FILE,FILE,... (line-aligned,
-one file per --langs entry) | hf:openlanguagedata/flores_plus or hf:LOCAL_DIR (datasets)"""
+one file per language: named by its suffix, test.de or test.deu_Latn, or by --langs in file
+order) | hf:openlanguagedata/flores_plus or hf:LOCAL_DIR (datasets)"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,9 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="udhr", help=DATA_HELP + " (default: %(default)s)")
     p.add_argument(
         "--langs",
-        default="demo",
         help="comma-separated ISO 639-1/639-3/FLoRes codes "
-        "(de, deu, deu_Latn) or a preset: demo, paper35, uner (default: %(default)s)",
+        "(de, deu, deu_Latn) or a preset: demo, paper35, uner (default: the files' suffixes "
+        "for parallel:, demo otherwise)",
     )
     p.add_argument(
         "--split", default="dev", help="split of flores/sib200/hf data (default: %(default)s)"
@@ -116,8 +117,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-embeddings",
         action="store_true",
-        help="also write embeddings/<side>.safetensors (one [n, d] tensor per layer, raw: "
-        "before --normalize)",
+        help="also write embeddings/side<NNN>_<side>.safetensors (one [n, d] tensor per "
+        "layer, raw: before --normalize) and embeddings/index.json (each side's file)",
     )
     add_output_options(p, "output directory", "no progress bar")
 

@@ -7,7 +7,9 @@ import dataclasses
 import time
 from pathlib import Path
 
+from midalign.data.origin import describe
 from midalign.errors import InputError
+from midalign.files import check_run_dir
 from midalign.recipe import SECTION_OPTIONS, apply_overrides, load_recipe
 from midalign.report.markdown import write_report
 from midalign.runner import Runner, RunOptions
@@ -33,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="list the steps and whether each is already done, without running any",
+        help="list the steps and whether each is already done, without running any, and "
+        "what the steps to run read: the model and data sources, each with where it comes "
+        "from (this machine, the hub, npm) or that it is not found here",
     )
     p.add_argument(
         "--seeds",
@@ -86,12 +90,17 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(
         recipe, RunOptions(out=out, progress=not args.no_progress, dry_run=args.dry_run)
     )
+    check_run_dir(out, write=not args.dry_run)
     outcome = runner.run()
     if args.dry_run:
         for name in runner.steps.reused:
             print(f"done     {name}")
         for name in runner.steps.ran:
-            print(f"to run   {name}")
+            fields = dict.fromkeys(field for field, _, _ in runner.steps.reads[name])
+            print(f"to run   {name}" + (f"   reads {', '.join(fields)}" if fields else ""))
+        reads = [read for name in runner.steps.ran for read in runner.steps.reads[name]]
+        for line in describe(reads):
+            print(line)
         return 0
     summary = write_report(recipe, outcome, runner.groups, out)
     print((out / "report" / "report.md").read_text(encoding="utf-8"))

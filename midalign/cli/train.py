@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.process_state().is_main_process:
         return 0
     summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "log_history"}
-    write_json(out / "train_result.json", summary)
+    write_json(out / run_dir.RESULT_FILE, summary)
     if result.interrupted:
         print(
             f"stopped at step {result.global_step}; checkpoint saved. "

@@ -21,7 +21,13 @@ from pathlib import Path
 
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.hub import read_hf
-from midalign.data.parallel import read_flores_dir, read_plain, read_sib200, read_tatoeba
+from midalign.data.parallel import (
+    LanguageMismatch,
+    read_flores_dir,
+    read_plain,
+    read_sib200,
+    read_tatoeba,
+)
 from midalign.data.sources import Reader, forms, pick_reader
 from midalign.data.udhr import read_udhr
 from midalign.errors import InputError
@@ -70,13 +76,16 @@ def load_parallel(
     split: str = "dev",
     max_sentences: int | None = None,
     unique: bool = False,
+    option: str = "--langs",
 ) -> ParallelCorpus:
     """Aligned sentences of ``langs`` (FLoRes codes) from the data set ``spec`` names.
 
     ``split`` matters for flores, sib200 and hf only. ``max_sentences`` keeps the first N
     aligned sentences, in order. Fewer than 2 sentences is an error: retrieval among one
-    candidate is always right and says nothing. ``unique`` (the probe): a sentence repeated on
-    one side is an error too, since retrieval cannot tell its copies apart.
+    candidate is always right and says nothing; so are two languages with the same sentences
+    (one file given for both), whose retrieval is perfect and means nothing. ``unique`` (the
+    probe): a sentence repeated on one side is an error too, since retrieval cannot tell its
+    copies apart. ``option`` names where ``langs`` came from in an error about them.
     """
     langs = list(dict.fromkeys(to_flores(lang) for lang in langs))
     if max_sentences is not None and max_sentences < 2:
@@ -85,13 +94,23 @@ def load_parallel(
     if found is None:
         raise InputError(f"unknown parallel data {spec!r}; use one of: {SPEC_FORMS}")
     reader, arg = found
-    corpus = reader.read(arg, langs, split)
+    try:
+        corpus = reader.read(arg, langs, split)
+    except LanguageMismatch as e:
+        raise InputError(f"{option}: {e}") from None
     corpus = corpus.truncate(max_sentences)
     n = min(len(texts) for texts in corpus.texts.values())
     if n < 2:
         raise InputError(
             f"{spec}: {n} aligned sentence(s) in {', '.join(corpus.languages)}; "
             "retrieval needs at least 2"
+        )
+    same = corpus.same_text()
+    if same is not None:
+        a, b = (f"{s} ({corpus.files[s]})" if s in corpus.files else s for s in same)
+        raise InputError(
+            f"{spec}: {a} and {b} hold the same {len(corpus.texts[same[0]])} sentences, which "
+            "would pair each sentence with itself; give each language its own translation"
         )
     repeat = corpus.first_repeat() if unique else None
     if repeat is not None:

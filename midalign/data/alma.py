@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from midalign.data import sources
 from midalign.data.parallel import ENGLISH
 from midalign.data.reading import read_json, read_sentences
 from midalign.errors import InputError
@@ -31,7 +32,9 @@ def read_alma_pairs(root: Path, src: str, tgt: str, split: str) -> list[tuple[st
     ``train``), ``DIR/<xx>en/valid.<xx>-en.json`` (a JSON list of ``{"translation": {xx,
     en}}``, split ``valid``/``dev``; either direction reads it; Icelandic has none) and, split
     ``test``, the WMT test sets ALMA ships one per direction: ``DIR/<xx>en/test.<src>-<tgt>.json``.
-    A missing file is an error naming the direction and the split."""
+    A missing folder is an error naming it, a missing file one naming the direction and the
+    split."""
+    root = sources.folder("alma", root)
     if ENGLISH not in (src, tgt):
         raise InputError(f"alma:{root}: ALMA pairs every language with English, not {src}-{tgt}")
     other = tgt if src == ENGLISH else src
@@ -39,7 +42,7 @@ def read_alma_pairs(root: Path, src: str, tgt: str, split: str) -> list[tuple[st
     s, t = two_letter(src), two_letter(tgt)
     folder = root / f"{xx}en"
     if split == "train":
-        files = {c: folder / f"train.{xx}-en.{c}" for c in (xx, "en")}
+        files = dict(zip((xx, "en"), train_files(root, other), strict=True))
         texts = {c: read_sentences(_existing(root, p, f"{s}-{t}", split)) for c, p in files.items()}
         if len(texts[xx]) != len(texts["en"]):
             raise InputError(
@@ -54,6 +57,12 @@ def read_alma_pairs(root: Path, src: str, tgt: str, split: str) -> list[tuple[st
     else:
         raise InputError(f"alma:{root}: split {split!r} (ALMA has train, valid and test)")
     return _read_alma_json(_existing(root, path, f"{s}-{t}", split), xx)
+
+
+def train_files(root: Path, lang: str) -> tuple[Path, Path]:
+    """ALMA's line-aligned training files of ``lang`` and English: (``lang``'s, English's)."""
+    xx = two_letter(lang)
+    return root / f"{xx}en" / f"train.{xx}-en.{xx}", root / f"{xx}en" / f"train.{xx}-en.en"
 
 
 def _existing(root: Path, path: Path, direction: str, split: str) -> Path:

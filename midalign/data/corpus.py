@@ -69,6 +69,16 @@ class ParallelCorpus:
                 seen[text] = i
         return None
 
+    def same_text(self) -> tuple[str, str] | None:
+        """The first two sides of different languages holding exactly the same sentences (one
+        file given for two languages), or None."""
+        first: dict[tuple[str, ...], str] = {}
+        for side, texts in self.texts.items():
+            other = first.setdefault(tuple(texts), side)
+            if self.lang[other] != self.lang[side]:
+                return other, side
+        return None
+
     def truncate(self, max_sentences: int | None) -> ParallelCorpus:
         """Keep the first ``max_sentences`` sentences of every side (order is kept)."""
         if max_sentences is None:

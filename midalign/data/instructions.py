@@ -128,13 +128,18 @@ def is_instruction_file(path: Path) -> bool:
 
 
 def write_instructions(
-    path: Path, task: tasks.Task, examples: Sequence[tasks.Example], zero_shot: bool = False
+    path: Path,
+    task: tasks.Task,
+    examples: Sequence[tasks.Example],
+    zero_shot: bool = False,
+    replace: bool = True,
 ) -> None:
-    """The examples as instruction jsonl, one :func:`instruction_record` a line, atomically."""
+    """The examples as instruction jsonl, one :func:`instruction_record` a line, atomically;
+    ``replace=False``: FileExistsError where a file appeared at ``path`` meanwhile."""
     lines = [
         json.dumps(instruction_record(task, ex, zero_shot), ensure_ascii=False) for ex in examples
     ]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n", replace)
 
 
 # --------------------------------------------------------------------------- tokenising

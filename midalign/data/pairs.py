@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from midalign.data import load_parallel
-from midalign.data.alma import read_alma_pairs
+from midalign.data import ParallelCorpus, load_parallel
+from midalign.data.alma import read_alma_pairs, train_files
 from midalign.data.hub import HubUnreachable, load_split
+from midalign.data.reading import first_few, is_blank
 from midalign.errors import InputError
 from midalign.languages import iso639_1, to_flores
 
@@ -41,22 +42,44 @@ HF_TATOEBA = "sentence-transformers/parallel-sentences-tatoeba"
 # What hf-tatoeba read before: loading scripts, which datasets 4+ no longer runs.
 SCRIPT_TATOEBA = ("Helsinki-NLP/tatoeba", "Helsinki-NLP/tatoeba_mt")
 Pairs = dict[str, list[tuple[str, str]]]  # language -> [(x, English)]
+# Where side s (0: x, 1: y) of pair i of a group was read: "file:line", or the data set's row.
+Where = Callable[[int, int], str]
+Located = dict[str, tuple[list[tuple[str, str]], Where]]  # group -> (pairs as read, their Where)
 
 # A sentence end and more text after it: Latin/Arabic/Devanagari marks need a space before the
 # next sentence (so "3.5" is not an end), CJK marks do not. Closing quotes/brackets may follow.
+# Groups: the word before the mark, the mark, the first character after.
 _CLOSE = "\"'”’»)\\]」』"
-_SECOND_SENTENCE = re.compile(
-    rf"(?:[.!?؟।][{_CLOSE}]*\s+|[。！？][{_CLOSE}]*\s*)[^\s{_CLOSE}.!?。！？؟।]"
+_SENTENCE_END = re.compile(
+    rf"(\w*)(?:([.!?؟।])[{_CLOSE}]*\s+|([。！？])[{_CLOSE}]*\s*)(?=([^\s{_CLOSE}.!?。！？؟।]))"
+)
+# Words a period ends without ending the sentence, as they come before a name: "Dr. Miller".
+TITLES = frozenset(
+    "mr mrs ms mx dr prof st mt jr sr gen col lt sgt capt adm rev hon gov pres sen rep messrs "
+    "mme mlle mm hr fr frl sra srta dra sig dott".split()
 )
 
 
 def is_one_sentence(text: str) -> bool:
-    """False for an empty text or one with a sentence end followed by more text."""
+    """False for an empty text or one with a sentence end followed by more text.
+
+    A mark followed by a lowercase letter ends no sentence (``He said "Good morning!" and
+    left.``, ``e.g. this``), nor does a period after a title or a single letter (``Dr. Miller``,
+    ``J. K. Rowling``, ``U.S. Army``, ``z. B. Äpfel``)."""
     text = text.strip()
-    return bool(text) and _SECOND_SENTENCE.search(text) is None
+    if is_blank(text):
+        return False
+    for m in _SENTENCE_END.finditer(text):
+        word, mark, after = m.group(1), m.group(2) or m.group(3), m.group(4)
+        if after.islower():
+            continue
+        if mark == "." and (word.lower() in TITLES or (len(word) == 1 and word.isalpha())):
+            continue
+        return False
+    return True
 
 
-def _hf_tatoeba(source: str, langs: list[str]) -> Pairs:
+def _hf_tatoeba(source: str, langs: list[str]) -> Located:
     """The ``train`` split of :data:`HF_TATOEBA` (or of a repo laid out like it: a hub id, or a
     local copy with its README), one config per language."""
     repo = source or HF_TATOEBA
@@ -73,7 +96,7 @@ def _hf_tatoeba(source: str, langs: list[str]) -> Pairs:
             f"hf-tatoeba:{repo}: no README.md; expected a copy of {HF_TATOEBA} (its README.md "
             "and en-<xx>/train-*.parquet); line-aligned files go in parallel:FILE,FILE"
         )
-    pairs: Pairs = {}
+    pairs: Located = {}
     for lang in langs:
         code = iso639_1(lang)
         if code is None:
@@ -92,7 +115,8 @@ def _hf_tatoeba(source: str, langs: list[str]) -> Pairs:
         if not {"english", "non_english"} <= set(table.column_names):
             columns = ", ".join(table.column_names)
             raise InputError(f"{where}: needs columns english, non_english (has {columns})")
-        pairs[lang] = list(zip(table["non_english"], table["english"], strict=True))
+        items = list(zip(table["non_english"], table["english"], strict=True))
+        pairs[lang] = items, _rows(where, ("non_english", "english"))
     return pairs
 
 
@@ -105,10 +129,16 @@ def load_pairs(
     split: str = "dev",
     max_pairs: int | None = None,
     pivot: str = "english",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_length: int = 128,
 ) -> Pairs:
     """Filtered translation pairs per group, in the data's order: with ``pivot`` ``english``,
     (x, English) pairs per language of ``langs``; with ``all``, (x, y) pairs per ordered pair
-    of ``langs`` (group ``"x-y"``, e.g. ``deu_Latn-fra_Latn``), from a multiway source."""
+    of ``langs`` (group ``"x-y"``, e.g. ``deu_Latn-fra_Latn``), from a multiway source.
+
+    Dropped pairs (empty, or several sentences on a side) are counted in a warning naming the
+    first few sides that failed (``file:line``). With ``tokenizer``, so are the pairs kept
+    whose sentence is longer than ``max_length`` tokens, which :func:`encode_pairs` cuts."""
     if pivot not in PIVOTS:
         raise InputError(f"data.align_pivot must be one of {', '.join(PIVOTS)}, not {pivot!r}")
     langs = list(dict.fromkeys(to_flores(lang) for lang in langs))
@@ -118,28 +148,74 @@ def load_pairs(
         raw = _english_pairs(spec, langs, split)
     pairs: Pairs = {}
     for group in raw if pivot == "all" else langs:  # a language without pairs is an error
-        items = raw.get(group, [])
-        kept = [
-            (x.strip(), y.strip()) for x, y in items if is_one_sentence(x) and is_one_sentence(y)
-        ]
-        if len(kept) < len(items):
-            log.info(
-                "%s: dropped %d of %d pairs (empty or several sentences)",
+        items, where = raw.get(group, ([], _rows(spec, ("x", "y"))))  # none: the error below
+        kept, dropped = [], []
+        for i, (x, y) in enumerate(items):
+            if not is_one_sentence(x):
+                dropped.append(where(i, 0))
+            elif not is_one_sentence(y):
+                dropped.append(where(i, 1))
+            else:
+                kept.append(i)
+        if dropped:
+            log.warning(
+                "%s: dropped %d of %d pairs (empty or several sentences): %s",
                 group,
-                len(items) - len(kept),
+                len(dropped),
                 len(items),
+                first_few(dropped),
             )
         if len(kept) < 2:
             raise InputError(
                 f"--align-langs: {group} has {len(kept)} usable pair(s) in {spec} "
                 "(at least 2 are needed for in-batch negatives)"
             )
-        pairs[group] = kept[:max_pairs] if max_pairs else kept
+        kept = kept[:max_pairs] if max_pairs else kept
+        if tokenizer is not None:
+            _warn_long(group, items, kept, where, tokenizer, max_length)
+        pairs[group] = [(items[i][0].strip(), items[i][1].strip()) for i in kept]
     return pairs
 
 
-def _english_pairs(spec: str, langs: list[str], split: str) -> Pairs:
-    """(x, English) pairs by language, unfiltered (a language the data lacks has no entry)."""
+def _warn_long(
+    group: str,
+    items: list[tuple[str, str]],
+    kept: list[int],
+    where: Where,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+) -> None:
+    """Warn of the kept pairs :func:`encode_pairs` will cut (a side over ``max_length``
+    tokens, counted as it counts them), naming the first few sentences and their lengths."""
+    texts = [items[i][s].strip() for i in kept for s in (0, 1)]  # x, y of each kept pair
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    long = [(k, n) for k, n in enumerate(lengths) if n > max_length]
+    if long:
+        log.warning(
+            "%s: %d of %d pairs have a sentence over --align-max-length %d tokens, cut at the "
+            "end: %s",
+            group,
+            len({k // 2 for k, _ in long}),
+            len(kept),
+            max_length,
+            first_few([f"{where(kept[k // 2], k % 2)} ({n} tokens)" for k, n in long]),
+        )
+
+
+def _rows(where: str, sides: tuple[str, str]) -> Where:
+    """Pair i of a table read as a whole: its row and column."""
+    return lambda i, s: f"{where} row {i + 1} ({sides[s]})"
+
+
+def _sides(corpus: ParallelCorpus, src: str, tgt: str) -> Where:
+    """Pair i of the corpus sides ``src`` and ``tgt``: each side's file and line, or segment."""
+    return lambda i, s: corpus.where((src, tgt)[s], i)
+
+
+def _english_pairs(spec: str, langs: list[str], split: str) -> Located:
+    """(x, English) pairs by language, unfiltered (a language the data lacks has no entry).
+
+    Files without language suffixes are read in the order ``--align-langs``, then English."""
     if ENGLISH in langs:
         raise InputError("--align-langs: English is the pivot of every pair; list the others")
     if not langs:
@@ -149,16 +225,24 @@ def _english_pairs(spec: str, langs: list[str], split: str) -> Pairs:
     if spec.startswith("alma:"):
         # the task's own training pairs, as the paper aligns for translation
         root = Path(spec[len("alma:") :]).expanduser()
-        return {lang: read_alma_pairs(root, lang, ENGLISH, "train") for lang in langs}
-    corpus = load_parallel(spec, [*langs, ENGLISH], split)
-    raw: Pairs = {}
+        raw: Located = {}
+        for lang in langs:
+            items = read_alma_pairs(root, lang, ENGLISH, "train")
+            files = train_files(root, lang)
+            raw[lang] = items, (lambda i, s, files=files: f"{files[s]}:{i + 1}")
+        return raw
+    corpus = load_parallel(
+        spec, [*langs, ENGLISH], split, option="--align-langs (and English, the pivot, last)"
+    )
+    raw = {}
     for src, tgt in corpus.pairs:
         if corpus.lang[tgt] == ENGLISH and corpus.lang[src] != ENGLISH:
-            raw[corpus.lang[src]] = list(zip(corpus.texts[src], corpus.texts[tgt], strict=True))
+            items = list(zip(corpus.texts[src], corpus.texts[tgt], strict=True))
+            raw[corpus.lang[src]] = items, _sides(corpus, src, tgt)
     return raw
 
 
-def _all_pairs(spec: str, langs: list[str], split: str) -> Pairs:
+def _all_pairs(spec: str, langs: list[str], split: str) -> Located:
     """(x, y) pairs for every ordered pair of ``langs`` from a multiway corpus: sentence i of
     every language translates sentence i of the others."""
     if len(langs) < 2:
@@ -169,12 +253,15 @@ def _all_pairs(spec: str, langs: list[str], split: str) -> Pairs:
             f"where every language has the same sentences; {spec} pairs each language with "
             "English only"
         )
-    corpus = load_parallel(spec, langs, split)
+    corpus = load_parallel(spec, langs, split, option="--align-langs")
     side = {corpus.lang[s]: s for s in corpus.texts}
     if len({len(corpus.texts[s]) for s in corpus.texts}) != 1:
         raise InputError(f"data.align_pivot all: {spec} is not multiway (sides differ in length)")
     return {
-        f"{a}-{b}": list(zip(corpus.texts[side[a]], corpus.texts[side[b]], strict=True))
+        f"{a}-{b}": (
+            list(zip(corpus.texts[side[a]], corpus.texts[side[b]], strict=True)),
+            _sides(corpus, side[a], side[b]),
+        )
         for a in langs
         for b in langs
         if a != b

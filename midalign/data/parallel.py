@@ -15,6 +15,8 @@ from midalign.data.reading import (
     align_by_id,
     by_language,
     check_same_length,
+    invisible_note,
+    is_blank,
     read_sentences,
     read_tsv,
     select,
@@ -24,6 +26,11 @@ from midalign.languages import to_flores
 
 ENGLISH = "eng_Latn"
 _TATOEBA_FILE = re.compile(r"tatoeba\.([a-z]+)-eng\.\1")
+
+
+class LanguageMismatch(InputError):
+    """The languages asked for do not fit the files: :func:`midalign.data.load_parallel`
+    names the option that gave them (``--langs``, ``--align-langs``) before the message."""
 
 
 def _existing_dir(path: Path, kind: str) -> Path:
@@ -63,8 +70,8 @@ def read_sib200(root: Path, langs: list[str], split: str) -> ParallelCorpus:
         path = files[lang] = folder / f"{split}.tsv"
         rows[lang] = {}
         for lineno, row in read_tsv(path, ("index_id", "text")):
-            if not row["text"].strip():
-                raise InputError(f"{path}:{lineno}: empty text")
+            if is_blank(row["text"]):
+                raise InputError(f"{path}:{lineno}: empty text{invisible_note(row['text'])}")
             if row["index_id"] in rows[lang]:
                 raise InputError(f"{path}:{lineno}: index_id {row['index_id']} occurs twice")
             rows[lang][row["index_id"]] = row["text"].strip()
@@ -109,31 +116,69 @@ def read_tatoeba(root: Path, langs: list[str]) -> ParallelCorpus:
 
 
 def read_plain(files: list[Path], langs: list[str]) -> ParallelCorpus:
-    """Line-aligned files, one per language; languages given in file order, or read from the
-    suffix (``test.de``, ``test.deu_Latn``) when none are given."""
-    if langs and len(langs) != len(files):
-        raise InputError(
+    """Line-aligned files, one per language, named by ``langs`` or by their suffixes.
+
+    A file whose suffix is a language code (``test.de``, ``test.deu_Latn``) is in that
+    language. When every file is so named and ``langs`` are those languages (or none are
+    given), each file is read as its suffix says, whatever the order of the two lists.
+    Otherwise the files take ``langs`` in file order, and a file whose suffix names another
+    language than the one at its place is an error: labelled by place alone, files listed in
+    another order than their languages would score (or train) German sentences as Japanese.
+    """
+    resolved = [path.resolve() for path in files]
+    for i, path in enumerate(files):
+        if resolved[i] in resolved[:i]:
+            raise InputError(f"parallel: {path} is given twice; give one file per language")
+    named = {path: _suffix_language(path) for path in files}
+    if not langs:
+        missing = [path for path, lang in named.items() if lang is None]
+        if missing:
+            raise InputError(
+                f"parallel: cannot tell the language of {missing[0]} from its suffix; name it "
+                "like test.de or test.deu_Latn, or give the languages"
+            )
+        langs = []
+        for path, lang in named.items():
+            if lang in langs:
+                other = files[langs.index(lang)]
+                raise InputError(f"parallel: {other} and {path} are both {lang} by their suffixes")
+            langs.append(lang)
+    if len(langs) != len(files):
+        raise LanguageMismatch(
             f"parallel: {len(files)} files but {len(langs)} languages ({', '.join(langs)}); "
             "give one language per file, in the same order"
         )
-    if not langs:
-        langs = []
-        for path in files:
-            try:
-                langs.append(to_flores(path.suffix[1:]))
-            except InputError:
-                raise InputError(
-                    f"parallel: cannot tell the language of {path} from its suffix; name it "
-                    "like test.de or test.deu_Latn, or give the languages"
-                ) from None
-    if len(set(langs)) != len(langs):
-        raise InputError(f"parallel: a language occurs twice in {', '.join(langs)}")
+    for path, lang in named.items():
+        if lang is not None and lang not in langs:
+            raise LanguageMismatch(
+                f"parallel: {path} is {lang} by its suffix, not one of {', '.join(langs)}; "
+                "give its language or rename the file"
+            )
+    suffixes = list(named.values())
+    if None not in suffixes and set(suffixes) == set(langs):  # every file named by its language
+        path_of = {lang: path for path, lang in named.items() if lang is not None}
+    else:
+        path_of = dict(zip(langs, files, strict=True))
+        for lang, path in path_of.items():
+            if named[path] not in (None, lang):
+                raise LanguageMismatch(
+                    f"parallel: {path} is {named[path]} by its suffix but stands where {lang} "
+                    "is given; give the files and the languages in the same order"
+                )
     texts = {path: read_sentences(path) for path in files}
     check_same_length(texts)
     n = len(texts[files[0]])
     return ParallelCorpus.multiway(
-        {lang: texts[path] for lang, path in zip(langs, files, strict=True)},
+        {lang: texts[path_of[lang]] for lang in langs},
         source="parallel:" + ",".join(map(str, files)),
         ids=[str(i) for i in range(1, n + 1)],
-        files={lang: str(path) for lang, path in zip(langs, files, strict=True)},
+        files={lang: str(path_of[lang]) for lang in langs},
     )
+
+
+def _suffix_language(path: Path) -> str | None:
+    """The FLoRes code a file's suffix names (``.de``, ``.deu_Latn``), or None."""
+    try:
+        return to_flores(path.suffix[1:]) if path.suffix else None
+    except InputError:
+        return None

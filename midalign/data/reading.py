@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,12 +26,18 @@ from midalign.languages import to_flores
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+BOM = "\ufeff"
 
 
 def read_text(path: Path) -> str:
-    """The whole file as text; invalid UTF-8 is reported with its line (a BOM is dropped), and
-    so is a NUL byte: valid UTF-8, but never in text (a UTF-16 or binary file), and a model
-    given one embeds garbage without a word."""
+    """The whole file as text; invalid UTF-8 is reported with its line, and so is a NUL byte:
+    valid UTF-8, but never in text (a UTF-16 or binary file), and a model given one embeds
+    garbage without a word.
+
+    A byte-order mark is dropped: at the start silently, inside the file (files joined with
+    ``cat``) with a warning naming its first line. U+FEFF inside text has meant nothing since
+    Unicode 3.2 (U+2060 took over its zero-width no-break role), so removing it loses nothing,
+    while keeping it gives the sentence after it other tokens and other embeddings."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -44,12 +51,35 @@ def read_text(path: Path) -> str:
         line = data.count(b"\n", 0, nul) + 1
         raise InputError(f"{path}:{line}: NUL byte (UTF-16 or binary?); convert the file to UTF-8")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise InputError(
             f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x}); convert the file to UTF-8"
         ) from None
+    if BOM in text:
+        log.warning(
+            "%s:%d: %d byte-order mark(s) (U+FEFF) inside the file (files joined?), removed",
+            path,
+            text.count("\n", 0, text.index(BOM)) + 1,
+            text.count(BOM),
+        )
+        text = text.replace(BOM, "")
+    return text
+
+
+def is_blank(text: str) -> bool:
+    """True for a text with nothing to read: whitespace and invisible format characters only
+    (Unicode category Cf: zero-width space U+200B, joiners, direction marks, word joiner).
+    ``str.strip`` keeps these, so a line of U+200B would pass for a sentence."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
+def invisible_note(text: str) -> str:
+    """`` (only invisible characters U+200B, …)`` for a blank ``text`` that is not plain
+    whitespace, ``""`` otherwise: the end of an "empty line" message."""
+    invisible = dict.fromkeys(f"U+{ord(c):04X}" for c in text if not c.isspace())
+    return f" (only invisible characters {', '.join(invisible)})" if invisible else ""
 
 
 # PyYAML's scanner takes time quadratic in the depth of unclosed flow brackets ("[" * 2000
@@ -145,10 +175,12 @@ def read_sentences(path: Path) -> list[str]:
     and so is an empty file."""
     sentences = []
     for lineno, line in enumerate(split_lines(read_text(path)), 1):
-        line = line.strip()
-        if not line:
-            raise InputError(f"{path}:{lineno}: empty line (every line must hold a sentence)")
-        sentences.append(line)
+        if is_blank(line):
+            raise InputError(
+                f"{path}:{lineno}: empty line{invisible_note(line)}; every line must hold a "
+                "sentence"
+            )
+        sentences.append(line.strip())
     if not sentences:
         raise InputError(f"{path}: empty file")
     return sentences
@@ -275,14 +307,28 @@ def select(langs: list[str], available: Mapping[str, T], where: str) -> dict[str
 def align_by_id(rows: Mapping[str, dict[str, str]], where: Mapping[str, object]) -> list[str]:
     """Ids present in every language, in the first language's order.
 
-    ``rows`` maps language -> {id: text}; ``where`` maps language -> its file, for the log line
-    that says how many sentences a language lost (data sets keyed by id may legitimately
-    miss some sentences in some languages; the rest stays usable).
+    ``rows`` maps language -> {id: text}; ``where`` maps language -> its file. Data sets keyed
+    by id may legitimately miss some sentences in some languages, and the rest stays usable;
+    the warning names the file that lacks a sentence (the one to fix, if it is a mistake) and
+    its ids, and says that the other languages leave that sentence out too.
     """
     langs = list(rows)
     common = set.intersection(*(set(r) for r in rows.values()))
+    every = dict.fromkeys(i for r in rows.values() for i in r)  # first-seen order
     for lang in langs:
-        dropped = len(rows[lang]) - len(common)
-        if dropped:
-            log.warning("%s: %d sentence(s) not in every language, left out", where[lang], dropped)
+        lacking = [i for i in every if i not in rows[lang]]
+        if lacking:
+            log.warning(
+                "%s: lacks %d sentence(s) that other languages have (id %s), left out of "
+                "every language",
+                where[lang],
+                len(lacking),
+                first_few(lacking),
+            )
     return [i for i in rows[langs[0]] if i in common]
+
+
+def first_few(items: list[str], n: int = 5) -> str:
+    """The first ``n`` of ``items``, comma-separated, for a message about many."""
+    more = f", … ({len(items)} in all)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more

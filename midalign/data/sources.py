@@ -30,8 +30,8 @@ class Reader(Generic[T]):
     by default. ``sniff(source, path)`` recognises a source that does not name its format (a
     folder by the files in it, a file by its suffix, a hub id; ``path`` is the source as a local
     path, ``~`` expanded); ``read`` then gets the whole source. ``folder``: the argument is a
-    directory, which ``read`` gets as a Path, and a source whose argument is none is no data set
-    of this format (the caller's error then lists the forms it reads).
+    directory, which ``read`` gets as a Path; a source that names the format and a directory
+    that does not exist is an error naming it.
     """
 
     read: Callable[[Any, Sequence[str], str], T]  # (argument, languages, split)
@@ -50,8 +50,7 @@ def pick_reader(source: str, readers: Mapping[str, Reader[T]]) -> tuple[Reader[T
             arg = match.group(1) or ""
             if not reader.folder:
                 return reader, arg
-            path = Path(arg).expanduser()
-            return (reader, path) if path.is_dir() else None
+            return reader, folder(name, arg)
     path = Path(source).expanduser()
     for reader in readers.values():
         if reader.sniff is not None and reader.sniff(source, path):

