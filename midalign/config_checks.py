@@ -81,6 +81,12 @@ def validate(config: TrainConfig, where: str | None = None) -> None:
             raise error(f"{name('data.align_langs')}: give at least one language")
     if a.schedule == "align" and o.max_steps <= 0:
         raise error(f"{name('optim.max_steps')} must be given (> 0) for the align schedule")
+    if a.schedule == "align" and d.dev_data:
+        raise error(
+            f"{name('data.dev_data')}: the align schedule trains no task, so it has no dev task "
+            f"loss; its evaluations use held-out alignment pairs ({name('data.align_dev_pairs')})"
+            ": leave the dev data out"
+        )
     if o.metric_for_best_model == "task_loss" and a.schedule == "align":
         raise error(
             f"{name('optim.metric_for_best_model')} task_loss: the align schedule has no task"

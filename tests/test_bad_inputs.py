@@ -575,6 +575,10 @@ CASES = [
          ("midalign train: error: --out: ", "/out holds an unfinished run (last complete "
           "checkpoint: checkpoint-2); continue it with `midalign train --out ", "/out --resume`, "
           "or pass --overwrite to discard its checkpoints and start over"), existing_out=True),
+    Case("train/align schedule with dev task data",  # once a KeyError at the first evaluation
+         lambda d, m: train_argv(d, m, "--schedule", "align", "--dev-data", str(d / "task.jsonl")),
+         ("midalign train: error: --dev-data: the align schedule trains no task",
+          "(--align-dev-pairs): leave the dev data out")),
     # ---------------------------------------------------------------- merge
     Case("merge/negative weights", lambda d, m: merge_argv(d, "1.5,-0.5"),
          ("--weights", "non-negative")),

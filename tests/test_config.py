@@ -140,6 +140,13 @@ def _valid(**changes) -> TrainConfig:
         ({"data__align_langs": []}, "--align-langs: give at least one language"),
         ({"data__task_data": None}, "--task-data is required by the alternate schedule"),
         ({"align__schedule": "align"}, "--max-steps must be given"),
+        # once a KeyError at the first evaluation, the run folder deleted (issue 30)
+        (
+            {"align__schedule": "align", "optim__max_steps": 4, "data__dev_data": "dev.jsonl"},
+            r"^--dev-data: the align schedule trains no task, so it has no dev task loss; its "
+            r"evaluations use held-out alignment pairs \(--align-dev-pairs\): leave the dev "
+            r"data out$",
+        ),
         ({"optim__save_steps": 150}, "must be a multiple of --eval-steps"),
         ({"align__batch_pairs": 1}, "--align-batch-pairs must be at least 2"),
         ({"align__pool": "max"}, "--pool must be one of mean, mean-all, not 'max'"),
