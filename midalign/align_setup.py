@@ -14,6 +14,7 @@ know it (:func:`distribute_alignment`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,14 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 
 from midalign.align_stats import STATS_FILE, base_stats, broadcast_stats, load_stats, save_stats
 from midalign.config import AlignConfig, TrainConfig
-from midalign.data.pairs import AlignStream, Pairs, encode_pairs, load_pairs, split_dev
+from midalign.data.pairs import (
+    AlignStream,
+    Pairs,
+    as_pairs,
+    encode_pairs,
+    load_pairs,
+    split_dev,
+)
 from midalign.errors import InputError
 from midalign.forward import grouped_pooled_states
 from midalign.layers import num_layers, parse_layers
@@ -206,10 +214,12 @@ PAIRS_SCHEDULES = ("alternate", "joint", "task")
 the alternation into the Trainer's data loader, which only ``midalign train`` builds."""
 
 
-def check_pairs_trainer(a: AlignConfig, trainer: str) -> None:
-    """The ``align`` section as ``midalign train`` checks it, and a schedule ``trainer`` runs;
-    ``ValueError`` otherwise."""
+def check_pairs_trainer(a: AlignConfig, trainer: str, has_pairs: bool) -> None:
+    """The ``align`` section as ``midalign train`` checks it, a schedule ``trainer`` runs, and
+    the pairs it needs (``has_pairs``); ``ValueError`` otherwise."""
     check(a, error=ValueError, path="align")
+    if a.schedule != "task" and not has_pairs:
+        raise ValueError(f"align.schedule {a.schedule} needs align_pairs")
     if a.schedule not in PAIRS_SCHEDULES:
         raise ValueError(
             f"align.schedule {a.schedule} is not available with {trainer} (only "
@@ -221,17 +231,20 @@ def pairs_setup(
     a: AlignConfig,
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    pairs: Pairs,
-    dev_pairs: Pairs,
+    pairs: Pairs | Iterable[Mapping[str, str]],
+    dev_pairs: Pairs | Iterable[Mapping[str, str]] | None,
     args: TrainingArguments,
     max_length: int,
 ) -> AlignSetup:
     """The alignment setup of a trainer handed its pairs (:class:`midalign.trainer.
-    AlignmentTrainer`, :class:`midalign.trl.AlignmentSFTTrainer`): the stream is
+    AlignmentTrainer`, :class:`midalign.trl.AlignmentSFTTrainer`), in any form
+    :func:`midalign.data.pairs.as_pairs` takes (``dev_pairs`` None: none): the stream is
     seeded with ``args.seed`` and sliced for this process; ``layers: auto`` and ``stats: base``
     measure ``model`` with its adapter disabled, the base model, as ``midalign train`` measures
     it before attaching LoRA."""
     seed = args.seed
+    pairs = as_pairs(pairs)
+    dev_pairs = as_pairs(dev_pairs) if dev_pairs is not None else {}
     with model.disable_adapter() if isinstance(model, PeftModel) else nullcontext():
         setup, _ = align_setup(
             a,

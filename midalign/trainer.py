@@ -30,7 +30,7 @@ from midalign.alignment import STREAM_FILE, AlignmentMixin, TrainingDiverged
 from midalign.checkpoints import COMPLETE_FILE, TRAINER_STATE, best_relative, last_checkpoint
 from midalign.config import AlignConfig
 from midalign.config_checks import no_learning, no_learning_message
-from midalign.data.pairs import Pairs, as_pairs
+from midalign.data.pairs import Pairs
 from midalign.errors import InputError
 from midalign.files import follow_umask, write_json, write_text_atomic
 from midalign.forward import response_loss
@@ -78,22 +78,14 @@ class AlignmentTrainer(AlignmentMixin, Trainer):
         tokenizer = kwargs.get("processing_class")
         has_task_dev = kwargs.get("eval_dataset") is not None
         if align is not None:
-            check_pairs_trainer(align, "AlignmentTrainer")
-            if align.schedule != "task" and align_pairs is None:
-                raise ValueError(f"align.schedule {align.schedule} needs align_pairs")
+            check_pairs_trainer(align, "AlignmentTrainer", align_pairs is not None)
             if align.schedule != "task" and (model is None or tokenizer is None):
                 raise ValueError("the alignment loss needs model= and processing_class=")
             if args is None:  # as Trainer's own default, made here: the pairs need its seed
                 args = TrainingArguments(output_dir="tmp_trainer")
             if align.schedule != "task":
                 setup = pairs_setup(
-                    align,
-                    model,
-                    tokenizer,
-                    as_pairs(align_pairs),
-                    as_pairs(align_eval_pairs) if align_eval_pairs is not None else {},
-                    args,
-                    align_max_length,
+                    align, model, tokenizer, align_pairs, align_eval_pairs, args, align_max_length
                 )
                 if not has_task_dev and setup.dev_batches:  # evaluations: the alignment only
                     kwargs["eval_dataset"] = setup.dev_batches

@@ -38,7 +38,7 @@ from trl import SFTConfig, SFTTrainer
 from midalign.align_setup import check_pairs_trainer, pairs_setup
 from midalign.alignment import STREAM_FILE, AlignmentMixin
 from midalign.config import AlignConfig
-from midalign.data.pairs import Pairs, as_pairs
+from midalign.data.pairs import Pairs
 from midalign.dtypes import resolve_bf16
 from midalign.files import write_json
 
@@ -77,9 +77,7 @@ class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
         **kwargs: Any,
     ) -> None:
         if align is not None:
-            check_pairs_trainer(align, "SFTTrainer")
-            if align.schedule != "task" and align_pairs is None:
-                raise ValueError(f"align.schedule {align.schedule} needs align_pairs")
+            check_pairs_trainer(align, "SFTTrainer", align_pairs is not None)
         super().__init__(*args, **kwargs)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         setup = None
@@ -88,8 +86,8 @@ class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
                 align,
                 self.model,
                 tokenizer,
-                as_pairs(align_pairs),
-                as_pairs(align_eval_pairs) if align_eval_pairs is not None else {},
+                align_pairs,
+                align_eval_pairs,
                 self.args,
                 align_max_length,
             )
