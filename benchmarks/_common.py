@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from midalign.dtypes import cpu_name  # the benchmarks import it from here too
+from midalign.modeling.dtypes import cpu_name  # the benchmarks import it from here too
 
 REPO = Path(__file__).resolve().parents[1]
 SIB200 = REPO.parent / "shared" / "data" / "sib200"
@@ -35,7 +35,7 @@ def machine(gemm: int = 2048, repeats: int = 3) -> dict:
     AVX512-BF16 emulates bf16 matmuls (measured on an AVX2 EPYC: ~1 GFLOP/s against ~90 for
     fp32 on one thread), one with AMX runs them several times faster than fp32.
     """
-    from midalign.dtypes import cpu_bf16_feature, cpu_flags, dtype_name, resolve_dtype
+    from midalign.modeling.dtypes import cpu_bf16_feature, cpu_flags, dtype_name, resolve_dtype
 
     flags = cpu_flags()
     peaks, sizes = {}, {}

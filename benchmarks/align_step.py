@@ -69,15 +69,15 @@ from _common import (
 from flops import LORA_TARGETS, align_step_flops, projection_shapes
 from transformers import AutoConfig
 
-from midalign.align_setup import SUB_BATCH_OVERHEAD, AlignSetup
 from midalign.data.pairs import encode_pairs, load_pairs
-from midalign.forward import _masked_mean, length_groups, pooling_mask
-from midalign.layers import num_layers
-from midalign.losses import info_nce
-from midalign.models import load_model, resolve_model
-from midalign.probe import special_token_ids
-from midalign.prompting import encode_example
-from midalign.trainer import AlignmentTrainer
+from midalign.modeling.forward import _masked_mean, length_groups, pooling_mask
+from midalign.modeling.layers import num_layers
+from midalign.modeling.loading import load_model, resolve_model
+from midalign.modeling.prompting import encode_example
+from midalign.probe.embeddings import special_token_ids
+from midalign.training.align_setup import SUB_BATCH_OVERHEAD, AlignSetup
+from midalign.training.losses import info_nce
+from midalign.training.trainer import AlignmentTrainer
 
 TATOEBA = REPO.parent / "shared" / "data" / "tatoeba"
 LORA_RANK = 8

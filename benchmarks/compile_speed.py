@@ -26,11 +26,11 @@ from _common import REPO, profile_ops, quiet_start, read_sib200, timed
 from align_step import _fake_trainer, _setup, topic_batch
 from align_step import parse_args as align_args
 
-from midalign.compiled import _swapped
 from midalign.data.pairs import encode_pairs
-from midalign.models import load_model
-from midalign.probe import extract_embeddings, special_token_ids
-from midalign.trainer import AlignmentTrainer
+from midalign.modeling.compiled import _swapped
+from midalign.modeling.loading import load_model
+from midalign.probe.embeddings import extract_embeddings, special_token_ids
+from midalign.training.trainer import AlignmentTrainer
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product")
 

@@ -38,7 +38,7 @@ def tiny_model_dir(root: Path) -> str:
     """A 4-layer random Llama with the default model's tokenizer (real text, tiny compute)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from midalign.models import load_model
+    from midalign.modeling.loading import load_model
 
     _, tokenizer = load_model("default")
     config = LlamaConfig(
@@ -61,7 +61,7 @@ def tiny_model_dir(root: Path) -> str:
 def task_file(root: Path, n: int) -> str:
     """n SIB-200 English topic questions as a task jsonl (prompt, response)."""
     from midalign.data.instructions import write_instructions
-    from midalign.tasks import get_task
+    from midalign.evaluation.tasks import get_task
 
     task = get_task("topic")
     path = root / "topic.jsonl"
@@ -123,7 +123,7 @@ def tokens_per_step(model: str, tasks: str, steps: int, batch: int, pairs: int) 
     turn), plus the alignment micro-batches' rows, recomputed from the stream."""
     from midalign.data.instructions import load_task_dataset
     from midalign.data.pairs import AlignStream, load_pairs, split_dev
-    from midalign.models import load_model
+    from midalign.modeling.loading import load_model
 
     _, tok = load_model(model)
     data = load_task_dataset(tasks, tok, 2048)

@@ -3,7 +3,7 @@
 Same prompts on both sides (SIB-200 English sentences with the paper's MT prompt into German,
 the plain template of the base model), same greedy config and stop rule (a newline). One at a
 time = a loop of ``model.generate`` over single prompts, transformers' own decoding loop, which
-is what a user without batching writes. Batched = ``midalign.generate.generate`` with
+is what a user without batching writes. Batched = ``midalign.modeling.generate.generate`` with
 ``--batch-size`` prompts per batch (length-sorted, left-padded, KV cache, prefill in groups of
 similar length, finished rows leaving the batch). Outputs must be identical.
 
@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from _common import load_1min, quiet_start, read_sib200, timed
 
-from midalign.dtypes import DTYPE_CHOICES, dtype_name, resolve_dtype
-from midalign.generate import TextStop, generate, greedy_config
-from midalign.models import load_model
-from midalign.prompting import encode_prompt
-from midalign.tasks.base import Example
-from midalign.tasks.translation import Translation
+from midalign.evaluation.tasks.base import Example
+from midalign.evaluation.tasks.translation import Translation
+from midalign.modeling.dtypes import DTYPE_CHOICES, dtype_name, resolve_dtype
+from midalign.modeling.generate import TextStop, generate, greedy_config
+from midalign.modeling.loading import load_model
+from midalign.modeling.prompting import encode_prompt
 
 
 def parse_args() -> argparse.Namespace:

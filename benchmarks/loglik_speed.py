@@ -1,7 +1,7 @@
 """Likelihood scoring vs greedy generation of SIB-200 topic labels, on the default model.
 
 The same items on both sides: SIB-200 test sentences in the paper's 35 languages with the
-topic prompt (plain template of the base model). Generation = ``midalign.evaluate.evaluate``
+topic prompt (plain template of the base model). Generation = ``midalign.evaluation.run.evaluate``
 with ``scoring="generate"`` (batched greedy answers up to the task's 8 new tokens, parsed);
 loglik = ``scoring="loglik"`` (each of the 7 labels' log-probability after the prompt, the
 prompt computed once, its shared instruction once for all, logits only at label positions);
@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from _common import SIB200, load_1min, quiet_start, timed
 
-from midalign.evaluate import evaluate
+from midalign.evaluation.loglik import label_ids, label_logprobs
+from midalign.evaluation.run import evaluate
+from midalign.evaluation.tasks.topic import LABELS, Topic
 from midalign.languages import parse_langs
-from midalign.loglik import label_ids, label_logprobs
-from midalign.models import load_model
-from midalign.prompting import encode_prompt
-from midalign.tasks.topic import LABELS, Topic
+from midalign.modeling.loading import load_model
+from midalign.modeling.prompting import encode_prompt
 
 FULL = 35 * 204  # the transfer experiment's SIB-200 test items
 

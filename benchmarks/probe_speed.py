@@ -1,4 +1,4 @@
-"""Probe extraction speed: a MEXA-style loop vs ``midalign.probe.extract_embeddings``
+"""Probe extraction speed: a MEXA-style loop vs ``midalign.probe.embeddings.extract_embeddings``
 (docs/design.md §8).
 
 The same SIB-200 sentences go through
@@ -40,12 +40,12 @@ from _common import (
 )
 from tqdm.auto import tqdm
 
-from midalign.compiled import COMPILE_MODES, compiled_layers
-from midalign.forward import pooling_mask
-from midalign.layers import decoder_layers
-from midalign.models import load_model
-from midalign.probe import extract_embeddings, special_token_ids, token_budget_batches
-from midalign.retrieval import all_pairs_accuracy
+from midalign.modeling.compiled import COMPILE_MODES, compiled_layers
+from midalign.modeling.forward import pooling_mask
+from midalign.modeling.layers import decoder_layers
+from midalign.modeling.loading import load_model
+from midalign.probe.embeddings import extract_embeddings, special_token_ids, token_budget_batches
+from midalign.probe.retrieval import all_pairs_accuracy
 
 LANGS = "eng_Latn,deu_Latn,fra_Latn,spa_Latn,rus_Cyrl,zho_Hans,jpn_Jpan,arb_Arab,hin_Deva,swh_Latn"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -99,8 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile",
         choices=COMPILE_MODES,
         default="off",
-        help="ours with the decoder layers compiled (midalign.compiled; the warm-up compiles): "
-        "off, on, or auto as the probe decides (default: %(default)s)",
+        help="ours with the decoder layers compiled (midalign.modeling.compiled; the warm-up "
+        "compiles): off, on, or auto as the probe decides (default: %(default)s)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """All-pairs xsim scoring: ours (streamed tensor ops) at scale, and against a LASER-style loop.
 
-Scale: ``midalign.retrieval``'s all-pairs scoring (what ``all_pairs_accuracy`` runs: one layer
+Scale: ``midalign.probe.retrieval``'s all-pairs scoring (what ``all_pairs_accuracy`` runs: one layer
 at a time, one block of language pairs at a time, both directions of a pair from one product,
 each block's predictions reduced to accuracies at once) over synthetic embeddings with planted
 structure, a shared meaning per sentence + an offset per language + noise growing with the
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from _common import load_1min, quiet_start
 
-from midalign.retrieval import all_pairs_predictions, layer_predictions
+from midalign.probe.retrieval import all_pairs_predictions, layer_predictions
 
 GIB = 2**30
 

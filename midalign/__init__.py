@@ -20,21 +20,21 @@ TYPE_CHECKING = False  # not typing's: importing typing would double this module
 if TYPE_CHECKING:
     from typing import Any
 
-    from midalign.config import AlignConfig
-    from midalign.merge import merge_adapters
-    from midalign.models import load_model
-    from midalign.probe import Probe, probe_model
-    from midalign.trainer import AlignmentTrainer
+    from midalign.modeling.loading import load_model
+    from midalign.probe.embeddings import Probe, probe_model
+    from midalign.training.config import AlignConfig
+    from midalign.training.merge import merge_adapters
+    from midalign.training.trainer import AlignmentTrainer
 
 __version__ = "0.1.0"
 
 _API = {
-    "load_model": "midalign.models",
-    "probe_model": "midalign.probe",
-    "Probe": "midalign.probe",
-    "AlignConfig": "midalign.config",
-    "AlignmentTrainer": "midalign.trainer",
-    "merge_adapters": "midalign.merge",
+    "load_model": "midalign.modeling.loading",
+    "probe_model": "midalign.probe.embeddings",
+    "Probe": "midalign.probe.embeddings",
+    "AlignConfig": "midalign.training.config",
+    "AlignmentTrainer": "midalign.training.trainer",
+    "merge_adapters": "midalign.training.merge",
 }
 __all__ = [
     "AlignConfig",

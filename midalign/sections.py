@@ -1,6 +1,6 @@
 """Typed settings sections: YAML mappings and command-line text read into dataclasses, one set of
-rules and error messages for `midalign train` configs (:mod:`midalign.config`) and experiment
-recipes (:mod:`midalign.recipe`).
+rules and error messages for `midalign train` configs (:mod:`midalign.training.config`) and
+experiment recipes (:mod:`midalign.experiments.recipe`).
 
 A section is a dataclass. A field's annotation says what it takes: ``str``, ``int``, ``float``,
 ``bool``, a ``Literal`` of choices, ``X | None``, ``list[X]`` (a YAML list or comma-separated

@@ -1,9 +1,10 @@
 """Middle-layer alignment in TRL's ``SFTTrainer`` (``pip install 'midalign[trl]'``).
 
-:class:`AlignmentSFTTrainer` is ``SFTTrainer`` with :class:`midalign.alignment.AlignmentMixin`:
-the same schedules, alignment loss, stream of pairs and logging as ``midalign train``, set by
-the same ``align`` section (:class:`midalign.config.AlignConfig`, checked by
-:func:`midalign.sections.check`). What differs is the trainer around them:
+:class:`AlignmentSFTTrainer` is ``SFTTrainer`` with
+:class:`midalign.training.alignment.AlignmentMixin`: the same schedules, alignment loss, stream of
+pairs and logging as ``midalign train``, set by the same ``align`` section
+(:class:`midalign.training.config.AlignConfig`, checked by :func:`midalign.sections.check`). What
+differs is the trainer around them:
 
 - The task loss is ``SFTTrainer``'s own (its fused LM head, ``loss_type``, completion-only and
   assistant-only labels, its entropy and token-accuracy metrics), taken as a mean over each
@@ -35,22 +36,22 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from midalign.align_setup import check_pairs_trainer, pairs_setup
-from midalign.alignment import STREAM_FILE, AlignmentMixin
-from midalign.config import AlignConfig
 from midalign.data.pairs import Pairs
-from midalign.dtypes import resolve_bf16
 from midalign.files import write_json
+from midalign.modeling.dtypes import resolve_bf16
+from midalign.training.align_setup import check_pairs_trainer, pairs_setup
+from midalign.training.alignment import STREAM_FILE, AlignmentMixin
+from midalign.training.config import AlignConfig
 
 
 def sft_config(*, bf16: str | bool = "auto", **kwargs: Any) -> SFTConfig:
     """TRL's ``SFTConfig`` with ``bf16`` resolved as ``midalign train`` resolves ``optim.bf16``
-    (:func:`midalign.dtypes.resolve_bf16`): ``auto`` is bf16 mixed precision where bf16 matmuls
-    are native (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16) and float32 elsewhere.
+    (:func:`midalign.modeling.dtypes.resolve_bf16`): ``auto`` is bf16 mixed precision where bf16
+    matmuls are native (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16) and float32 elsewhere.
     TRL's own default, ``True``, stops with an error on a machine without a GPU, and on a CPU
-    without native bf16 it would be emulated, many times slower than float32. On a CPU with
-    bf16 on, ``use_cpu`` is set too (transformers asks for it before it autocasts on a CPU).
-    Every other argument is ``SFTConfig``'s."""
+    without native bf16 it would be emulated, many times slower than float32. On a CPU with bf16 on,
+    ``use_cpu`` is set too (transformers asks for it before it autocasts on a CPU). Every other
+    argument is ``SFTConfig``'s."""
     on, _ = resolve_bf16(bf16)
     if on and not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
@@ -59,7 +60,7 @@ def sft_config(*, bf16: str | bool = "auto", **kwargs: Any) -> SFTConfig:
 
 class AlignmentSFTTrainer(AlignmentMixin, SFTTrainer):
     """``SFTTrainer`` whose step adds middle-layer alignment (module docstring), built as
-    :class:`midalign.trainer.AlignmentTrainer` is.
+    :class:`midalign.training.trainer.AlignmentTrainer` is.
 
     ``align``: the ``align`` section of a ``midalign train`` config. ``align_pairs``: the
     translation pairs (:func:`midalign.data.pairs.as_pairs`); ``align_eval_pairs``: held-out

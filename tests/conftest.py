@@ -115,9 +115,9 @@ def _no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--dtype auto`` (the default of probe, eval and a recipe's steps) resolves to float32 in
     every test, so that no figure a test asserts depends on whether the CPU has AMX or
     AVX512-BF16; the tests of the resolution itself patch the detection their own way."""
-    import midalign.dtypes
+    import midalign.modeling.dtypes
 
-    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: None)
+    monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda: None)
 
 
 @pytest.fixture(autouse=True)
@@ -126,15 +126,17 @@ def _no_compile_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     work is bf16 (tests/test_bf16.py trains under bf16 autocast): it decides "eager" at once in
     every test, so no test compiles unasked, and neither reads nor writes the decisions kept in
     the user's cache; tests/test_compiled.py tests the measurement and the cache."""
-    import midalign.compiled
+    import midalign.modeling.compiled
 
     monkeypatch.setattr(
-        midalign.compiled,
+        midalign.modeling.compiled,
         "_measure",
-        lambda model, sample, mode: midalign.compiled.Compiled(mode, False, "not measured"),
+        lambda model, sample, mode: midalign.modeling.compiled.Compiled(
+            mode, False, "not measured"
+        ),
     )
-    monkeypatch.setattr(midalign.compiled, "_decisions", dict)
-    monkeypatch.setattr(midalign.compiled, "_remember", lambda key, decision: None)
+    monkeypatch.setattr(midalign.modeling.compiled, "_decisions", dict)
+    monkeypatch.setattr(midalign.modeling.compiled, "_remember", lambda key, decision: None)
 
 
 @pytest.fixture(params=["llama", "qwen2", "gemma3"])
@@ -193,12 +195,12 @@ def tiny_model_dir(tmp_path: Path) -> Path:
 def spy_loaded_dtypes(monkeypatch, module) -> list:
     """Replace ``module.load_model`` (the module whose import of it the command calls) by one
     that records the dtype each loaded model has; returns the list it fills."""
-    import midalign.models
+    import midalign.modeling.loading
 
     loaded = []
 
     def spy(*args, **kwargs):
-        model, tokenizer = midalign.models.load_model(*args, **kwargs)
+        model, tokenizer = midalign.modeling.loading.load_model(*args, **kwargs)
         loaded.append(next(model.parameters()).dtype)
         return model, tokenizer
 

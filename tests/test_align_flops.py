@@ -11,8 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
-from midalign.forward import pooled_states
-from midalign.losses import info_nce
+from midalign.modeling.forward import pooled_states
+from midalign.training.losses import info_nce
 
 _spec = importlib.util.spec_from_file_location(
     "bench_flops", Path(__file__).resolve().parents[1] / "benchmarks" / "flops.py"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from midalign.anisotropy import anisotropy, anisotropy_by_layer
+from midalign.probe.anisotropy import anisotropy, anisotropy_by_layer
 
 # Two languages × two sentences; dimension 0 is a massive one, the same 3 in every state.
 #   a_0 = (3, 1, 2)   a_1 = (3, −1, −2)        b_0 = (3, 1, −2)   b_1 = (3, −1, 2)

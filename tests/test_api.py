@@ -17,10 +17,10 @@ from conftest import assert_same_numbers
 import midalign
 from midalign.data.pairs import encode_pairs
 from midalign.errors import InputError
-from midalign.forward import pooled_states
-from midalign.losses import info_nce
-from midalign.probe import special_token_ids
-from midalign.retrieval import all_pairs_accuracy
+from midalign.modeling.forward import pooled_states
+from midalign.probe.embeddings import special_token_ids
+from midalign.probe.retrieval import all_pairs_accuracy
+from midalign.training.losses import info_nce
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -45,8 +45,8 @@ def test_import_is_cheap_and_names_load_on_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
     assert set(midalign.__all__) <= set(dir(midalign))
-    assert midalign.probe_model.__module__ == "midalign.probe"
-    assert midalign.AlignmentTrainer.__module__ == "midalign.trainer"
+    assert midalign.probe_model.__module__ == "midalign.probe.embeddings"
+    assert midalign.AlignmentTrainer.__module__ == "midalign.training.trainer"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         midalign.nothing  # noqa: B018
 

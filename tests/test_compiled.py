@@ -9,11 +9,11 @@ from conftest import assert_same_numbers, rel_error, tiny_model
 from peft import LoraConfig, get_peft_model
 from torch._dynamo.utils import counters
 
-import midalign.compiled as compiled
-from midalign.compiled import compiled_layers
+import midalign.modeling.compiled as compiled
 from midalign.errors import InputError
-from midalign.forward import pooled_states, response_loss
-from midalign.layers import decoder_layers
+from midalign.modeling.compiled import compiled_layers
+from midalign.modeling.forward import pooled_states, response_loss
+from midalign.modeling.layers import decoder_layers
 
 # conftest replaces these in every test
 MEASURE, DECISIONS, REMEMBER = compiled._measure, compiled._decisions, compiled._remember
@@ -156,8 +156,8 @@ def test_compiled_evaluation_equals_eager():
     answer; none is among these)."""
     from conftest import tiny_tokenizer
 
-    from midalign.generate import generate
-    from midalign.loglik import label_logprobs
+    from midalign.evaluation.loglik import label_logprobs
+    from midalign.modeling.generate import generate
 
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     generator = torch.Generator().manual_seed(0)

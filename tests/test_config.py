@@ -9,7 +9,8 @@ from conftest import shared_data
 
 from midalign.cli import build_parser
 from midalign.cli.train import resolve_config
-from midalign.config import (
+from midalign.errors import InputError
+from midalign.training.config import (
     SECTIONS,
     TrainConfig,
     apply_overrides,
@@ -18,8 +19,7 @@ from midalign.config import (
     load_config,
     option_names,
 )
-from midalign.config_checks import validate
-from midalign.errors import InputError
+from midalign.training.config_checks import validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,7 +200,7 @@ def test_float16_weights_are_refused_on_a_cpu(monkeypatch):
     check reported as "lower --learning-rate"; a GPU trains float16 weights."""
     import torch
 
-    from midalign.recipe import parse_recipe
+    from midalign.experiments.recipe import parse_recipe
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError) as e:
@@ -250,8 +250,8 @@ def test_recipes_alignment_data_has_their_languages(recipe):
 
 
 def test_normalize_choices_are_the_losses():
-    from midalign.config import NORMALIZE
-    from midalign.losses import NORMALIZE as LOSS_NORMALIZE
+    from midalign.training.config import NORMALIZE
+    from midalign.training.losses import NORMALIZE as LOSS_NORMALIZE
 
     assert NORMALIZE == LOSS_NORMALIZE
 
@@ -259,7 +259,7 @@ def test_normalize_choices_are_the_losses():
 def test_a_run_whose_every_step_is_warm_up_is_refused():
     """transformers' warm-up gives lr = peak · step / warmup at steps 0, 1, …: the first step
     always has lr 0, so one step with any warm-up (⌈1 · 0.03⌉ = 1 step) trains nothing."""
-    from midalign.config_checks import no_learning
+    from midalign.training.warmup import no_learning
 
     with pytest.raises(InputError) as e:
         validate(_valid(optim__max_steps=1))

@@ -21,15 +21,15 @@ from conftest import tiny_tokenizer as make_tokenizer
 from safetensors.torch import load_file
 from test_probe_cli import _files as _parallel_files
 
-from midalign import generate as gen
 from midalign.cli import main
 from midalign.errors import InputError
-from midalign.forward import pooled_states
-from midalign.layers import decoder_layers
-from midalign.models import load_model, peft_quietly
-from midalign.placement import Placement, unplaced
-from midalign.probe import extract_embeddings
-from midalign.prompting import encode_prompt
+from midalign.modeling import generate as gen
+from midalign.modeling.forward import pooled_states
+from midalign.modeling.layers import decoder_layers
+from midalign.modeling.loading import load_model, peft_quietly
+from midalign.modeling.placement import Placement, unplaced
+from midalign.modeling.prompting import encode_prompt
+from midalign.probe.embeddings import extract_embeddings
 
 SPECIAL = (0, 1, 2)  # pad, bos, eos of the tiny models
 # Every second module on disk, the embeddings too: the first parameter is then on meta, so
@@ -237,7 +237,7 @@ def test_probe_with_device_map_auto_writes_the_plain_runs_results(
     argv = ["probe", "--model", str(tiny_model_dir), "--data", data, "--langs", "en,de,fr"]
     argv += ["--k", "2", "--save-embeddings", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
-    loaded = _recording(monkeypatch, "midalign.probe_run")
+    loaded = _recording(monkeypatch, "midalign.probe.run")
     split = ["--device-map", "auto", "--max-memory", "cpu=150kB"]
     assert main([*argv, *split, "--out", str(tmp_path / "split")]) == 0
     _assert_split(loaded[0])
@@ -348,7 +348,7 @@ def test_bad_placement_options_fail_in_one_line_before_the_model_loads(
     tiny_model_dir, tmp_path, monkeypatch, capsys, options, message
 ):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("midalign.probe_run.load_model", _never)
+    monkeypatch.setattr("midalign.probe.run.load_model", _never)
     if options[1].startswith("MAP:"):
         (tmp_path / "map.json").write_text(options[1].removeprefix("MAP:"))
         options = [options[0], "map.json", *options[2:]]
@@ -376,7 +376,7 @@ def test_an_offload_folder_that_is_a_file_is_named_before_the_model_loads(
     """Not "--model: cannot load …: [Errno 17] File exists", transformers' error when making
     the folder while loading."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("midalign.probe_run.load_model", _never)
+    monkeypatch.setattr("midalign.probe.run.load_model", _never)
     (tmp_path / "notes.txt").write_text("mine\n")
     argv = ["probe", "--model", str(tiny_model_dir), "--data", _data(tmp_path), "--langs", "en,de"]
     argv += ["--device-map", "auto", "--offload-folder", folder]

@@ -21,8 +21,8 @@ from conftest import ROUTE_DTYPES, assert_same_numbers, rel_error
 from safetensors.torch import load_file
 from test_train import WORDS, _model_dir, _tatoeba_dir
 
-from midalign.callbacks import read_log
-from midalign.losses import info_nce
+from midalign.training.callbacks import read_log
+from midalign.training.losses import info_nce
 
 DDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))

@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 from test_runner import recipe_file  # noqa: F401  (fixture: a tiny recipe)
 from test_train import _adapter, _config, _run
 
-from midalign.checkpoints import COMPLETE_FILE, last_checkpoint
 from midalign.cli import main
-from midalign.train import train
+from midalign.training.checkpoints import COMPLETE_FILE, last_checkpoint
+from midalign.training.run import train
 
 TESTS = Path(__file__).parent
 
@@ -39,12 +39,12 @@ def _child(tmp_path: Path, out: Path, body: str, max_steps: int = 6) -> int:
             f"""
         import os, signal, sys
         sys.path.insert(0, {str(TESTS)!r})
-        import midalign.dtypes  # as conftest: no native bf16, so `auto` trains in float32
-        midalign.dtypes.cpu_bf16_feature = lambda: None
+        import midalign.modeling.dtypes  # as conftest: no native bf16, so `auto` trains in float32
+        midalign.modeling.dtypes.cpu_bf16_feature = lambda: None
         from pathlib import Path
         import yaml
-        from midalign.config import from_dict
-        from midalign.train import train
+        from midalign.training.config import from_dict
+        from midalign.training.run import train
         from transformers import TrainerCallback
         path = Path({str(tmp_path / "config.yaml")!r})
         config = from_dict(yaml.safe_load(path.read_text()), str(path))
@@ -109,8 +109,8 @@ def test_sigkill_while_a_checkpoint_is_written(tmp_path: Path, straight: Path) -
         tmp_path,
         out,
         """
-        import midalign.trainer as t
-        from midalign.checkpoints import COMPLETE_FILE
+        import midalign.training.trainer as t
+        from midalign.training.checkpoints import COMPLETE_FILE
         write = t.write_text_atomic
         def dying_write(path, text):
             if Path(path).name == COMPLETE_FILE and Path(path).parent.name == "checkpoint-4":

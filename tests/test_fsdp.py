@@ -3,10 +3,10 @@ optimizer steps one process takes with the global batch.
 
 accelerate prepares FSDP only on GPUs (on CPU its ``fsdp_version: 2`` config silently becomes
 DDP), so the test shards the model itself and drives the ``alternate`` step of
-:class:`~midalign.alignment.AlignmentMixin` (alignment forward that stops at layer 2 of 4, with
-gathered negatives, then the task forward through :func:`~midalign.forward.response_loss`),
-with a Trainer's part reduced to what that step reads. One launch starts two processes and
-takes about a minute on 2 cores."""
+:class:`~midalign.training.alignment.AlignmentMixin` (alignment forward that stops at layer 2 of 4,
+with gathered negatives, then the task forward through
+:func:`~midalign.modeling.forward.response_loss`), with a Trainer's part reduced to what that step
+reads. One launch starts two processes and takes about a minute on 2 cores."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ from test_train import WORDS, X_WORDS
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from midalign.align_setup import AlignSetup, dev_batches
-from midalign.alignment import AlignmentMixin
 from midalign.data.pairs import AlignStream
-from midalign.forward import pooled_states
-from midalign.layers import decoder_stack, unwrap
-from midalign.probe import special_token_ids
-from midalign.trainer import AlignmentTrainer
+from midalign.modeling.forward import pooled_states
+from midalign.modeling.layers import decoder_stack, unwrap
+from midalign.probe.embeddings import special_token_ids
+from midalign.training.align_setup import AlignSetup, dev_batches
+from midalign.training.alignment import AlignmentMixin
+from midalign.training.trainer import AlignmentTrainer
 
 F64 = torch.float64
 STEPS, TASK_ROWS, PAIRS = 2, 4, 4  # per optimizer step, over all ranks

@@ -20,15 +20,15 @@ from conftest import (
 )
 from transformers import DynamicCache
 
-from midalign import decode
-from midalign import generate as gen
 from midalign.cli import main
 from midalign.errors import InputError
-from midalign.evaluate import evaluate
-from midalign.probe_run import read_scores
-from midalign.prompting import encode_prompt
-from midalign.tasks import get_task
-from midalign.tasks.slot_filling import SYSTEM
+from midalign.evaluation.run import evaluate
+from midalign.evaluation.tasks import get_task
+from midalign.evaluation.tasks.slot_filling import SYSTEM
+from midalign.modeling import decode
+from midalign.modeling import generate as gen
+from midalign.modeling.prompting import encode_prompt
+from midalign.probe.run import read_scores
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 PROMPTS = [
@@ -427,7 +427,7 @@ def test_answers_that_run_to_the_cap_are_counted_and_the_cap_shown(caplog, capsy
     answers = gen.generate(_Planned(), tiny_tokenizer(), prompts, max_new_tokens=4, stop=at_z)
     assert answers == ["a b c d", "a", "z b c d"]
     # only the first ran to the cap: the second ended with EOS, the third at its stop rule
-    assert [r.getMessage() for r in caplog.records if r.name == "midalign.generate"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "midalign.modeling.generate"] == [
         "1 of 3 answers ran to the cap of 4 new tokens without finishing; they take most of the "
         "time (the cap is the task's, unless eval's --max-new-tokens or a recipe's "
         "eval.max_new_tokens sets it)"
@@ -477,7 +477,7 @@ def test_two_data_prepare_runs_into_one_out_never_lose_a_language_silently(
     """Two runs started together into one --out, one a language: both pass the check made
     before reading; the later to finish used to replace the other's file and report success
     too. It refuses now, naming what the file holds, and writes nothing."""
-    from midalign.tasks.base import Task
+    from midalign.evaluation.tasks.base import Task
 
     out = tmp_path / "slots.jsonl"
     argv = ["data", "prepare", "--task", "slots", "--source", f"massive:{FIXTURES / 'massive'}"]
@@ -510,9 +510,9 @@ def test_two_data_prepare_runs_into_one_out_never_lose_a_language_silently(
 
 def test_eval_resolves_dtype_auto_and_records_it(tiny_model_dir, tmp_path, monkeypatch) -> None:
     import midalign.cli.eval
-    import midalign.dtypes
+    import midalign.modeling.dtypes
 
-    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AVX512-BF16")
+    monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda: "AVX512-BF16")
     loaded = spy_loaded_dtypes(monkeypatch, midalign.cli.eval)
     out = tmp_path / "eval"
     data = f"sib200:{FIXTURES / 'sib200'}"

@@ -12,13 +12,13 @@ from test_train import _cli, _config, _run
 from tokenizers import processors
 from transformers import TrainerCallback
 
-from midalign.alignment import TrainingDiverged
-from midalign.checkpoints import last_checkpoint
-from midalign.forward import _masked_mean, pooled_states
-from midalign.losses import info_nce
-from midalign.models import load_adapter
-from midalign.probe import extract_embeddings
-from midalign.trainer import AlignmentTrainer
+from midalign.modeling.forward import _masked_mean, pooled_states
+from midalign.modeling.loading import load_adapter
+from midalign.probe.embeddings import extract_embeddings
+from midalign.training.alignment import TrainingDiverged
+from midalign.training.checkpoints import last_checkpoint
+from midalign.training.losses import info_nce
+from midalign.training.trainer import AlignmentTrainer
 
 SPECIAL = (0, 1, 2)  # pad, bos, eos of the tiny models
 AFTER = "Lower --learning-rate (or check the data) and train again with --overwrite"

@@ -18,7 +18,7 @@ from midalign.data import load_parallel
 from midalign.data.hub import FLORES_PLUS, PARQUET_EXPORT
 from midalign.data.pairs import HF_TATOEBA, load_pairs
 from midalign.errors import InputError
-from midalign.tasks import get_task
+from midalign.evaluation.tasks import get_task
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -362,8 +362,8 @@ PARALLEL_TATOEBA = (
 
 @pytest.mark.parametrize("name", ["paper_slots.yaml", "paper_ner.yaml", "paper_mt.yaml"])
 def test_paper_recipes_align_on_languages_their_data_has(name: str) -> None:
+    from midalign.experiments.recipe import load_recipe
     from midalign.languages import iso639_1, to_flores
-    from midalign.recipe import load_recipe
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / name)
     data = recipe.train["data"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from midalign.cli import main
-from midalign.tasks.topic import Topic
+from midalign.evaluation.tasks.topic import Topic
 
 FORMS = (
     "sib200:DIR (SIB-200 <code>/<split>.tsv) | hf:Davlan/sib200 or hf:DIR (a copy of the repo, "

@@ -17,8 +17,8 @@ from midalign.data import load_parallel
 from midalign.data.hub import FLORES_PLUS
 from midalign.data.pairs import HF_TATOEBA, load_pairs
 from midalign.errors import InputError
-from midalign.tasks import get_task
-from midalign.tasks.topic import LABELS
+from midalign.evaluation.tasks import get_task
+from midalign.evaluation.tasks.topic import LABELS
 
 SIB200 = "Davlan/sib200"
 
@@ -200,7 +200,7 @@ def test_hf_tatoeba_reads_train_where_there_is_no_dev(hub, tmp_path: Path) -> No
 
 def test_massive_has_52_locales_with_catalan() -> None:
     """MASSIVE 1.1 added ca-ES to 1.0's 51 locales; the hub's repo has all 52 as configs."""
-    from midalign.tasks.slot_readers import MASSIVE_LOCALES, _locale_lang
+    from midalign.evaluation.tasks.slot_readers import MASSIVE_LOCALES, _locale_lang
 
     assert len(MASSIVE_LOCALES) == len(set(MASSIVE_LOCALES)) == 52
     assert _locale_lang("ca-ES") == "cat_Latn"

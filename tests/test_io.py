@@ -191,7 +191,7 @@ def test_probe_out_dot_overwrite_fails_before_any_work(
     for lang, text in (("en", "the law\nall is equal\n"), ("de", "das recht\nalles ist gleich\n")):
         (tmp_path / f"t.{lang}").write_text(text)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("midalign.probe_run.load_model", _never)
+    monkeypatch.setattr("midalign.probe.run.load_model", _never)
     argv = ["probe", "--model", str(tiny_model_dir), "--data", "parallel:t.en,t.de"]
     code = main([*argv, "--langs", "en,de", "--k", "1", "--out", ".", "--overwrite"])
     assert code == 2

@@ -1,6 +1,6 @@
-"""Likelihood scoring (midalign.loglik, `eval --scoring loglik`): each label's log-probability
-after the prompt, computed with the prompt once and logits only at label positions, equals a
-full forward's log-softmax over prompt + label, on tiny random models."""
+"""Likelihood scoring (midalign.evaluation.loglik, `eval --scoring loglik`): each label's
+log-probability after the prompt, computed with the prompt once and logits only at label positions,
+equals a full forward's log-softmax over prompt + label, on tiny random models."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from conftest import (
 from transformers import PreTrainedTokenizerFast
 
 from midalign.cli import main
-from midalign.evaluate import evaluate
-from midalign.loglik import label_ids, label_logprobs, shared_start
-from midalign.prompting import encode_example, encode_prompt
-from midalign.tasks import get_task
-from midalign.tasks.base import Example
-from midalign.tasks.topic import LABELS
+from midalign.evaluation.loglik import label_ids, label_logprobs, shared_start
+from midalign.evaluation.run import evaluate
+from midalign.evaluation.tasks import get_task
+from midalign.evaluation.tasks.base import Example
+from midalign.evaluation.tasks.topic import LABELS
+from midalign.modeling.prompting import encode_example, encode_prompt
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -85,16 +85,16 @@ def test_shared_start_is_the_common_prefix_unless_a_window_is_shorter() -> None:
 def test_label_logprobs_computes_logits_only_at_label_positions(monkeypatch) -> None:
     """The vocabulary projection sees one row per prompt (its last position) plus one per
     label token after a label's first: never the whole prompt."""
-    import midalign.loglik
+    import midalign.evaluation.loglik
 
     rows = []
-    real = midalign.loglik.output_logits
+    real = midalign.evaluation.loglik.output_logits
 
     def counting(model, hidden):
         rows.append(hidden.shape[0])
         return real(model, hidden)
 
-    monkeypatch.setattr(midalign.loglik, "output_logits", counting)
+    monkeypatch.setattr(midalign.evaluation.loglik, "output_logits", counting)
     label_logprobs(tiny_model("llama"), SHARED, LABEL_IDS, batch_size=4, progress=False)
     later_tokens = sum(len(label) - 1 for choices in LABEL_IDS for label in choices)
     assert rows == [len(PROMPTS), later_tokens]

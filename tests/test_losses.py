@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from midalign.losses import STD_FLOOR, feature_stats, info_nce, top1_accuracy
+from midalign.training.losses import STD_FLOOR, feature_stats, info_nce, top1_accuracy
 
 # x1=(1,0) x2=(0,1);  y1=(1,0) y2=(0.6,0.8)  (unit vectors, so s_ij = x_i·y_j / τ)
 X = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

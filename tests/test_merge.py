@@ -10,7 +10,7 @@ from conftest import assert_same_numbers, tiny_model
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from midalign.errors import InputError
-from midalign.merge import merge_adapters
+from midalign.training.merge import merge_adapters
 
 
 def _adapter(path, seed, r, alpha, targets, rslora=False, base=None, scale=0.1):
@@ -93,8 +93,8 @@ def _set_base(adapter, base):
 
 
 def test_adapters_of_different_base_models_are_refused(tmp_path, monkeypatch):
-    """The rule `--adapter` applies too (midalign.models.same_base): one folder spelled two
-    ways is one base; an adapter that names none fits any."""
+    """The rule `--adapter` applies too (midalign.modeling.loading.same_base): one folder spelled
+    two ways is one base; an adapter that names none fits any."""
     a = _adapter(tmp_path / "a", 1, 2, 4, ["q_proj"])
     b = _adapter(tmp_path / "b", 2, 2, 4, ["q_proj"])
     c = _adapter(tmp_path / "c", 3, 2, 4, ["q_proj"])
@@ -278,7 +278,7 @@ SEARCH_DATA = "sib200:" + str(
 
 def test_search_keeps_the_best_dev_weight(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """Scores are faked (by weight) to check the choice; the merges and plumbing are real."""
-    import midalign.evaluate
+    import midalign.evaluation.run
     from midalign.cli import main
 
     task = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "task", 1)
@@ -289,7 +289,7 @@ def test_search_keeps_the_best_dev_weight(tiny_model_dir, tmp_path, monkeypatch,
         assert model.peft_config["default"].r == 4  # a merged adapter: rank 2 + 2
         return {"average": next(fake), "metric": "accuracy"}
 
-    monkeypatch.setattr(midalign.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(midalign.evaluation.run, "evaluate", evaluate)
     out = tmp_path / "merged"
     args = ["merge", "--adapters", f"task={task}", f"align={align}", "--search", "0.9,0.5,0.7"]
     args += ["--model", str(tiny_model_dir), "--task", "topic", "--dev-data", SEARCH_DATA]

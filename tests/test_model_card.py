@@ -6,8 +6,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from midalign.config import TrainConfig
-from midalign.model_card import add_retrieval, training_card, write_card
+from midalign.training.config import TrainConfig
+from midalign.training.model_card import add_retrieval, training_card, write_card
 
 
 def _config() -> TrainConfig:

@@ -5,11 +5,16 @@ import torch
 from conftest import ROUTE_DTYPES, assert_same_numbers, precision, rel_error, tiny_model
 from torch import nn
 
-from midalign import dtypes
-from midalign.dtypes import cpu_bf16_feature, resolve_dtype
 from midalign.errors import InputError
-from midalign.forward import grouped_pooled_states, length_groups, pooled_states, pooling_mask
-from midalign.layers import decoder_layers, num_layers, parse_layers
+from midalign.modeling import dtypes
+from midalign.modeling.dtypes import cpu_bf16_feature, resolve_dtype
+from midalign.modeling.forward import (
+    grouped_pooled_states,
+    length_groups,
+    pooled_states,
+    pooling_mask,
+)
+from midalign.modeling.layers import decoder_layers, num_layers, parse_layers
 
 SPECIAL = (0, 1, 2)  # pad, bos, eos of the tiny models
 
@@ -213,7 +218,7 @@ def test_layers_found_through_peft_wrapper():
 @ROUTE_DTYPES
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_response_loss_equals_the_models_own_loss_and_gradient(family, softcap, dtype):
-    from midalign.forward import response_loss
+    from midalign.modeling.forward import response_loss
 
     model = tiny_model(family, n_layers=2, dtype=dtype)
     if softcap is not None:
@@ -249,7 +254,7 @@ def test_an_adapter_loads_only_on_the_base_it_names(tiny_model_dir, tmp_path, mo
 
     from peft import LoraConfig, get_peft_model
 
-    from midalign.models import load_adapter, load_model, same_base
+    from midalign.modeling.loading import load_adapter, load_model, same_base
 
     model, _ = load_model(str(tiny_model_dir))
     adapter = tmp_path / "adapter"
@@ -282,7 +287,7 @@ def test_peft_wrapping_is_quiet_about_transformers_deprecation(tiny_model_dir, t
 
     from peft import LoraConfig, get_peft_model
 
-    from midalign.models import load_model, peft_quietly
+    from midalign.modeling.loading import load_model, peft_quietly
 
     message = "`is_gradient_checkpointing` is deprecated"
     config = LoraConfig(r=2, target_modules=["q_proj"])
@@ -366,7 +371,7 @@ def test_dtype_auto_is_bf16_only_where_bf16_matmuls_are_native(
     machine, caplog, where, dtype, reason
 ):
     machine(**where)
-    caplog.set_level("INFO", logger="midalign.dtypes")
+    caplog.set_level("INFO", logger="midalign.modeling.dtypes")
     got, why = resolve_dtype("auto")
     assert (got, why) == (dtype, reason)
     assert resolve_dtype("auto") == (got, why)

@@ -30,7 +30,7 @@ def test_alma_language_without_files_is_a_clear_error() -> None:
 def test_a_missing_alma_folder_is_named(tmp_path: Path) -> None:
     """Not "not a translation data set": the task's data and the alignment pairs both say the
     folder does not exist."""
-    from midalign.tasks import get_task
+    from midalign.evaluation.tasks import get_task
 
     nope = tmp_path / "nope"
     with pytest.raises(InputError, match=f"^alma:{nope}: directory not found$"):

@@ -5,8 +5,8 @@ import torch
 from conftest import assert_same_numbers, tiny_model, tiny_tokenizer
 
 from midalign.errors import InputError
-from midalign.forward import pooled_states
-from midalign.probe import extract_embeddings, special_token_ids, token_budget_batches
+from midalign.modeling.forward import pooled_states
+from midalign.probe.embeddings import extract_embeddings, special_token_ids, token_budget_batches
 
 SENTENCES = [
     "all human beings are born free",

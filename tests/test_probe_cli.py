@@ -119,7 +119,7 @@ def test_a_megabyte_line_is_refused_before_the_model_loads(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
     """A file without its line breaks: one forward of it would need tens of gigabytes."""
-    monkeypatch.setattr("midalign.probe_run.load_model", _never)
+    monkeypatch.setattr("midalign.probe.run.load_model", _never)
     long = dict(SENTENCES, deu_Latn=["frei " * 209_715, *SENTENCES["deu_Latn"][1:]])
     assert _probe(tiny_model_dir, _files(tmp_path, long), tmp_path / "run") == 2
     assert capsys.readouterr().err == (
@@ -131,7 +131,7 @@ def test_a_megabyte_line_is_refused_before_the_model_loads(
 def test_one_language_is_refused_before_the_model_loads(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr("midalign.probe_run.load_model", _never)
+    monkeypatch.setattr("midalign.probe.run.load_model", _never)
     one = _files(tmp_path, {"eng_Latn": SENTENCES["eng_Latn"]})
     assert _probe(tiny_model_dir, one, tmp_path / "run", "--langs", "eng") == 2
     assert capsys.readouterr().err == (
@@ -143,7 +143,7 @@ def test_one_language_is_refused_before_the_model_loads(
 def test_a_group_of_a_language_not_probed_is_refused_before_the_model_loads(
     tiny_model_dir, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr("midalign.probe_run.load_model", _never)
+    monkeypatch.setattr("midalign.probe.run.load_model", _never)
     code = _probe(tiny_model_dir, _files(tmp_path), tmp_path / "run", "--group", "low=fr,sw,jv")
     assert code == 2
     assert capsys.readouterr().err == (
@@ -219,8 +219,8 @@ def test_adapter_for_another_base_is_a_clear_error(tiny_model_dir, tmp_path, cap
 def test_normalize_is_recorded_applied_to_the_raw_states_and_anisotropy_is_written(
     tiny_model_dir, tmp_path, capsys
 ):
-    from midalign.anisotropy import anisotropy
-    from midalign.retrieval import all_pairs_accuracy
+    from midalign.probe.anisotropy import anisotropy
+    from midalign.probe.retrieval import all_pairs_accuracy
 
     out = tmp_path / "run"
     data = _files(tmp_path)
@@ -276,11 +276,11 @@ def test_normalize_defaults_to_none(tiny_model_dir, tmp_path, capsys):
 def test_dtype_auto_is_resolved_loaded_and_recorded(
     tiny_model_dir, tmp_path, monkeypatch, feature, extra, dtype, reason
 ):
-    import midalign.dtypes
-    import midalign.probe_run
+    import midalign.modeling.dtypes
+    import midalign.probe.run
 
-    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: feature)
-    loaded = spy_loaded_dtypes(monkeypatch, midalign.probe_run)
+    monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda: feature)
+    loaded = spy_loaded_dtypes(monkeypatch, midalign.probe.run)
     out = tmp_path / "run"
     assert _probe(tiny_model_dir, _files(tmp_path), out, "--layers", "2", *extra) == 0
     config = json.loads((out / "results.json").read_text())["config"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import tiny_tokenizer
 
-from midalign.prompting import IGNORE_INDEX, encode_example, encode_prompt, prompt_text
+from midalign.modeling.prompting import IGNORE_INDEX, encode_example, encode_prompt, prompt_text
 
 # A Llama-3-like template: BOS written by the template, a role header per turn, an end-of-turn.
 CHAT = (

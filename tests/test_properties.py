@@ -19,19 +19,23 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from midalign.config import load_config
 from midalign.data.instructions import read_instructions
 from midalign.data.parallel import read_plain, read_sib200, read_tatoeba
 from midalign.data.reading import jsonl_rows, read_sentences, read_tsv, read_yaml
 from midalign.data.udhr import read_declaration, read_index, read_udhr
 from midalign.errors import InputError
-from midalign.recipe import load_recipe
-from midalign.tasks import Example, Parsed, get_task
-from midalign.tasks.json_ner import json_complete, parse_entities, read_iob2
-from midalign.tasks.slot_filling import parse_slots
-from midalign.tasks.slot_readers import parse_annotation, read_conll_slots, read_massive_jsonl
-from midalign.tasks.topic import LABELS, parse_label, read_sib200_dir
-from midalign.tasks.translation import read_alma
+from midalign.evaluation.tasks import Example, Parsed, get_task
+from midalign.evaluation.tasks.json_ner import json_complete, parse_entities, read_iob2
+from midalign.evaluation.tasks.slot_filling import parse_slots
+from midalign.evaluation.tasks.slot_readers import (
+    parse_annotation,
+    read_conll_slots,
+    read_massive_jsonl,
+)
+from midalign.evaluation.tasks.topic import LABELS, parse_label, read_sib200_dir
+from midalign.evaluation.tasks.translation import read_alma
+from midalign.experiments.recipe import load_recipe
+from midalign.training.config import load_config
 
 FUZZ = settings(
     max_examples=60,

@@ -28,16 +28,16 @@ from test_hub_layouts import PARALLEL_TATOEBA
 
 from midalign.cache import cache_root
 from midalign.cli import main
-from midalign.config import load_config
 from midalign.data.hub import _HUB_CONFIG, FLORES_PLUS, PARQUET_EXPORT
 from midalign.data.pairs import HF_TATOEBA, load_pairs
 from midalign.data.udhr import UDHR_VERSION, read_index
 from midalign.errors import InputError
+from midalign.evaluation.tasks.slot_readers import MASSIVE_LOCALES
+from midalign.experiments.recipe import parse_recipe, system_config
+from midalign.experiments.runner import Runner, RunOptions
 from midalign.languages import FLORES_NAMES
-from midalign.probe_run import run_probe
-from midalign.recipe import parse_recipe, system_config
-from midalign.runner import Runner, RunOptions
-from midalign.tasks.slot_readers import MASSIVE_LOCALES
+from midalign.probe.run import run_probe
+from midalign.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
@@ -86,7 +86,7 @@ war_Latn wol_Latn xho_Latn ydd_Hebr yor_Latn yue_Hant zho_Hans zho_Hant zul_Latn
 """.split()
 # aya_collection's templated_uner_llm: UNER v1's treebanks with train, dev and test, as
 # (language, script) columns; sr_set is in Latin script, zh_gsd Traditional, zh_gsdsimp
-# Simplified (midalign/tasks/json_ner.py, tests/test_hub_layouts.py)
+# Simplified (midalign/evaluation/tasks/json_ner.py, tests/test_hub_layouts.py)
 AYA_UNER = [
     ("dan", "Latn"), ("eng", "Latn"), ("hrv", "Latn"), ("por", "Latn"), ("slk", "Latn"),
     ("srp", "Latn"), ("swe", "Latn"), ("zho", "Hans"), ("zho", "Hant"),
@@ -224,7 +224,7 @@ def offline(world: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr("midalign.data.hub.hub_offline", lambda: False)
     monkeypatch.setattr("midalign.data.hub.hub_unreachable", lambda: None)
     monkeypatch.setattr("midalign.data.udhr.fetch_package", lambda: world / "udhr")
-    monkeypatch.setattr("midalign.probe_run.load_model", _no_model)
+    monkeypatch.setattr("midalign.probe.run.load_model", _no_model)
     monkeypatch.chdir(world / "work" / "main")
     return asked
 
@@ -265,7 +265,7 @@ def read_recipe(values: dict, name: str, out: Path) -> list[str]:
 
 def read_pairs(data) -> str | None:
     """The alignment pairs of a train config's ``data`` section, read as training reads them
-    (midalign/align_setup.py); the source, or None without alignment data."""
+    (midalign/training/align_setup.py); the source, or None without alignment data."""
     if not (data.align_data and data.align_langs):
         return None
     pairs = load_pairs(

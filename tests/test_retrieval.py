@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from midalign import retrieval
 from midalign.data.corpus import ParallelCorpus
 from midalign.errors import InputError
-from midalign.retrieval import (
+from midalign.probe import retrieval
+from midalign.probe.retrieval import (
     all_pairs_accuracy,
     all_pairs_predictions,
     correlate,

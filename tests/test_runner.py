@@ -12,15 +12,15 @@ import pytest
 import torch
 import yaml
 
-from midalign import runner as runner_module
 from midalign.cli import main
 from midalign.errors import InputError
-from midalign.recipe import deep_merge, load_recipe, parse_recipe
+from midalign.evaluation.tasks import get_task
+from midalign.evaluation.tasks.topic import LABELS
+from midalign.experiments import runner as runner_module
+from midalign.experiments.recipe import deep_merge, load_recipe, parse_recipe
+from midalign.experiments.runner import Runner, RunOptions
 from midalign.report.markdown import write_report
 from midalign.report.stats import dev_alignment, group_means, mean_ci, paired_differences
-from midalign.runner import Runner, RunOptions
-from midalign.tasks import get_task
-from midalign.tasks.topic import LABELS
 
 WORDS = {
     "eng_Latn": "the a is of and to in human rights all everyone free equal dignity born".split(),
@@ -388,12 +388,12 @@ def test_a_training_step_trains_with_the_recipes_bf16_setting(
     """The step's hash and config.yaml hold optim.bf16 resolved (false on a CPU without native
     bf16), while the run gets the recipe's ``auto``, so that its log says what decided it
     ("this CPU has no AMX/AVX512-BF16") rather than "as requested"."""
-    import midalign.dtypes
-    import midalign.train
-    from midalign.dtypes import resolve_bf16
-    from midalign.train import TrainResult
+    import midalign.modeling.dtypes
+    import midalign.training.run
+    from midalign.modeling.dtypes import resolve_bf16
+    from midalign.training.run import TrainResult
 
-    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: None)
+    monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda: None)
     given = []
 
     def fake_train(config, out, checkpoint, progress):
@@ -410,7 +410,7 @@ def test_a_training_step_trains_with_the_recipes_bf16_setting(
             log_history=[],
         )
 
-    monkeypatch.setattr(midalign.train, "train", fake_train)
+    monkeypatch.setattr(midalign.training.run, "train", fake_train)
     recipe = _recipe(_unloaded_model(tmp_path / "model"), tmp_path / "sib200")
     runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path / "run", progress=False))
     system = next(s for s in runner.recipe.systems if s.name == "sft")
@@ -658,7 +658,7 @@ RECIPES = sorted(
 
 @pytest.mark.parametrize("name", [str(p) for p in RECIPES])
 def test_shipped_recipes_parse_and_their_systems_are_valid_configs(name: str) -> None:
-    from midalign.config import from_dict
+    from midalign.training.config import from_dict
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / name)
     assert recipe.systems
@@ -806,7 +806,7 @@ def test_training_steps_hash_as_before_unless_a_new_setting_or_the_last_layer_ma
     training steps (their hash leaves those settings out at their default); a non-default
     value, an alignment layer that may be L (whose loss takes the state before the final
     norm), or unmatched ``alternate`` (whose G counted micro-batches of both kinds) does not."""
-    from midalign.runner import Steps
+    from midalign.experiments.runner import Steps
 
     def step(recipe: dict, name: str) -> tuple[str, str]:
         runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path, dry_run=True))
@@ -846,7 +846,7 @@ def test_training_steps_hash_as_before_unless_they_now_train_in_bf16(
     (``auto`` on a CPU without native bf16, ``false``, ``auto`` with float64 weights) hashes as
     those did, and one that would now train in bf16 mixed precision is a new step, whichever
     way it was asked for. The step's config records the resolved value."""
-    import midalign.dtypes
+    import midalign.modeling.dtypes
 
     def step(recipe: dict) -> tuple[str, str]:
         runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path, dry_run=True))
@@ -863,7 +863,7 @@ def test_training_steps_hash_as_before_unless_they_now_train_in_bf16(
     recipe["train"]["optim"]["bf16"] = "true"
     bf16 = step(recipe)
     assert bf16 != before
-    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AMX")
+    monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda: "AMX")
     del recipe["train"]["optim"]["bf16"]  # auto, now on
     assert step(recipe) == bf16
     recipe["train"]["model"] = {"dtype": "float64"}  # exact reference weights: auto stays off
@@ -880,8 +880,8 @@ def test_probe_and_eval_steps_hash_as_before_unless_they_now_compute_in_bf16(
     float32 step (``auto`` on a CPU without native bf16, or written out) hashes as those did and
     their run directories are reused; a step that would now compute in bfloat16 (``auto`` on an
     AMX CPU, or written out) is a new step, whichever way it was asked for."""
-    import midalign.dtypes
-    from midalign.runner import READING, Steps
+    import midalign.modeling.dtypes
+    from midalign.experiments.runner import READING, Steps
 
     def steps(recipe: dict) -> tuple[str, str]:
         runner = Runner(parse_recipe(recipe, "r.yaml"), RunOptions(tmp_path, dry_run=True))
@@ -921,7 +921,7 @@ def test_probe_and_eval_steps_hash_as_before_unless_they_now_compute_in_bf16(
     recipe["probe"]["dtype"] = recipe["eval"]["dtype"] = "bfloat16"
     bf16 = steps(recipe)
     assert bf16[0] != before[0] and bf16[1] != before[1]
-    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AMX")
+    monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda: "AMX")
     recipe["probe"]["dtype"] = recipe["eval"]["dtype"] = "auto"
     assert steps(recipe) == bf16
     del recipe["probe"]["dtype"], recipe["eval"]["dtype"]
@@ -933,9 +933,9 @@ def test_probe_and_eval_steps_hash_as_before_unless_they_now_compute_in_bf16(
 def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import midalign.dtypes
-    import midalign.models
-    import midalign.probe_run
+    import midalign.modeling.dtypes
+    import midalign.modeling.loading
+    import midalign.probe.run
 
     loaded = []
 
@@ -944,10 +944,10 @@ def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
         loaded.append(next(model.parameters()).dtype)
         return model, tokenizer
 
-    real = midalign.models.load_model
-    monkeypatch.setattr(midalign.models, "load_model", spy)
-    monkeypatch.setattr(midalign.probe_run, "load_model", spy)
-    monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda: "AVX512-BF16")
+    real = midalign.modeling.loading.load_model
+    monkeypatch.setattr(midalign.modeling.loading, "load_model", spy)
+    monkeypatch.setattr(midalign.probe.run, "load_model", spy)
+    monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda: "AVX512-BF16")
     data = _write_sib200(tmp_path / "sib200")
     values = _recipe(tiny_model_dir, data)
     values["eval"]["dtype"] = "float32"  # the recipe's own choice wins over auto
@@ -966,7 +966,7 @@ def test_probe_and_eval_steps_load_the_resolved_dtype_and_record_it(
 def test_steps_record_the_environment_of_each_attempt(tmp_path: Path, monkeypatch, caplog) -> None:
     """A step's done.json lists the environment of every attempt at it; a step finished in
     another environment than it started in (another thread count here) is flagged."""
-    from midalign.runner import Steps, environment
+    from midalign.experiments.runner import Steps, environment
 
     steps = Steps(tmp_path)
 

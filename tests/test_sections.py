@@ -15,9 +15,9 @@ import yaml
 
 from midalign import sections
 from midalign.cli import main
-from midalign.config import NORMALIZE, load_config
 from midalign.errors import InputError
-from midalign.recipe import RunDtype, load_recipe
+from midalign.experiments.recipe import RunDtype, load_recipe
+from midalign.training.config import NORMALIZE, load_config
 
 REPO = Path(__file__).parents[1]
 
@@ -116,8 +116,8 @@ def test_command_line_text_is_converted_and_named_by_its_option() -> None:
 
 
 def test_choices_are_the_ones_the_code_uses() -> None:
-    from midalign.dtypes import DTYPE_CHOICES
-    from midalign.retrieval import NORMALIZE_MODES
+    from midalign.modeling.dtypes import DTYPE_CHOICES
+    from midalign.probe.retrieval import NORMALIZE_MODES
 
     assert typing.get_args(RunDtype) == DTYPE_CHOICES
     assert NORMALIZE == NORMALIZE_MODES

@@ -16,15 +16,15 @@ from __future__ import annotations
 import pytest
 from conftest import shared_data
 
-from midalign.callbacks import read_log
-from midalign.config import TrainConfig
 from midalign.data.pairs import load_pairs
-from midalign.layers import num_layers
-from midalign.losses import info_nce
-from midalign.models import load_model
-from midalign.probe import extract_embeddings
-from midalign.retrieval import retrieval_accuracy
-from midalign.train import train
+from midalign.modeling.layers import num_layers
+from midalign.modeling.loading import load_model
+from midalign.probe.embeddings import extract_embeddings
+from midalign.probe.retrieval import retrieval_accuracy
+from midalign.training.callbacks import read_log
+from midalign.training.config import TrainConfig
+from midalign.training.losses import info_nce
+from midalign.training.run import train
 
 LANGS = ["deu", "jpn", "swh"]
 

@@ -11,8 +11,8 @@ import pytest
 from conftest import shared_data
 
 from midalign.errors import InputError
-from midalign.tasks import get_task
-from midalign.tasks.translation import bleu_tokenizer, comet_scores, corpus_scores
+from midalign.evaluation.tasks import get_task
+from midalign.evaluation.tasks.translation import bleu_tokenizer, comet_scores, corpus_scores
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 TASK = get_task("mt")

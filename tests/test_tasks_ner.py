@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from midalign.errors import InputError
-from midalign.tasks import get_task
-from midalign.tasks.json_ner import (
+from midalign.evaluation.tasks import get_task
+from midalign.evaluation.tasks.json_ner import (
     EXAMPLE_RESULT,
     TYPES,
     entity_f1,
@@ -212,7 +212,9 @@ def test_aya_reader_translated_template_and_empty_sentence(
         ("4", "Maria mora em Lisboa.", [("LOC", "Lisboa", 14, 20)]),
         ("5", "O Porto ganhou.", [("LOC", "Lisboa", 14, 20)]),
     ]
-    assert [r.getMessage() for r in caplog.records if r.name == "midalign.tasks.json_ner"] == [
+    assert [
+        r.getMessage() for r in caplog.records if r.name == "midalign.evaluation.tasks.json_ner"
+    ] == [
         f"aya:{path}: rows whose language/script is no language code left out: 'por_Latin' (1)",
         f"aya:{path}: 1 row(s) without a sentence after the template left out (first: row 3)",
         f"aya:{path}: 1 row(s) with entities not in the sentence cut from 'inputs', a template "

@@ -12,10 +12,16 @@ from hypothesis import strategies as st
 from seqeval.metrics import f1_score
 
 from midalign.errors import InputError
-from midalign.tasks import get_task
-from midalign.tasks.base import Example
-from midalign.tasks.slot_filling import SYSTEM, convert_to_bio, format_slots, parse_slots, span_f1
-from midalign.tasks.slot_readers import parse_annotation, read_conll_slots
+from midalign.evaluation.tasks import get_task
+from midalign.evaluation.tasks.base import Example
+from midalign.evaluation.tasks.slot_filling import (
+    SYSTEM,
+    convert_to_bio,
+    format_slots,
+    parse_slots,
+    span_f1,
+)
+from midalign.evaluation.tasks.slot_readers import parse_annotation, read_conll_slots
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 TASK = get_task("slots")

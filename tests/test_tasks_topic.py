@@ -12,10 +12,10 @@ import pytest
 from conftest import shared_data
 
 from midalign.errors import InputError
+from midalign.evaluation.tasks import Example, get_task
+from midalign.evaluation.tasks.base import limit_per_key, warn_one_reference
+from midalign.evaluation.tasks.topic import LABELS, accuracy_macro_f1, parse_label
 from midalign.languages import PRESETS
-from midalign.tasks import Example, get_task
-from midalign.tasks.base import limit_per_key, warn_one_reference
-from midalign.tasks.topic import LABELS, accuracy_macro_f1, parse_label
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 TASK = get_task("topic")
@@ -153,7 +153,7 @@ def test_one_label_selection_is_warned_about(
     (tmp_path / "deu_Latn" / "test.tsv").write_text(
         "index_id\tcategory\ttext\n1\tsports\tA.\n2\tsports\tB.\n3\tsports\tC.\n", encoding="utf-8"
     )
-    with caplog.at_level(logging.WARNING, logger="midalign.tasks.base"):
+    with caplog.at_level(logging.WARNING, logger="midalign.evaluation.tasks.base"):
         TASK.read(f"sib200:{tmp_path}", ["de"], "test")
     (record,) = caplog.records
     assert record.getMessage() == (

@@ -17,17 +17,17 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from midalign.callbacks import read_log
-from midalign.checkpoints import last_checkpoint
 from midalign.cli import main
-from midalign.config import TrainConfig
 from midalign.errors import InputError
 from midalign.files import MARKER
-from midalign.forward import _masked_mean, pooled_states, pooling_mask
-from midalign.layers import decoder_stack
-from midalign.losses import info_nce
-from midalign.train import train
-from midalign.trainer import AlignmentTrainer
+from midalign.modeling.forward import _masked_mean, pooled_states, pooling_mask
+from midalign.modeling.layers import decoder_stack
+from midalign.training.callbacks import read_log
+from midalign.training.checkpoints import last_checkpoint
+from midalign.training.config import TrainConfig
+from midalign.training.losses import info_nce
+from midalign.training.run import train
+from midalign.training.trainer import AlignmentTrainer
 
 WORDS = (
     "the a is of and to in human rights all everyone free equal dignity born person people "
@@ -436,7 +436,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(
         def fail(*args, **kwargs):
             raise AssertionError("statistics computed again on resume")
 
-        monkeypatch.setattr("midalign.align_setup.base_stats", fail)
+        monkeypatch.setattr("midalign.training.align_setup.base_stats", fail)
     result = train(config, stopped, checkpoint, progress=False)
     assert not result.interrupted and result.global_step == 8
     assert result.budget == straight_budget  # what was seen, counted on across the resume
@@ -633,10 +633,10 @@ def test_cli_missing_response_field(tmp_path, capsys):
 
 
 def test_auto_layer_is_the_layer_of_peak_retrieval(tmp_path):
-    from midalign.align_setup import resolve_layers
     from midalign.data.pairs import load_pairs
-    from midalign.probe import extract_embeddings
-    from midalign.retrieval import retrieval_accuracy
+    from midalign.probe.embeddings import extract_embeddings
+    from midalign.probe.retrieval import retrieval_accuracy
+    from midalign.training.align_setup import resolve_layers
 
     model, tok = tiny_model("llama", n_layers=4), tiny_tokenizer()
     pairs = load_pairs(f"tatoeba:{_tatoeba_dir(tmp_path / 'tat')}", ["deu", "fra"])
@@ -773,11 +773,11 @@ def test_base_statistics_and_dev_accuracy_recomputed_by_hand(tmp_path):
     """standardize with the base model's statistics at the last layer (L = 4, before the final
     norm): the saved μ, σ are the uniform mixture of the languages' rows, recomputed from full
     forwards; the logged dev top-1 accuracy and loss are recomputed from the saved adapter."""
-    from midalign.align_setup import dev_batches
-    from midalign.align_stats import load_stats
     from midalign.data.pairs import encode_pairs, load_pairs, split_dev
-    from midalign.losses import STD_FLOOR
-    from midalign.models import load_model
+    from midalign.modeling.loading import load_model
+    from midalign.training.align_setup import dev_batches
+    from midalign.training.align_stats import load_stats
+    from midalign.training.losses import STD_FLOOR
 
     config = _config(
         tmp_path,
@@ -862,7 +862,7 @@ def test_epoch_seeded_order_is_one_generator_drawn_epoch_after_epoch():
     first, as a resumed run asks for its epoch; and the global random stream plays no part."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from midalign.alignment import EpochSeeded
+    from midalign.training.alignment import EpochSeeded
 
     lengths = [3, 9, 4, 7, 1, 8, 2, 6, 5, 10, 11, 12]
     once = LengthGroupedSampler(4, lengths=lengths, generator=torch.Generator().manual_seed(7))

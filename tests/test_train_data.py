@@ -18,7 +18,7 @@ from midalign.data.pairs import (
     split_dev,
 )
 from midalign.errors import InputError
-from midalign.prompting import IGNORE_INDEX, encode_prompt
+from midalign.modeling.prompting import IGNORE_INDEX, encode_prompt
 
 
 def _jsonl(path, rows):

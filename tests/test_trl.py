@@ -22,13 +22,13 @@ from test_train import _config, _run  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments, set_seed  # noqa: E402
 from trl import SFTConfig  # noqa: E402
 
-from midalign.config import AlignConfig  # noqa: E402
 from midalign.data.pairs import as_pairs, encode_pairs, load_pairs  # noqa: E402
 from midalign.errors import InputError  # noqa: E402
-from midalign.forward import pooled_states, response_loss  # noqa: E402
-from midalign.losses import info_nce  # noqa: E402
-from midalign.models import load_model, peft_quietly  # noqa: E402
-from midalign.probe import special_token_ids  # noqa: E402
+from midalign.modeling.forward import pooled_states, response_loss  # noqa: E402
+from midalign.modeling.loading import load_model, peft_quietly  # noqa: E402
+from midalign.probe.embeddings import special_token_ids  # noqa: E402
+from midalign.training.config import AlignConfig  # noqa: E402
+from midalign.training.losses import info_nce  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def _no_telemetry(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-from midalign.trainer import AlignmentTrainer  # noqa: E402
+from midalign.training.trainer import AlignmentTrainer  # noqa: E402
 from midalign.trl import AlignmentSFTTrainer  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -121,7 +121,7 @@ def test_gradients_equal_midalign_train(tmp_path, monkeypatch, schedule, task):
 
     monkeypatch.setattr(AlignmentTrainer, "task_loss", record)
     monkeypatch.setattr(
-        "midalign.train.TrainingArguments", functools.partial(TrainingArguments, optim="sgd")
+        "midalign.training.run.TrainingArguments", functools.partial(TrainingArguments, optim="sgd")
     )
     expected = Gradients()
     _run(config, tmp_path / "midalign", callbacks=[expected])
@@ -287,12 +287,12 @@ def test_evaluation_adds_the_dev_alignment_metrics(tmp_path):
 def test_sft_config_resolves_bf16_as_midalign_train_does(monkeypatch):
     """TRL's default bf16=True fails on a machine without a GPU; ``sft_config`` takes
     ``optim.bf16``'s values and resolves ``auto`` from the hardware (here: patched)."""
-    import midalign.dtypes
+    import midalign.modeling.dtypes
     from midalign.trl import sft_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for feature, on in (("AMX", True), ("AVX512-BF16", True), (None, False)):
-        monkeypatch.setattr(midalign.dtypes, "cpu_bf16_feature", lambda f=feature: f)
+        monkeypatch.setattr(midalign.modeling.dtypes, "cpu_bf16_feature", lambda f=feature: f)
         config = sft_config(output_dir="unused", report_to="none")
         assert isinstance(config, SFTConfig) and config.bf16 is on
         assert config.use_cpu is on  # transformers wants use_cpu before it autocasts on a CPU

@@ -226,7 +226,7 @@ def test_bad_article_part_is_a_clear_error(part: str) -> None:
 
 
 def test_udhr_as_translation_data_holds_out_test_articles() -> None:
-    from midalign.tasks import get_task
+    from midalign.evaluation.tasks import get_task
 
     mt = get_task("mt")
     train = mt.read(f"udhr:{PACKAGE}", ["de-en", "en-de"], "train")

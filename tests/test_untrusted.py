@@ -14,12 +14,12 @@ from conftest import tiny_model
 from peft import LoraConfig, get_peft_model
 
 from midalign.cli import main
-from midalign.config import load_config
 from midalign.errors import InputError
-from midalign.merge import read_adapter
-from midalign.models import load_adapter
-from midalign.recipe import load_recipe, parse_recipe
-from midalign.runner import Runner, RunOptions, Steps
+from midalign.experiments.recipe import load_recipe, parse_recipe
+from midalign.experiments.runner import Runner, RunOptions, Steps
+from midalign.modeling.loading import load_adapter
+from midalign.training.config import load_config
+from midalign.training.merge import read_adapter
 
 PACKAGE = Path(__file__).resolve().parents[1] / "midalign"
 CODE_TAGS = [

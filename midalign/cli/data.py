@@ -13,8 +13,8 @@ from pathlib import Path
 from midalign.cli.options import add_output_options, add_task_data_options
 from midalign.data.instructions import is_instruction_file, read_instructions, write_instructions
 from midalign.errors import InputError
+from midalign.evaluation.tasks import get_task, source_forms
 from midalign.files import appeared, check_output_file
-from midalign.tasks import get_task, source_forms
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -21,13 +21,13 @@ from midalign.cli.options import (
     parse_groups,
     positive_int,
 )
-from midalign.dtypes import dtype_name, resolve_dtype
 from midalign.errors import InputError
-from midalign.evaluate import SCORINGS, evaluate, write_outputs
+from midalign.evaluation.run import SCORINGS, evaluate, write_outputs
+from midalign.evaluation.tasks import TASKS, get_task, source_forms
 from midalign.files import atomic_output_dir, check_output_dir
-from midalign.models import load_model
-from midalign.placement import parse_placement
-from midalign.tasks import TASKS, get_task, source_forms
+from midalign.modeling.dtypes import dtype_name, resolve_dtype
+from midalign.modeling.loading import load_model
+from midalign.modeling.placement import parse_placement
 
 log = logging.getLogger(__name__)
 

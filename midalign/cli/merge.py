@@ -11,7 +11,7 @@ from pathlib import Path
 from midalign.cli.options import LIMIT_HELP, add_output_options, positive_int
 from midalign.errors import InputError
 from midalign.files import check_output_dir, write_json
-from midalign.merge import merge_adapters, search_weight
+from midalign.training.merge import merge_adapters, search_weight
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +65,7 @@ def parse_weights(text: str, option: str = "--weights") -> list[float]:
 
 def _search(args: argparse.Namespace, paths: list[Path]) -> tuple[float, dict[str, float]]:
     """``--search``: its options checked, the dev data read, the weights scored."""
-    from midalign.tasks import get_task
+    from midalign.evaluation.tasks import get_task
 
     missing = [o for o in ("task", "dev_data", "langs") if getattr(args, o) is None]
     if missing:

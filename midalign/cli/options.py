@@ -9,12 +9,12 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from midalign.compiled import COMPILE_MODES
-from midalign.dtypes import DTYPE_CHOICES
 from midalign.errors import InputError
-from midalign.tasks import TASKS
+from midalign.evaluation.tasks import TASKS
+from midalign.modeling.compiled import COMPILE_MODES
+from midalign.modeling.dtypes import DTYPE_CHOICES
 
-# --limit of eval, data prepare and merge --search (midalign.tasks.base.limit_per_key)
+# --limit of eval, data prepare and merge --search (midalign.evaluation.tasks.base.limit_per_key)
 LIMIT_HELP = (
     "N examples per language, a seeded sample spread over the file, in file order (the same "
     "rows on every run; the same sentences in every language of a parallel data set)"
@@ -45,7 +45,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_placement_options(p: argparse.ArgumentParser) -> None:
     """``--device-map``, ``--max-memory`` and ``--offload-folder``, for a model bigger than one
-    device (accelerate's big-model loading; ``midalign.models.parse_placement`` reads them)."""
+    device (accelerate's big-model loading; ``midalign.modeling.loading.parse_placement`` reads
+    them)."""
     p.add_argument(
         "--device-map",
         metavar="STRATEGY|FILE",

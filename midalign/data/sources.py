@@ -2,10 +2,9 @@
 
 A bare path or hub id goes to the format that recognises its layout.
 
-Every task (:meth:`midalign.tasks.Task.load`) and :func:`midalign.data.load_parallel` declare
-their formats as a registry, ``{name: Reader}``, and read a source through :func:`pick_reader`,
-so a CLI option and a recipe field name data the same way everywhere.
-"""
+Every task (:meth:`midalign.evaluation.tasks.Task.load`) and :func:`midalign.data.load_parallel`
+declare their formats as a registry, ``{name: Reader}``, and read a source through
+:func:`pick_reader`, so a CLI option and a recipe field name data the same way everywhere."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from midalign.experiments.recipe import Recipe
 from midalign.files import atomic_output_dir, write_json, write_text_atomic
-from midalign.recipe import Recipe
 from midalign.report.stats import summarize_run
 
 
@@ -83,7 +83,7 @@ def report_markdown(recipe: Recipe, summary: dict, groups: dict[str, list[str]])
         ]
     retrieval = summary.get("retrieval")
     if retrieval:
-        from midalign.retrieval import NORMALIZED_STATES
+        from midalign.probe.retrieval import NORMALIZED_STATES
 
         langs = list(retrieval["base"])
         normalize = retrieval["normalize"]

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from midalign.data.corpus import ParallelCorpus  # noqa: E402
 from midalign.files import atomic_file  # noqa: E402
-from midalign.retrieval import NORMALIZED_STATES  # noqa: E402
+from midalign.probe.retrieval import NORMALIZED_STATES  # noqa: E402
 
 
 def plot_accuracy_by_layer(
@@ -86,7 +86,7 @@ def plot_pair_matrix(langs: Sequence[str], acc: np.ndarray, path: Path, title: s
 
 
 def plot_anisotropy(layers: Sequence[int], diagnostics: dict[int, dict], path: Path) -> None:
-    """Per-layer curves of :func:`midalign.anisotropy.anisotropy`'s numbers on the raw states,
+    """Per-layer curves of :func:`midalign.probe.anisotropy.anisotropy`'s numbers on the raw states,
     each point of the top-dimensions curve labelled with its largest dimension."""
     x = np.asarray(layers)
     rows = [diagnostics[layer] for layer in layers]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from midalign.recipe import Recipe
+from midalign.experiments.recipe import Recipe
 
 
 def mean_ci(values: Sequence[float]) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def mean_ci(values: Sequence[float]) -> dict[str, Any]:
 def summarize_run(recipe: Recipe, outcome: dict, groups: dict[str, list[str]]) -> dict:
     """Mean ± 95 % CI over seeds of every evaluated system, per group and language; retrieval
     before/after per language; the correlation of base retrieval with transfer scores."""
-    from midalign.retrieval import correlate
+    from midalign.probe.retrieval import correlate
 
     table: dict[str, dict[str, dict]] = {}
     metric = None
@@ -175,7 +175,7 @@ def dev_alignment(training: dict[str, dict[str, dict]]) -> dict[str, dict]:
     """system -> mean ± CI over seeds of the last dev in-batch top-1 accuracy of the alignment
     pairs (``eval_align_acc`` in the training log; τ-free, unlike the dev InfoNCE), and of the
     dev alignment loss, for systems that logged one."""
-    from midalign.callbacks import LOG_FILE, read_log
+    from midalign.training.callbacks import LOG_FILE, read_log
 
     out = {}
     for name, by_seed in training.items():
