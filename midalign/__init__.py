@@ -1,6 +1,6 @@
 """midalign's Python API: layer-wise retrieval probes and middle-layer alignment for LLMs.
 
-For a model already in a notebook (README, "Python API"):
+For a model already in a notebook (docs/api.md, "Python API"):
 
 - :func:`load_model`: any HF causal LM and its tokenizer (hub id, folder, GGUF file or
   ``"default"``), optionally with a PEFT adapter on it;

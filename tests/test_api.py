@@ -1,4 +1,4 @@
-"""The README's Python API examples, run on a tiny random Gemma 3: the probe's numbers are
+"""The Python API examples of docs/api.md, run on a tiny random Gemma 3: the probe's numbers are
 retrieval's on the states recomputed by hand, and the Trainer example logs the alignment loss
 of its first step as computed by hand and moves the LoRA weights."""
 
@@ -22,13 +22,12 @@ from midalign.probe.embeddings import special_token_ids
 from midalign.probe.retrieval import all_pairs_accuracy
 from midalign.training.losses import info_nce
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
 def _examples() -> list[str]:
-    """The Python blocks of the README's "Python API" section, in order."""
-    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    """The Python blocks of docs/api.md, the "Python API" page, in order."""
+    return re.findall(r"```python\n(.*?)```", API_PAGE.read_text(), re.S)
 
 
 @pytest.fixture

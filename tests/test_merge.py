@@ -198,14 +198,14 @@ def test_in_memory_merge_refuses_what_it_cannot_place(tmp_path):
         merge_adapters([(model, "task"), (model, "align")], [0.5, 0.5], adapter_name="mix")
 
 
-def test_readme_in_memory_example(tmp_path, monkeypatch):
-    """The README's "Python API" block that merges on a PEFT model, run on a tiny Llama."""
+def test_api_page_in_memory_example(tmp_path, monkeypatch):
+    """The block of docs/api.md (the "Python API" page) that merges on a PEFT model, run on a
+    tiny Llama."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
-    (example,) = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "merge_" in b]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "merge_" in b]
     monkeypatch.chdir(tmp_path)
     task = _adapter(Path("runs/task"), 1, 4, 8, ["q_proj", "v_proj"])
     align = _adapter(Path("runs/align"), 2, 2, 4, ["q_proj"])

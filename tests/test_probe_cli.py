@@ -91,7 +91,7 @@ def test_probe_writes_results_csvs_plots_and_embeddings(tiny_model_dir, tmp_path
         assert (out / png).stat().st_size > 1000
     index = json.loads((out / "embeddings" / "index.json").read_text())
     side = index["sides"]["deu_Latn"]
-    assert side["file"] == "side001_deu_Latn.safetensors"  # README: side<NNN>_<side>
+    assert side["file"] == "side001_deu_Latn.safetensors"  # docs/probe.md: side<NNN>_<side>
     tensors = load_file(out / "embeddings" / side["file"])
     assert sorted(tensors) == [f"layer_{i}" for i in range(5)]
     assert tuple(tensors["layer_3"].shape) == (6, 32)

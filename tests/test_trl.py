@@ -40,7 +40,7 @@ def _no_telemetry(monkeypatch):
 from midalign.training.trainer import AlignmentTrainer  # noqa: E402
 from midalign.trl import AlignmentSFTTrainer  # noqa: E402
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TRAIN_PAGE = Path(__file__).resolve().parents[1] / "docs" / "train.md"
 
 
 class Gradients(TrainerCallback):
@@ -182,19 +182,19 @@ def test_gradients_equal_midalign_train(tmp_path, monkeypatch, schedule, task):
     assert trainer.align_position == 4  # one alignment micro-batch per task micro-batch
 
 
-def _readme_example() -> str:
-    """The Python block of the README's "With TRL's SFTTrainer" section."""
-    section = README.read_text().split("### With TRL's SFTTrainer", 1)[1]
+def _docs_example() -> str:
+    """The Python block of docs/train.md's "With TRL's SFTTrainer" section."""
+    section = TRAIN_PAGE.read_text().split("### With TRL's SFTTrainer", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_example_trains_and_logs_both_losses(tmp_path, monkeypatch):
-    """The README's example, on a tiny random Llama offline: two optimizer steps, each logging
-    the task and the alignment loss, and a checkpoint that holds the stream position."""
+def test_docs_example_trains_and_logs_both_losses(tmp_path, monkeypatch):
+    """The example of docs/train.md, on a tiny random Llama offline: two optimizer steps, each
+    logging the task and the alignment loss, and a checkpoint that holds the stream position."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     namespace = {"model": tiny_model("llama", n_layers=4), "tokenizer": tiny_tokenizer()}
-    exec(_readme_example(), namespace)
+    exec(_docs_example(), namespace)
     trainer = namespace["trainer"]
     assert trainer.args.bf16 is False  # sft_config: auto, and this CPU has no native bf16
     logged = [row for row in trainer.state.log_history if "loss" in row]
@@ -211,7 +211,7 @@ def test_readme_example_trains_and_logs_both_losses(tmp_path, monkeypatch):
     stream = json.loads((checkpoint / "align_stream.json").read_text())
     assert stream == {"align_position": 1, "task_examples": 2, "align_pairs": 2}
     again = {"model": tiny_model("llama", n_layers=4), "tokenizer": tiny_tokenizer()}
-    exec(_readme_example().replace("trainer.train()", "pass"), again)
+    exec(_docs_example().replace("trainer.train()", "pass"), again)
     again["trainer"].train(resume_from_checkpoint=str(checkpoint))
     assert again["trainer"].align_position == 2
     resumed = dict(again["trainer"].model.named_parameters())

@@ -344,7 +344,8 @@ SECTIONS: dict[str, type] = {
     "align": AlignConfig,
     "optim": OptimConfig,
 }
-# Short options the issue and README use, where the field name alone would be ambiguous or vague.
+# Short options the issue and docs/train.md use, where the field name alone would be ambiguous
+# or vague.
 ALIASES = {
     "model.name": "--model",
     "align.layers": "--align-layers",
