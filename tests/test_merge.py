@@ -9,6 +9,7 @@ import torch
 from conftest import assert_same_numbers, tiny_model
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from midalign.cli import main
 from midalign.errors import InputError
 from midalign.training.merge import merge_adapters
 
@@ -104,7 +105,7 @@ def test_adapters_of_different_base_models_are_refused(tmp_path, monkeypatch):
     _set_base(b, "some/other-model")
     with pytest.raises(
         InputError,
-        match="^--adapters: adapters of different base models: some/model, some/other-model$",
+        match="^merge_adapters: adapters of different base models: some/model, some/other-model$",
     ):
         merge_adapters([c, a, b], [0.4, 0.3, 0.3], tmp_path / "m")
     _set_base(a, "models/llama")
@@ -221,7 +222,6 @@ def test_api_page_in_memory_example(tmp_path, monkeypatch):
 
 
 def test_merge_command(tmp_path, capsys):
-    from midalign.cli import main
 
     a = _adapter(tmp_path / "a", 1, 2, 4, ["q_proj"])
     b = _adapter(tmp_path / "b", 2, 2, 4, ["v_proj"])
@@ -279,7 +279,6 @@ SEARCH_DATA = "sib200:" + str(
 def test_search_keeps_the_best_dev_weight(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """Scores are faked (by weight) to check the choice; the merges and plumbing are real."""
     import midalign.evaluation.run
-    from midalign.cli import main
 
     task = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "task", 1)
     align = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "align", 2)
@@ -310,7 +309,6 @@ def test_search_keeps_the_best_dev_weight(tiny_model_dir, tmp_path, monkeypatch,
 
 
 def test_search_runs_real_evaluation_and_needs_its_options(tiny_model_dir, tmp_path, capsys):
-    from midalign.cli import main
 
     task = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "task", 1)
     align = _tiny_gemma_adapter(tiny_model_dir, tmp_path / "align", 2)
@@ -329,3 +327,27 @@ def test_search_runs_real_evaluation_and_needs_its_options(tiny_model_dir, tmp_p
     assert set(search["scores"]) == {"0.5", "0.9"}
     assert all(0.0 <= s <= 1.0 for s in search["scores"].values())
     assert search["chosen"] == max((0.5, 0.9), key=lambda w: (search["scores"][f"{w:g}"], w))
+
+
+def test_errors_name_the_arguments_from_python_and_the_options_from_the_cli(tmp_path, capsys):
+    """The same faults, from the Python API and from `midalign merge`: each names what its
+    caller wrote (merge_adapters' arguments, the command's options)."""
+    a = _adapter(tmp_path / "a", 1, 2, 4, ["q_proj"])
+    missing = tmp_path / "missing"
+    api = [
+        ([a, a], [0.5, 0.4], "^merge_adapters: weights must sum to 1, got \\[0.5, 0.4\\]"),
+        ([a], [0.5, 0.5], "^merge_adapters: weights: 2 weights for 1 adapters$"),
+        ([a, missing], [0.5, 0.5], f"^merge_adapters: {missing}/adapter_config.json not found"),
+    ]
+    for adapters, weights, message in api:
+        with pytest.raises(InputError, match=message):
+            merge_adapters(adapters, weights, tmp_path / "out")
+    cli = [
+        (["--weights", "0.5,0.4"], "--weights must sum to 1, got [0.5, 0.4]"),
+        (["--weights", "0.5,0.5"], f"--adapters: {missing}/adapter_config.json not found"),
+    ]
+    for options, message in cli:
+        argv = ["merge", "--adapters", str(a), str(missing), *options, "--out", str(tmp_path / "o")]
+        assert main(argv) == 2
+        assert f"midalign merge: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()

@@ -89,6 +89,7 @@ def _search(args: argparse.Namespace, paths: list[Path]) -> tuple[float, dict[st
         on_score=lambda w, result: print(
             f"task weight {w:g}: dev {result['metric']} {result['average']:.4f}"
         ),
+        cli=True,
     )
 
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         search = {"task": args.task, "data": args.dev_data, "langs": args.langs, "scores": scores}
     else:
         weights = parse_weights(args.weights)
-    config = merge_adapters(paths, weights, args.out, args.overwrite)
+    config = merge_adapters(paths, weights, args.out, args.overwrite, cli=True)
     if search is not None:
         write_json(args.out / "search.json", {**search, "chosen": weights[0]})
     parts = " + ".join(f"{w:g}·{n}" for w, n in zip(weights, names, strict=True))

@@ -44,21 +44,25 @@ if TYPE_CHECKING:
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>[AB])\.weight$")
 
 Factors = dict[str, dict[str, torch.Tensor]]  # module -> {"A": [r, in], "B": [out, r]}
+# What errors call the adapters and the weights: the Python API's arguments, `midalign merge`'s
+# options.
+API = ("merge_adapters", "merge_adapters: weights")
+CLI = ("--adapters", "--weights")
 
 
-def read_adapter(path: Path) -> tuple[dict, Factors]:
-    """An adapter folder's config and its factors."""
+def read_adapter(path: Path, name: str = API[0]) -> tuple[dict, Factors]:
+    """An adapter folder's config and its factors; errors start with ``name``."""
     path = Path(path)
     config_file, weights_file = path / CONFIG, path / WEIGHTS
     for file in (config_file, weights_file):
         if not file.is_file():
-            raise InputError(f"--adapters: {file} not found (not a PEFT LoRA adapter folder)")
-    config = read_config(path, "--adapters")
-    _check_mergeable(config, f"--adapters: {path}")
-    with open_weights(weights_file, "--adapters") as f:
+            raise InputError(f"{name}: {file} not found (not a PEFT LoRA adapter folder)")
+    config = read_config(path, name)
+    _check_mergeable(config, f"{name}: {path}")
+    with open_weights(weights_file, name) as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
-    factors = _factors(tensors, f"--adapters: {weights_file}")
-    check_rank(config, {k: t.shape for k, t in tensors.items()}, path, "--adapters")
+    factors = _factors(tensors, f"{name}: {weights_file}")
+    check_rank(config, {k: t.shape for k, t in tensors.items()}, path, name)
     return config, factors
 
 
@@ -111,23 +115,24 @@ def lora_scale(config: Mapping) -> float:
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
-def check_weights(weights: Sequence[float]) -> None:
+def check_weights(weights: Sequence[float], name: str = API[1]) -> None:
     if not all(math.isfinite(w) for w in weights):  # NaN passes both checks below
-        raise InputError(f"--weights must be finite numbers, got {list(weights)}")
+        raise InputError(f"{name} must be finite numbers, got {list(weights)}")
     if any(w < 0 for w in weights):
-        raise InputError(f"--weights must be non-negative, got {list(weights)}")
+        raise InputError(f"{name} must be non-negative, got {list(weights)}")
     if abs(sum(weights) - 1.0) > 1e-6:
-        raise InputError(f"--weights must sum to 1, got {list(weights)} (sum {sum(weights):g})")
+        raise InputError(f"{name} must sum to 1, got {list(weights)} (sum {sum(weights):g})")
 
 
 def merge_factors(
-    loaded: Sequence[tuple[dict, Factors]], weights: Sequence[float]
+    loaded: Sequence[tuple[dict, Factors]], weights: Sequence[float], name: str = API[0]
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The merged adapter's config and tensors (PEFT's saved names) from (config, factors)."""
+    """The merged adapter's config and tensors (PEFT's saved names) from (config, factors);
+    errors start with ``name``."""
     bases = [b for b in (c.get("base_model_name_or_path") for c, _ in loaded) if b]
     other = next((b for b in bases if not same_base(bases[0], b)), None)
     if other is not None:
-        raise InputError(f"--adapters: adapters of different base models: {bases[0]}, {other}")
+        raise InputError(f"{name}: adapters of different base models: {bases[0]}, {other}")
     modules = sorted(set().union(*(f.keys() for _, f in loaded)))
     merged: dict[str, torch.Tensor] = {}
     for module in modules:
@@ -135,7 +140,7 @@ def merge_factors(
             (f[module]["B"].shape[0], f[module]["A"].shape[1]) for _, f in loaded if module in f
         }
         if len(shapes) > 1:
-            raise InputError(f"--adapters: {module} has different shapes across adapters: {shapes}")
+            raise InputError(f"{name}: {module} has different shapes across adapters: {shapes}")
         (out_dim, in_dim) = shapes.pop()
         a_parts, b_parts = [], []
         for (config, factors), w in zip(loaded, weights, strict=True):
@@ -172,6 +177,8 @@ def merge_adapters(
     out: Path | None = None,
     overwrite: bool = False,
     adapter_name: str = "merged",
+    *,
+    cli: bool = False,
 ) -> dict:
     """The exact weighted merge of ``adapters``; returns its adapter config.
 
@@ -179,21 +186,23 @@ def merge_adapters(
     ``out`` the merge is written there as a plain PEFT adapter folder; without it, it is added
     to the PEFT model the in-memory adapters are on as ``adapter_name``, not activated (as PEFT's
     ``add_weighted_adapter(..., combination_type="cat")`` does: ``model.set_adapter`` uses it).
+    Errors name the arguments, or with ``cli`` the options of `midalign merge`.
     """
+    adapters_name, weights_name = CLI if cli else API
     if len(adapters) != len(weights):
-        raise InputError(f"--weights: {len(weights)} weights for {len(adapters)} adapters")
-    check_weights(weights)
+        raise InputError(f"{weights_name}: {len(weights)} weights for {len(adapters)} adapters")
+    check_weights(weights, weights_name)
     loaded, labels, models = [], [], []
     for adapter in adapters:
         if isinstance(adapter, str | os.PathLike):
-            loaded.append(read_adapter(Path(adapter)))
+            loaded.append(read_adapter(Path(adapter), adapters_name))
             labels.append(str(adapter))
             continue
         model, name = adapter if isinstance(adapter, tuple) else (adapter, None)
         loaded.append(read_in_memory(model, name))
         labels.append(f"{name or model.active_adapter} (in memory)")
         models.append(model)
-    config, merged = merge_factors(loaded, weights)
+    config, merged = merge_factors(loaded, weights, adapters_name)
     if out is None:
         _add_to_model(models, adapter_name, config, merged)
         return config
@@ -236,11 +245,12 @@ def search_weight(
     batch_size: int = 16,
     progress: bool = True,
     on_score: Callable[[float, dict[str, Any]], None] | None = None,
+    cli: bool = False,
 ) -> tuple[float, dict[str, float]]:
     """Merge two adapters (task, then alignment) at each candidate task weight w (alignment
     1 − w), evaluate each merge on the dev ``examples``, and return the best w and every score
     by ``f"{w:g}"`` (a tie goes to the larger task weight). ``on_score(w, result)`` sees each
-    evaluation as it finishes."""
+    evaluation as it finishes; ``cli`` names `midalign merge`'s options in errors."""
     from midalign.evaluation.run import evaluate
     from midalign.modeling.loading import load_model
 
@@ -248,7 +258,7 @@ def search_weight(
     for w in sorted(candidates):
         with tempfile.TemporaryDirectory(prefix="midalign-merge-") as tmp:
             merged = Path(tmp) / "adapter"
-            merge_adapters(adapters, [w, 1 - w], merged)
+            merge_adapters(adapters, [w, 1 - w], merged, cli=cli)
             lm, tokenizer = load_model(model, str(merged))
             result = evaluate(
                 lm, tokenizer, task, examples, batch_size=batch_size, progress=progress
