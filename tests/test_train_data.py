@@ -6,7 +6,7 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import tiny_tokenizer
+from conftest import tiny_model, tiny_tokenizer
 from scipy.stats import chisquare
 
 from midalign.data.instructions import TaskDataset, load_task_dataset, read_instructions
@@ -19,6 +19,8 @@ from midalign.data.pairs import (
 )
 from midalign.errors import InputError
 from midalign.modeling.prompting import IGNORE_INDEX, encode_prompt
+from midalign.training.align_setup import pairs_setup
+from midalign.training.config import AlignConfig
 
 
 def _jsonl(path, rows):
@@ -191,6 +193,28 @@ def test_sentences_over_the_length_limit_are_named(tmp_path, caplog):
     caplog.clear()
     load_pairs(f"parallel:{de},{en}", ["de"], tokenizer=tok, max_length=9)
     assert caplog.messages == []
+
+
+def test_pairs_handed_to_a_trainer_over_the_length_limit_are_named(tmp_path, caplog):
+    """The same warning for pairs a trainer is handed in memory (AlignmentTrainer,
+    AlignmentSFTTrainer): each sentence named by its group and place, the limit by the
+    trainer's argument, for the training and the held-out pairs alike."""
+    from transformers import TrainingArguments
+
+    rows = [
+        {"x": "der mensch ist frei", "y": "the law", "lang": "de"},
+        {"x": "das recht", "y": "the law is the law of all people", "lang": "de"},
+        {"x": "ein recht", "y": "all is equal", "lang": "de"},
+    ]
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    align = AlignConfig(layers="1", batch_pairs=2)
+    pairs_setup(align, tiny_model("llama"), tiny_tokenizer(), rows, rows[1:], args, 5)
+    assert [m for m in caplog.messages if "tokens" in m] == [
+        "de: 1 of 3 pairs have a sentence over align_max_length 5 tokens, cut at the end: "
+        "align_pairs['de'][1] (y) (9 tokens)",
+        "de: 1 of 2 pairs have a sentence over align_max_length 5 tokens, cut at the end: "
+        "align_eval_pairs['de'][0] (y) (9 tokens)",
+    ]
 
 
 def test_language_without_usable_pairs_is_an_error(tmp_path):

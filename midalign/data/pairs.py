@@ -184,19 +184,21 @@ def _warn_long(
     where: Where,
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
+    option: str = "--align-max-length",
 ) -> None:
     """Warn of the kept pairs :func:`encode_pairs` will cut (a side over ``max_length``
-    tokens, counted as it counts them), naming the first few sentences and their lengths."""
+    tokens, counted as it counts them), naming the first few sentences and their lengths, and
+    ``option``, the setting that sets the limit."""
     texts = [items[i][s].strip() for i in kept for s in (0, 1)]  # x, y of each kept pair
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
     long = [(k, n) for k, n in enumerate(lengths) if n > max_length]
     if long:
         log.warning(
-            "%s: %d of %d pairs have a sentence over --align-max-length %d tokens, cut at the "
-            "end: %s",
+            "%s: %d of %d pairs have a sentence over %s %d tokens, cut at the end: %s",
             group,
             len({k // 2 for k, _ in long}),
             len(kept),
+            option,
             max_length,
             first_few([f"{where(kept[k // 2], k % 2)} ({n} tokens)" for k, n in long]),
         )
@@ -296,6 +298,21 @@ def as_pairs(rows: Pairs | Iterable[Mapping[str, str]]) -> Pairs:
             raise ValueError(f"alignment pair {i} needs the columns x and y, has {sorted(row)}")
         pairs.setdefault(row.get("lang", "all"), []).append((row["x"], row["y"]))
     return pairs
+
+
+def warn_long_pairs(
+    pairs: Pairs, tokenizer: PreTrainedTokenizerBase, max_length: int, name: str
+) -> None:
+    """The warning :func:`load_pairs` gives of the pairs :func:`encode_pairs` will cut, for
+    pairs handed over in memory (a trainer's ``name``, e.g. ``align_pairs``): a sentence is
+    named by its group and its place in the group, the limit by ``align_max_length``."""
+    for group, items in pairs.items():
+
+        def where(i: int, side: int, group: str = group) -> str:
+            return f"{name}[{group!r}][{i}] ({'xy'[side]})"
+
+        kept = list(range(len(items)))
+        _warn_long(group, items, kept, where, tokenizer, max_length, "align_max_length")
 
 
 def encode_pairs(

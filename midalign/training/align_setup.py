@@ -30,6 +30,7 @@ from midalign.data.pairs import (
     encode_pairs,
     load_pairs,
     split_dev,
+    warn_long_pairs,
 )
 from midalign.errors import InputError
 from midalign.modeling.forward import grouped_pooled_states
@@ -251,6 +252,8 @@ def pairs_setup(
     seed = args.seed
     pairs = as_pairs(pairs)
     dev_pairs = as_pairs(dev_pairs) if dev_pairs is not None else {}
+    warn_long_pairs(pairs, tokenizer, max_length, "align_pairs")
+    warn_long_pairs(dev_pairs, tokenizer, max_length, "align_eval_pairs")
     with model.disable_adapter() if isinstance(model, PeftModel) else nullcontext():
         setup, _ = align_setup(
             a,
