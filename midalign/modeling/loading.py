@@ -209,17 +209,14 @@ def load_adapter(model: PreTrainedModel, adapter: str) -> nn.Module:
     pickled ``adapter_model.bin`` is code as much as data."""
     from peft import PeftModel
 
-    from midalign.modeling.adapters import CONFIG, WEIGHTS, check_rank, read_config, weight_shapes
+    from midalign.modeling.adapters import WEIGHTS, check_rank, read_config, weight_shapes
 
-    config_file = Path(adapter) / CONFIG
-    if not config_file.is_file():
-        raise InputError(f"--adapter: {config_file} not found (not a PEFT adapter folder)")
+    config = read_config(Path(adapter), "--adapter")  # no adapter_config.json fails here
     if not (Path(adapter) / WEIGHTS).is_file():
         raise InputError(
             f"--adapter: {adapter} has no adapter_model.safetensors (a pickled "
             "adapter_model.bin is not loaded: save the adapter as safetensors)"
         )
-    config = read_config(Path(adapter), "--adapter")
     base = config.get("base_model_name_or_path")
     if not same_base(base, model.name_or_path):
         raise InputError(

@@ -53,11 +53,10 @@ CLI = ("--adapters", "--weights")
 def read_adapter(path: Path, name: str = API[0]) -> tuple[dict, Factors]:
     """An adapter folder's config and its factors; errors start with ``name``."""
     path = Path(path)
-    config_file, weights_file = path / CONFIG, path / WEIGHTS
-    for file in (config_file, weights_file):
-        if not file.is_file():
-            raise InputError(f"{name}: {file} not found (not a PEFT LoRA adapter folder)")
-    config = read_config(path, name)
+    weights_file = path / WEIGHTS
+    config = read_config(path, name)  # a folder without adapter_config.json fails here
+    if not weights_file.is_file():
+        raise InputError(f"{name}: {weights_file} not found (not a PEFT LoRA adapter folder)")
     _check_mergeable(config, f"{name}: {path}")
     with open_weights(weights_file, name) as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
